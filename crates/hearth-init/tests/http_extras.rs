@@ -1,13 +1,18 @@
-//! gzip on `/files`, `GET /envs` and `GET /metrics`, over real HTTP against
+//! gzip and signed URLs on `/files`, `GET /envs` and `GET /metrics`, over
+//! real HTTP against
 //! the agent in agent-only mode.
 
 use std::fs;
 use std::io::{Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+use hearth_proto::connect::base64_encode;
 use hyper::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 mod support;
 use support::{Agent, send};
@@ -190,4 +195,176 @@ async fn metrics_are_sane() {
             "{m}"
         );
     }
+}
+
+/// What the e2b SDK's `get_signature` computes for a `/files` URL.
+fn sign(path: &str, operation: &str, user: &str, expiration: Option<u64>) -> String {
+    let mut signed = format!("{path}:{operation}:{user}:{TOKEN}");
+    if let Some(expiration) = expiration {
+        signed.push_str(&format!(":{expiration}"));
+    }
+    let digest = Sha256::digest(signed.as_bytes());
+    format!("v1_{}", base64_encode(&digest).trim_end_matches('='))
+}
+
+/// `text` escaped as Python's `urllib.parse.quote` does (`/` kept).
+fn quote(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A `/files` URL as the SDK's `download_url`/`upload_url` write it.
+fn signed_url(path: &str, user: Option<&str>, signature: &str, expiration: Option<u64>) -> String {
+    let mut url = format!("/files?path={}", quote(path));
+    if let Some(user) = user {
+        url.push_str(&format!("&username={}", quote(user)));
+    }
+    url.push_str(&format!("&signature={}", quote(signature)));
+    if let Some(expiration) = expiration {
+        url.push_str(&format!("&signature_expiration={expiration}"));
+    }
+    url
+}
+
+const TOKEN: &str = "s3cret";
+
+/// The status and, for a refusal, the message of a `/files` request.
+async fn transfer(
+    agent: &Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut all = vec![("content-type", "application/octet-stream")];
+    all.extend_from_slice(headers);
+    let (status, _, body) = send(agent, method, url, &all, b"uploaded".to_vec()).await;
+    if status == StatusCode::OK {
+        return (status, String::new());
+    }
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["code"], status.as_u16());
+    (status, error["message"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn signed_urls_stand_in_for_the_access_token_on_files() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a file+1.txt");
+    let path = file.to_str().unwrap();
+    fs::write(&file, "before").unwrap();
+    let plain = format!("/files?path={}", quote(path));
+
+    // Without a token nothing is needed.
+    assert_eq!(transfer(&agent, "GET", &plain, &[]).await.0, StatusCode::OK);
+    let init = format!(r#"{{"accessToken":"{TOKEN}"}}"#).into_bytes();
+    let json = [("content-type", "application/json")];
+    let (status, _, _) = send(&agent, "POST", "/init", &json, init).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, message) = transfer(&agent, "GET", &plain, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        message.contains("Missing access token or signature"),
+        "{message}"
+    );
+    let wrong_token = [("x-access-token", "guess")];
+    assert_eq!(
+        transfer(&agent, "GET", &plain, &wrong_token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let token = [("x-access-token", TOKEN)];
+    assert_eq!(
+        transfer(&agent, "GET", &plain, &token).await.0,
+        StatusCode::OK
+    );
+
+    // A signed download, then a signed upload, without the header.
+    let read = signed_url(path, None, &sign(path, "read", "", None), None);
+    let (status, _, body) = send(&agent, "GET", &read, &[], vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"before");
+    let write = signed_url(path, None, &sign(path, "write", "", None), None);
+    assert_eq!(
+        transfer(&agent, "POST", &write, &[]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"uploaded");
+
+    // A signature covers one operation, path and user.
+    let other = dir.path().join("other.txt");
+    let other = other.to_str().unwrap();
+    for (method, url) in [
+        (
+            "POST",
+            signed_url(path, None, &sign(path, "read", "", None), None),
+        ),
+        (
+            "GET",
+            signed_url(path, None, &sign(path, "write", "", None), None),
+        ),
+        (
+            "GET",
+            signed_url(other, None, &sign(path, "read", "", None), None),
+        ),
+        (
+            "GET",
+            signed_url(path, Some("nobody"), &sign(path, "read", "", None), None),
+        ),
+        (
+            "GET",
+            signed_url(path, None, &sign(path, "read", "nobody", None), None),
+        ),
+    ] {
+        let (status, message) = transfer(&agent, method, &url, &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {url}");
+        assert!(message.starts_with("Invalid signature"), "{message}");
+    }
+    assert!(fs::metadata(other).is_err());
+
+    // An expiration is signed too, and honoured.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let future = now + 300;
+    let live = signed_url(
+        path,
+        None,
+        &sign(path, "read", "", Some(future)),
+        Some(future),
+    );
+    assert_eq!(transfer(&agent, "GET", &live, &[]).await.0, StatusCode::OK);
+    let stretched = signed_url(
+        path,
+        None,
+        &sign(path, "read", "", Some(future)),
+        Some(future + 1),
+    );
+    let (status, message) = transfer(&agent, "GET", &stretched, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(message.starts_with("Invalid signature"), "{message}");
+    let past = now - 10;
+    let expired = signed_url(path, None, &sign(path, "write", "", Some(past)), Some(past));
+    let (status, message) = transfer(&agent, "POST", &expired, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(fs::read(&file).unwrap(), b"uploaded");
+
+    // Other routes still want the header.
+    let (status, _, _) = send(
+        &agent,
+        "GET",
+        &format!("/envs?signature={}", quote(&sign("", "read", "", None))),
+        &[],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

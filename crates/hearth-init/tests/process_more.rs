@@ -2,28 +2,16 @@
 //! codec the e2b Python SDK uses: PTYs, `Update`, `Connect` fan-out,
 //! client-streamed `StreamInput`, keepalives, unary JSON calls.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hearth_proto::connect::{EnvelopeDecoder, base64_decode, base64_encode, envelope};
-use http_body_util::{BodyExt, Full, StreamBody};
+use hearth_proto::connect::{EnvelopeDecoder, base64_encode};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
-use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::time::timeout;
 
 mod support;
-use support::Agent;
-
-/// Headers the Python SDK sends on every stream (`e2b_connect`).
-const SDK_STREAM_HEADERS: [(&str, &str); 4] = [
-    ("content-type", "application/connect+json"),
-    ("connect-protocol-version", "1"),
-    ("connect-content-encoding", "identity"),
-    ("user-agent", "connect-python"),
-];
+use support::{Agent, Events, SDK_STREAM_HEADERS, json_envelope, output, streamed_body};
 
 /// A unary JSON call: (HTTP status, body as JSON).
 async fn unary(agent: &Agent, method: &str, body: Value) -> (StatusCode, Value) {
@@ -41,96 +29,6 @@ async fn unary(agent: &Agent, method: &str, body: Value) -> (StatusCode, Value) 
     }
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap())
-}
-
-/// A response stream of JSON envelopes.
-struct Events {
-    body: Incoming,
-    decoder: EnvelopeDecoder,
-    /// The end-stream message, once read.
-    end: Option<Value>,
-}
-
-impl Events {
-    async fn open(agent: &Agent, method: &str, request: Value, extra: &[(&str, &str)]) -> Events {
-        let mut headers = SDK_STREAM_HEADERS.to_vec();
-        headers.extend_from_slice(extra);
-        let body = envelope(0, request.to_string().as_bytes());
-        let path = format!("/process.Process/{method}");
-        let response =
-            support::request(agent, "POST", &path, &headers, Full::new(body).boxed()).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/connect+json"
-        );
-        Events {
-            body: response.into_body(),
-            decoder: EnvelopeDecoder::new(1 << 20),
-            end: None,
-        }
-    }
-
-    /// The next message's `event`, `None` after the end-stream message.
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(env) = self.decoder.next().unwrap() {
-                let value: Value = serde_json::from_slice(&env.payload).unwrap();
-                if env.is_end_stream() {
-                    self.end = Some(value);
-                    return None;
-                }
-                return Some(value["event"].clone());
-            }
-            let frame = timeout(Duration::from_secs(10), self.body.frame())
-                .await
-                .expect("no event within 10 s")
-                .expect("stream ended without end-stream");
-            if let Ok(data) = frame.unwrap().into_data() {
-                self.decoder.push(&data);
-            }
-        }
-    }
-
-    /// The pid of the start event, which must come first.
-    async fn start(&mut self) -> u32 {
-        let event = self.next().await.unwrap();
-        let pid = event["start"]["pid"].as_u64().expect("start event first");
-        u32::try_from(pid).unwrap()
-    }
-
-    /// Collects output of `kind` (stdout, stderr, pty) until it contains
-    /// `needle`; returns all of it.
-    async fn output_until(&mut self, kind: &str, needle: &str) -> String {
-        let mut out = Vec::new();
-        while !String::from_utf8_lossy(&out).contains(needle) {
-            let event = self.next().await.expect("ended before the output came");
-            if let Some(data) = event["data"][kind].as_str() {
-                out.extend(base64_decode(data).unwrap());
-            }
-        }
-        String::from_utf8(out).unwrap()
-    }
-
-    /// Reads to the end: (the end event, every event before it).
-    async fn finish(&mut self) -> (Value, Vec<Value>) {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        assert_eq!(self.end, Some(json!({})), "stream failed");
-        let end = events.pop().expect("no events");
-        (end["end"].clone(), events)
-    }
-}
-
-fn output(events: &[Value], kind: &str) -> String {
-    let bytes: Vec<u8> = events
-        .iter()
-        .filter_map(|e| e["data"][kind].as_str())
-        .flat_map(|b| base64_decode(b).unwrap())
-        .collect();
-    String::from_utf8(bytes).unwrap()
 }
 
 fn b64(text: &str) -> String {
@@ -425,24 +323,6 @@ async fn a_vanished_subscriber_does_not_stall_the_others() {
     let out = output(&rest, "stdout");
     assert_eq!(out.len(), 12_000_004);
     assert!(out.ends_with("\0end\n"));
-}
-
-/// A request body fed envelope by envelope, as a client stream.
-fn streamed_body() -> (
-    mpsc::Sender<Bytes>,
-    http_body_util::combinators::BoxBody<Bytes, Infallible>,
-) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|data| (Ok::<_, Infallible>(Frame::data(data)), rx))
-    });
-    (tx, StreamBody::new(frames).boxed())
-}
-
-fn json_envelope(value: &Value) -> Bytes {
-    envelope(0, value.to_string().as_bytes())
 }
 
 #[tokio::test]

@@ -1,8 +1,10 @@
 //! Who a request acts as: the `Authorization: Basic` user (envd's scheme,
-//! the password is empty) and the `X-Access-Token` check.
+//! the password is empty), the `X-Access-Token` check, and the signed
+//! `/files` URLs that stand in for the token.
 
 use axum::http::{HeaderMap, header};
-use hearth_proto::connect::{Code, ConnectError};
+use hearth_proto::connect::{Code, ConnectError, base64_decode, base64_encode};
+use sha2::{Digest, Sha256};
 
 pub(crate) const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
@@ -22,7 +24,7 @@ pub(crate) fn basic_user(headers: &HeaderMap) -> Result<Option<String>, ConnectE
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(malformed());
     }
-    let decoded = decode_base64(encoded.trim()).ok_or_else(malformed)?;
+    let decoded = base64_decode(encoded.trim()).ok_or_else(malformed)?;
     let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
     let user = decoded
         .split_once(':')
@@ -35,34 +37,93 @@ pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers.get(ACCESS_TOKEN_HEADER) else {
         return false;
     };
-    let (a, b) = (given.as_bytes(), token.as_bytes());
+    same_bytes(given.as_bytes(), token.as_bytes())
+}
+
+/// Whether `a` equals `b`, in a time that depends only on their lengths.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Standard base64 with optional padding.
-fn decode_base64(input: &str) -> Option<Vec<u8>> {
-    let input = input.trim_end_matches('=');
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in input.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+/// What a signed `/files` URL allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// `GET /files`.
+    Read,
+    /// `POST /files`.
+    Write,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
         }
     }
-    // Six leftover bits cannot come from whole bytes.
-    (bits < 6).then_some(out)
+}
+
+/// The query parameters of a `/files` URL that its signature covers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SignedUrl<'a> {
+    /// The `path` parameter as sent, "" when absent.
+    pub(crate) path: &'a str,
+    /// The `username` parameter, "" when absent (the default user).
+    pub(crate) user: &'a str,
+    pub(crate) signature: Option<&'a str>,
+    /// Unix seconds after which the signature is refused.
+    pub(crate) expiration: Option<i64>,
+}
+
+/// Why a `/files` request without the access token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SignedUrlError {
+    #[error(
+        "Missing access token or signature: send the X-Access-Token header or use a signed URL"
+    )]
+    Missing,
+    #[error(
+        "Invalid signature: sign the URL for this path, user and operation with the current access token"
+    )]
+    Invalid,
+    #[error("The signature expired at unix time {0}: sign a new URL")]
+    Expired(i64),
+}
+
+/// The signature the e2b SDKs put on a `/files` URL: `v1_` and the
+/// unpadded standard base64 of SHA-256 over
+/// `path:operation:user:token[:expiration]`.
+pub(crate) fn file_signature(url: &SignedUrl<'_>, operation: Operation, token: &str) -> String {
+    let mut signed = format!("{}:{}:{}:{token}", url.path, operation.as_str(), url.user);
+    if let Some(expiration) = url.expiration {
+        signed.push_str(&format!(":{expiration}"));
+    }
+    let digest = Sha256::digest(signed.as_bytes());
+    format!("v1_{}", base64_encode(&digest).trim_end_matches('='))
+}
+
+/// Whether a `/files` request may go on once an access token is set: it
+/// carries the token in X-Access-Token, or a signature of `url` for
+/// `operation` that has not expired at `now` (unix seconds).
+pub(crate) fn check_file_access(
+    headers: &HeaderMap,
+    token: &str,
+    url: &SignedUrl<'_>,
+    operation: Operation,
+    now: i64,
+) -> Result<(), SignedUrlError> {
+    if has_token(headers, token) {
+        return Ok(());
+    }
+    let given = url.signature.ok_or(SignedUrlError::Missing)?;
+    let expected = file_signature(url, operation, token);
+    if !same_bytes(given.as_bytes(), expected.as_bytes()) {
+        return Err(SignedUrlError::Invalid);
+    }
+    match url.expiration {
+        Some(expiration) if expiration < now => Err(SignedUrlError::Expired(expiration)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -75,22 +136,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
         h
-    }
-
-    #[test]
-    fn base64_vectors() {
-        for (enc, dec) in [
-            ("", ""),
-            ("Zg==", "f"),
-            ("Zm8=", "fo"),
-            ("Zm9v", "foo"),
-            ("Zm9vYg", "foob"),
-        ] {
-            assert_eq!(decode_base64(enc).unwrap(), dec.as_bytes(), "{enc}");
-        }
-        assert_eq!(decode_base64("bm9ib2R5Og==").unwrap(), b"nobody:");
-        assert_eq!(decode_base64("Z"), None);
-        assert_eq!(decode_base64("Zm9v!"), None);
     }
 
     #[test]
@@ -121,5 +166,84 @@ mod tests {
         assert!(has_token(&h, "secret"));
         assert!(!has_token(&h, "secreT"));
         assert!(!has_token(&h, "secret2"));
+    }
+
+    fn url<'a>(path: &'a str, user: &'a str, signature: Option<&'a str>) -> SignedUrl<'a> {
+        SignedUrl {
+            path,
+            user,
+            signature,
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn signatures_match_the_python_sdk() {
+        // e2b.sandbox.signature.get_signature("/home/user/a.txt", "read", "user", "secret")
+        assert_eq!(
+            file_signature(
+                &url("/home/user/a.txt", "user", None),
+                Operation::Read,
+                "secret"
+            ),
+            "v1_oO3VOyxXH3pkX/nhqGaqe3v8d+8vNhbGG2sLjuGWsuo"
+        );
+        // The same for "write", no user, expiring at 1700000000.
+        let expiring = SignedUrl {
+            expiration: Some(1_700_000_000),
+            ..url("/home/user/a.txt", "", None)
+        };
+        assert_eq!(
+            file_signature(&expiring, Operation::Write, "secret"),
+            "v1_dXwXe8Z+I6rQsEdqGqhGbWk2wYSZWKq9TN4jJyuhiGU"
+        );
+    }
+
+    #[test]
+    fn file_access_needs_the_token_or_a_live_signature() {
+        let none = HeaderMap::new();
+        let good = file_signature(&url("/a", "", None), Operation::Read, "secret");
+        let check = |headers: &HeaderMap, url: SignedUrl<'_>, operation| {
+            check_file_access(headers, "secret", &url, operation, 1_000)
+        };
+        assert_eq!(
+            check(&none, url("/a", "", Some(&good)), Operation::Read),
+            Ok(())
+        );
+        assert_eq!(
+            check(&none, url("/a", "", None), Operation::Read),
+            Err(SignedUrlError::Missing)
+        );
+        for (path, user, operation) in [
+            ("/b", "", Operation::Read),
+            ("/a", "root", Operation::Read),
+            ("/a", "", Operation::Write),
+        ] {
+            assert_eq!(
+                check(&none, url(path, user, Some(&good)), operation),
+                Err(SignedUrlError::Invalid),
+                "{path} {user} {operation:?}"
+            );
+        }
+
+        let mut token = HeaderMap::new();
+        token.insert(ACCESS_TOKEN_HEADER, HeaderValue::from_static("secret"));
+        assert_eq!(check(&token, url("/a", "", None), Operation::Write), Ok(()));
+
+        let signed_until = |expiration| {
+            let mut url = url("/a", "", None);
+            url.expiration = Some(expiration);
+            let signature = file_signature(&url, Operation::Read, "secret");
+            check(
+                &none,
+                SignedUrl {
+                    signature: Some(&signature),
+                    ..url
+                },
+                Operation::Read,
+            )
+        };
+        assert_eq!(signed_until(1_000), Ok(()));
+        assert_eq!(signed_until(999), Err(SignedUrlError::Expired(999)));
     }
 }

@@ -4,7 +4,8 @@
 //! permissions (see `filesystem.rs`), so uploads and the directories made
 //! for them belong to the user. An upload may be sent with
 //! `Content-Encoding: gzip`, and a download is gzip-compressed when the
-//! client accepts it; both are (de)compressed as the bytes flow.
+//! client accepts it; both are (de)compressed as the bytes flow. Once an
+//! access token is set, a signed URL may stand in for it (see `auth.rs`).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -12,6 +13,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -28,8 +30,9 @@ use hearth_proto::connect::{CONTENT_TYPE_JSON, Code};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::Agent;
+use super::auth::{self, Operation, SignedUrl};
 use super::filesystem::{Caller, FsError, make_dirs};
-use super::{Agent, auth};
 
 /// Bytes read from a file per body chunk.
 const CHUNK: usize = 64 * 1024;
@@ -42,6 +45,8 @@ pub(super) fn routes() -> Router<Arc<Agent>> {
 struct Params {
     path: Option<String>,
     username: Option<String>,
+    signature: Option<String>,
+    signature_expiration: Option<i64>,
 }
 
 /// An error answered as envd's `{"code": status, "message": ...}`.
@@ -89,6 +94,30 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// Once `/init` has set an access token, a transfer needs it in
+/// X-Access-Token or a signed URL (the SDK's `download_url`/`upload_url`).
+fn authorize(
+    agent: &Agent,
+    headers: &HeaderMap,
+    params: &Params,
+    operation: Operation,
+) -> Result<(), HttpError> {
+    let Some(token) = agent.settings().access_token else {
+        return Ok(());
+    };
+    let url = SignedUrl {
+        path: params.path.as_deref().unwrap_or(""),
+        user: params.username.as_deref().unwrap_or(""),
+        signature: params.signature.as_deref(),
+        expiration: params.signature_expiration,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    auth::check_file_access(headers, &token, &url, operation, now)
+        .map_err(|e| HttpError::new(StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
 /// The user from `username`, else the Basic header, else the default user.
 fn caller(agent: &Agent, headers: &HeaderMap, params: &Params) -> Result<Caller, HttpError> {
     let name = match params.username.as_deref().filter(|u| !u.is_empty()) {
@@ -129,6 +158,7 @@ async fn download(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Response, HttpError> {
+    authorize(&agent, &headers, &params, Operation::Read)?;
     let caller = caller(&agent, &headers, &params)?;
     let path = caller.resolve(params.path.as_deref().unwrap_or(""))?;
     let path_for_errors = path.clone();
@@ -279,6 +309,7 @@ async fn upload(
     request: Request,
 ) -> Result<Response, HttpError> {
     let (parts, body) = request.into_parts();
+    authorize(&agent, &parts.headers, &params, Operation::Write)?;
     let caller = caller(&agent, &parts.headers, &params)?;
     let body: BoxStream<'static, io::Result<Bytes>> = match parts
         .headers

@@ -101,19 +101,22 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .merge(filesystem::routes())
         .merge(watch::routes())
         .merge(info::routes())
-        .merge(files::routes())
         .layer(middleware::from_fn_with_state(agent.clone(), require_token))
-        // Health stays reachable without the token.
+        // `/files` takes the token or a signed URL itself; health stays
+        // reachable without the token.
+        .merge(files::routes())
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .with_state(agent)
 }
 
-/// Serves the agent on `listener` until the process ends.
+/// Serves the agent on `listener` until the process ends, over HTTP/1.1 or
+/// HTTP/2 with prior knowledge (h2c), whichever the client speaks.
 pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> io::Result<()> {
     axum::serve(listener, router(agent)).await
 }
 
-/// Once `/init` has set an access token, every route but `/health` needs it.
+/// Once `/init` has set an access token, every route but `/health` and
+/// `/files` needs it.
 async fn require_token(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let token = agent.settings().access_token;
     match token {
