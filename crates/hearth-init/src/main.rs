@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod clock;
 mod cmdline;
+mod entropy;
 mod identity;
 mod mounts;
 mod net;

@@ -41,6 +41,11 @@ pub struct InitRequest {
     /// Hearth extension: new host name for the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Hearth extension: random bytes from the host (standard base64, at
+    /// most 512 bytes) mixed into the guest kernel's pool, which is then
+    /// reseeded, so sandboxes restored from one snapshot diverge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<String>,
 }
 
 /// One entry of [`InitRequest::volume_mounts`].

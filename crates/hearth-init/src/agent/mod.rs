@@ -140,6 +140,10 @@ enum InitError {
     Hostname(#[from] crate::cmdline::CmdlineError),
     #[error("Cannot apply the hostname")]
     Identity(#[from] identity::IdentityError),
+    #[error("Invalid entropy: {0}")]
+    BadEntropy(String),
+    #[error("Cannot reseed the kernel random pool")]
+    Reseed(#[source] io::Error),
 }
 
 async fn init(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
@@ -152,7 +156,7 @@ async fn init(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
                 InitError::Body(_) | InitError::Clock(clock::ClockError::Timestamp(_)) => {
                     StatusCode::BAD_REQUEST
                 }
-                InitError::Hostname(_) => StatusCode::BAD_REQUEST,
+                InitError::Hostname(_) | InitError::BadEntropy(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let body = serde_json::json!({ "code": status.as_u16(), "message": message });
@@ -182,6 +186,19 @@ fn apply_init(agent: &Agent, body: &[u8]) -> Result<(), InitError> {
         let hostname = crate::cmdline::parse_hostname(hostname)?;
         if agent.mode == Mode::Guest {
             identity::apply_hostname(&agent.etc, &hostname)?;
+        }
+    }
+    if let Some(entropy) = &request.entropy {
+        let seed = hearth_proto::connect::base64_decode(entropy)
+            .filter(|s| !s.is_empty() && s.len() <= crate::entropy::MAX_SEED)
+            .ok_or_else(|| {
+                InitError::BadEntropy(format!(
+                    "expected 1 to {} bytes of base64",
+                    crate::entropy::MAX_SEED
+                ))
+            })?;
+        if agent.mode == Mode::Guest {
+            crate::entropy::reseed(&seed).map_err(InitError::Reseed)?;
         }
     }
     let mut settings = agent
