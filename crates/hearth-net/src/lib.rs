@@ -17,6 +17,7 @@ mod slots;
 pub use error::NetError;
 pub use leftovers::Leftovers;
 pub use plan::{
-    GATEWAY_IP, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, MAX_SLOTS, PlanError, SlotPlan, TAP_NAME,
+    GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, MAX_SLOTS, PlanError, SlotPlan,
+    TAP_NAME,
 };
 pub use slots::{DEFAULT_LOCK_DIR, Slot, Slots, leftovers};

@@ -15,6 +15,9 @@ pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 22);
 pub const GUEST_PREFIX_LEN: u8 = 30;
 /// The guest's MAC address, the same in every sandbox (locally administered).
 pub const GUEST_MAC: &str = "02:fc:00:00:00:05";
+/// The MAC of `tap0`, the guest's gateway, also the same in every slot: a
+/// guest restored from a snapshot keeps its ARP cache.
+pub const GATEWAY_MAC: &str = "02:fc:00:00:00:06";
 /// The tap device the VMM opens, inside the slot's netns.
 pub const TAP_NAME: &str = "tap0";
 /// How many slots the address plan holds (`10.200.0.0/16`, one /30 each).
@@ -101,6 +104,7 @@ impl SlotPlan {
              addr add {ns_ip}/{SLOT_PREFIX_LEN} dev {ns_veth}\n\
              link set dev {ns_veth} up\n\
              tuntap add dev {TAP_NAME} mode tap\n\
+             link set dev {TAP_NAME} address {GATEWAY_MAC}\n\
              addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
              link set dev {TAP_NAME} up\n\
              neigh add {GUEST_IP} lladdr {GUEST_MAC} dev {TAP_NAME} nud permanent\n\
@@ -400,6 +404,7 @@ mod tests {
             "addr add 10.200.0.22/30 dev veth0",
             "link set dev veth0 up",
             "tuntap add dev tap0 mode tap",
+            "link set dev tap0 address 02:fc:00:00:00:06",
             "addr add 169.254.0.22/30 dev tap0",
             "link set dev tap0 up",
             "neigh add 169.254.0.21 lladdr 02:fc:00:00:00:05 dev tap0 nud permanent",
