@@ -15,6 +15,10 @@ pub enum VmmError {
     KernelMissing(PathBuf),
     #[error("disk image {0} does not exist")]
     DiskMissing(PathBuf),
+    #[error("saved VM state {0} does not exist")]
+    StateMissing(PathBuf),
+    #[error("path {0} cannot be handed to the VMM (quote or newline in it, or not UTF-8)")]
+    UnsupportedPath(PathBuf),
     #[error("failed to start {binary}")]
     Spawn {
         binary: String,
@@ -25,6 +29,8 @@ pub enum VmmError {
     EarlyExit { exit: String, log: PathBuf },
     #[error("the VMM control socket {path} did not come up within {secs} s")]
     ControlTimeout { path: PathBuf, secs: u64 },
+    #[error("cannot tell the VMM version: {0}")]
+    Version(String),
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("I/O error on {what}")]

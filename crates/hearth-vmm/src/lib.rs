@@ -14,7 +14,7 @@ mod spec;
 
 pub use accel::{Accel, AccelChoice, AccelDecision, detect_accel};
 pub use error::VmmError;
-pub use spec::{Disk, DiskFormat, NetSpec, VmSpec};
+pub use spec::{Disk, DiskFormat, Memory, NetSpec, SavedMemory, Start, VmSpec};
 
 use std::future::Future;
 use std::path::Path;
@@ -33,8 +33,9 @@ pub enum VmExit {
 pub trait Vmm: Send + Sync {
     type Vm: Vm;
 
-    /// Starts the VMM process and the guest. Returns once the VMM accepts
-    /// control commands; the guest is booting then, not yet ready.
+    /// Starts the VMM process and, with [`Start::Boot`], the guest. Returns
+    /// once the VMM accepts control commands; the guest is booting then, not
+    /// yet ready. With [`Start::Incoming`] the VM waits for [`Vm::load`].
     fn boot(&self, spec: &VmSpec) -> impl Future<Output = Result<Self::Vm, VmmError>> + Send;
 }
 
@@ -53,4 +54,23 @@ pub trait Vm: Send {
     /// Ends the VM now: asks the VMM to quit, kills it if it does not within a
     /// short grace period, and reaps it.
     fn stop(&mut self) -> impl Future<Output = Result<VmExit, VmmError>> + Send;
+
+    /// Pauses the guest and writes its state to `path`. The guest stays
+    /// paused; [`Vm::resume`] continues it.
+    fn save(
+        &mut self,
+        path: &Path,
+        memory: SavedMemory,
+    ) -> impl Future<Output = Result<(), VmmError>> + Send;
+
+    /// Loads a state written by [`Vm::save`] into a VM started with
+    /// [`Start::Incoming`]. The guest is paused afterwards.
+    fn load(
+        &mut self,
+        path: &Path,
+        memory: SavedMemory,
+    ) -> impl Future<Output = Result<(), VmmError>> + Send;
+
+    /// Runs a paused guest.
+    fn resume(&mut self) -> impl Future<Output = Result<(), VmmError>> + Send;
 }

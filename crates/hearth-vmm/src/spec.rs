@@ -14,6 +14,10 @@ pub struct VmSpec {
     pub root_disk: Disk,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// What backs guest memory.
+    pub memory: Memory,
+    /// Boot the kernel, or wait for [`crate::Vm::load`] to bring in a saved state.
+    pub start: Start,
     pub net: Option<NetSpec>,
     /// Directory for the VMM's sockets, pid file and console log. It must
     /// exist; the caller owns its lifetime.
@@ -54,4 +58,34 @@ pub struct NetSpec {
     /// Network namespace (a `/run/netns/<name>` path) the VMM process joins
     /// before it opens the tap.
     pub netns: Option<PathBuf>,
+}
+
+/// What backs guest memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// Private anonymous memory.
+    Anonymous,
+    /// A file of `memory_mib` MiB. `shared` writes guest memory through to the
+    /// file (a template being snapshotted); otherwise the file is mapped
+    /// copy-on-write, so many guests share its unchanged pages (clones).
+    File { path: PathBuf, shared: bool },
+}
+
+/// How a VM starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Boot the kernel.
+    Boot,
+    /// Wait, paused, for a saved state ([`crate::Vm::load`]).
+    Incoming,
+}
+
+/// What a saved VM state holds besides the device state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavedMemory {
+    /// Guest memory is written into the state too (pause, fork).
+    Included,
+    /// Guest memory stays in its shared file ([`Memory::File`] with
+    /// `shared`); the state holds devices only (template snapshots).
+    InFile,
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{Accel, VmSpec};
+use crate::{Accel, Memory, Start, VmSpec};
 
 /// Arguments this driver adds to the guest kernel command line. The guest's
 /// `reboot` triple-faults the CPU and `-no-reboot` turns that reset into a
@@ -31,7 +31,7 @@ impl<'a> QemuArgs<'a> {
             // With acpi=off QEMU appends the virtio_mmio.device= arguments to
             // the kernel command line itself; adding them again breaks probing.
             "-M".into(),
-            "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off".into(),
+            "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off,memory-backend=ram0".into(),
             "-accel".into(),
             accel.into(),
             "-cpu".into(),
@@ -40,6 +40,8 @@ impl<'a> QemuArgs<'a> {
             spec.vcpus.to_string(),
             "-m".into(),
             format!("{}M", spec.memory_mib),
+            "-object".into(),
+            memory_backend(spec),
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-nographic".into(),
@@ -82,7 +84,24 @@ impl<'a> QemuArgs<'a> {
                 format!("virtio-net-device,netdev=net0,mac={}", net.mac),
             ]);
         }
+        if spec.start == Start::Incoming {
+            args.extend(["-incoming".into(), "defer".into()]);
+        }
         args
+    }
+}
+
+/// The memory backend, always `ram0`: a saved state names its RAM block
+/// after the backend, so every VM must use the same id to load another's state.
+fn memory_backend(spec: &VmSpec) -> String {
+    let size = spec.memory_mib;
+    match &spec.memory {
+        Memory::Anonymous => format!("memory-backend-ram,id=ram0,size={size}M"),
+        Memory::File { path, shared } => format!(
+            "memory-backend-file,id=ram0,size={size}M,mem-path={},share={}",
+            escape(&path.display().to_string()),
+            if *shared { "on" } else { "off" }
+        ),
     }
 }
 
@@ -107,6 +126,8 @@ mod tests {
             },
             vcpus: 2,
             memory_mib: 512,
+            memory: Memory::Anonymous,
+            start: Start::Boot,
             net: net.then(|| NetSpec {
                 tap: "tap0".into(),
                 mac: "02:fc:00:00:00:05".into(),
@@ -134,9 +155,14 @@ mod tests {
         assert_eq!(value_of(&args, "-cpu"), ["max"]);
         assert_eq!(
             value_of(&args, "-M"),
-            ["microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off"]
+            ["microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off,memory-backend=ram0"]
         );
         assert_eq!(value_of(&args, "-m"), ["512M"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-ram,id=ram0,size=512M"]
+        );
+        assert!(!args.contains(&"-incoming".to_string()));
         assert_eq!(value_of(&args, "-smp"), ["2"]);
         assert!(args.contains(&"-no-reboot".to_string()));
         assert_eq!(
@@ -164,6 +190,28 @@ mod tests {
             value_of(&args, "-qmp"),
             ["unix:/s/qmp.sock,server=on,wait=off"]
         );
+    }
+
+    #[test]
+    fn file_memory_and_incoming_start() {
+        let mut s = spec(Accel::Tcg, false);
+        s.memory = Memory::File {
+            path: PathBuf::from("/t/a,b/memory"),
+            shared: false,
+        };
+        s.start = Start::Incoming;
+        let args = QemuArgs::new(&s, Path::new("/q"), Path::new("/c")).render();
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-file,id=ram0,size=512M,mem-path=/t/a,,b/memory,share=off"]
+        );
+        assert_eq!(value_of(&args, "-incoming"), ["defer"]);
+        s.memory = Memory::File {
+            path: PathBuf::from("/t/memory"),
+            shared: true,
+        };
+        let args = QemuArgs::new(&s, Path::new("/q"), Path::new("/c")).render();
+        assert!(value_of(&args, "-object")[0].ends_with(",share=on"));
     }
 
     #[test]

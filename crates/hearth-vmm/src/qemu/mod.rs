@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::{Vm, VmExit, VmSpec, Vmm, VmmError};
+use serde_json::{Value, json};
+
+use crate::{SavedMemory, Vm, VmExit, VmSpec, Vmm, VmmError};
 use args::QemuArgs;
 use qmp::Qmp;
 
 const BINARY: &str = "qemu-system-x86_64";
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(2);
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(1);
 
 /// The QEMU microvm driver.
 #[derive(Debug, Clone)]
@@ -38,6 +42,26 @@ impl Qemu {
                 binary: BINARY,
                 package: "qemu-system-x86",
             })
+    }
+
+    /// The first line of `qemu-system-x86_64 --version`, e.g. `QEMU
+    /// emulator version 7.2.22 (Debian …)`. Saved states load only into the
+    /// version that wrote them.
+    pub fn version(&self) -> Result<String, VmmError> {
+        let out = std::process::Command::new(&self.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| VmmError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| out.status.success() && !l.is_empty())
+            .ok_or_else(|| VmmError::Version(format!("{BINARY} --version printed nothing")))
     }
 }
 
@@ -112,6 +136,7 @@ impl Vmm for Qemu {
             pid,
             qmp: Some(qmp),
             console: files.console,
+            vmm_log: files.vmm_log,
             exit: None,
         })
     }
@@ -139,14 +164,8 @@ async fn connect_control(child: &mut Child, files: &RunFiles) -> Result<Qmp, Vmm
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().map_err(VmmError::io("the VMM process"))? {
-            let log = std::fs::read_to_string(&files.vmm_log).unwrap_or_default();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
             return Err(VmmError::EarlyExit {
-                exit: format!("{status}: {}", last.trim()),
+                exit: format!("{status}: {}", last_line(&files.vmm_log)),
                 log: files.vmm_log.clone(),
             });
         }
@@ -165,6 +184,17 @@ async fn connect_control(child: &mut Child, files: &RunFiles) -> Result<Qmp, Vmm
     }
 }
 
+/// The last non-empty line of a log file.
+fn last_line(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// A running QEMU VM.
 #[derive(Debug)]
 pub struct QemuVm {
@@ -172,6 +202,7 @@ pub struct QemuVm {
     pid: u32,
     qmp: Option<Qmp>,
     console: PathBuf,
+    vmm_log: PathBuf,
     exit: Option<VmExit>,
 }
 
@@ -235,5 +266,129 @@ impl Vm for QemuVm {
             .start_kill()
             .map_err(VmmError::io("the VMM process"))?;
         self.reap().await
+    }
+
+    async fn save(&mut self, path: &Path, memory: SavedMemory) -> Result<(), VmmError> {
+        let uri = format!("exec:cat > {}", shell_quote(path)?);
+        let qmp = self.control()?;
+        qmp.execute("stop", None).await?;
+        set_ignore_shared(qmp, memory).await?;
+        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        let started = Instant::now();
+        loop {
+            let status = qmp.execute("query-migrate", None).await?;
+            match status.get("status").and_then(Value::as_str) {
+                Some("completed") => return Ok(()),
+                Some("failed" | "cancelled") => {
+                    let why = status
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given");
+                    return Err(VmmError::Qmp(format!("saving the VM state failed: {why}")));
+                }
+                _ => {}
+            }
+            if started.elapsed() > MIGRATION_TIMEOUT {
+                return Err(VmmError::Qmp(format!(
+                    "saving the VM state took over {} s",
+                    MIGRATION_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn load(&mut self, path: &Path, memory: SavedMemory) -> Result<(), VmmError> {
+        if !path.is_file() {
+            return Err(VmmError::StateMissing(path.to_owned()));
+        }
+        let uri = format!("exec:cat {}", shell_quote(path)?);
+        let qmp = self.control()?;
+        set_ignore_shared(qmp, memory).await?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
+        let started = Instant::now();
+        loop {
+            // A state QEMU cannot load ends the process, which closes QMP.
+            let status = match self.control()?.execute("query-status", None).await {
+                Ok(status) => status,
+                Err(e) => return Err(self.exit_reason().await.unwrap_or(e)),
+            };
+            if status.get("status").and_then(Value::as_str) == Some("paused") {
+                return Ok(());
+            }
+            if started.elapsed() > MIGRATION_TIMEOUT {
+                return Err(VmmError::Qmp(format!(
+                    "loading the VM state took over {} s",
+                    MIGRATION_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn resume(&mut self) -> Result<(), VmmError> {
+        self.control()?.execute("cont", None).await.map(drop)
+    }
+}
+
+impl QemuVm {
+    /// Why the VMM process ended, when it has (from the tail of its log).
+    async fn exit_reason(&mut self) -> Option<VmmError> {
+        let status = tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        self.record(status);
+        Some(VmmError::EarlyExit {
+            exit: format!("{status}: {}", last_line(&self.vmm_log)),
+            log: self.vmm_log.clone(),
+        })
+    }
+
+    fn control(&mut self) -> Result<&mut Qmp, VmmError> {
+        self.qmp
+            .as_mut()
+            .ok_or_else(|| VmmError::Qmp("the VMM has exited".to_owned()))
+    }
+}
+
+/// With `x-ignore-shared`, memory in a shared backend file is left out of
+/// the migration stream: the file already holds it.
+async fn set_ignore_shared(qmp: &mut Qmp, memory: SavedMemory) -> Result<(), VmmError> {
+    let capabilities = json!({ "capabilities": [{
+        "capability": "x-ignore-shared",
+        "state": memory == SavedMemory::InFile,
+    }]});
+    qmp.execute("migrate-set-capabilities", Some(capabilities))
+        .await
+        .map(drop)
+}
+
+/// `path` in single quotes for the `/bin/sh -c` that QEMU's `exec:` runs.
+fn shell_quote(path: &Path) -> Result<String, VmmError> {
+    let text = path
+        .to_str()
+        .filter(|p| !p.contains('\'') && !p.contains('\n'))
+        .ok_or_else(|| VmmError::UnsupportedPath(path.to_owned()))?;
+    Ok(format!("'{text}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_paths_are_quoted_for_the_shell() {
+        assert_eq!(
+            shell_quote(Path::new("/var/lib/hearth/a b/state")).unwrap(),
+            "'/var/lib/hearth/a b/state'"
+        );
+        for bad in ["/x/it's", "/x/a\nb"] {
+            assert!(matches!(
+                shell_quote(Path::new(bad)),
+                Err(VmmError::UnsupportedPath(_))
+            ));
+        }
     }
 }
