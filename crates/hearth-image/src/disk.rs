@@ -23,18 +23,47 @@ pub enum DiskError {
     },
 }
 
-/// Creates `overlay`, a qcow2 disk whose unwritten blocks read from the raw
-/// image `backing_raw` (recorded by absolute path).
-pub fn create_overlay(backing_raw: &Path, overlay: &Path) -> Result<(), DiskError> {
-    let backing = backing_raw
+/// Format of a disk image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Raw => "raw",
+            Self::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Creates `overlay`, a qcow2 disk whose unwritten blocks read from the
+/// image `backing` (recorded by absolute path).
+pub fn create_overlay(
+    backing: &Path,
+    backing_format: ImageFormat,
+    overlay: &Path,
+) -> Result<(), DiskError> {
+    let backing_path = backing;
+    let backing = backing_path
         .canonicalize()
         .map_err(|source| DiskError::Backing {
-            path: backing_raw.to_owned(),
+            path: backing_path.to_owned(),
             source,
         })?;
     tool::run(
         Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                backing_format.as_str(),
+                "-b",
+            ])
             .arg(&backing)
             .arg(overlay),
         "qemu-utils",
@@ -62,7 +91,7 @@ mod tests {
         // A relative path must still record the absolute backing file.
         let relative = dir.path().join("sub/../rootfs.ext4");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        create_overlay(&relative, &overlay).unwrap();
+        create_overlay(&relative, ImageFormat::Raw, &overlay).unwrap();
         let out = tool::run(
             Command::new("qemu-img")
                 .args(["info", "--output=json"])
@@ -83,8 +112,12 @@ mod tests {
     #[test]
     fn a_missing_backing_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            create_overlay(&dir.path().join("nope"), &dir.path().join("o.qcow2")).unwrap_err();
+        let err = create_overlay(
+            &dir.path().join("nope"),
+            ImageFormat::Raw,
+            &dir.path().join("o.qcow2"),
+        )
+        .unwrap_err();
         assert!(matches!(err, DiskError::Backing { .. }), "{err}");
     }
 }

@@ -11,7 +11,7 @@ mod progress;
 mod template;
 mod tool;
 
-pub use disk::{DiskError, create_overlay};
+pub use disk::{DiskError, ImageFormat, create_overlay};
 pub use kernel::{Kernel, KernelError, KernelOptions, build_kernel, current_kernel, list_kernels};
 pub use progress::{NoProgress, Progress};
 pub use template::{

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use hearth_image::{Progress, TemplateOptions, build_base_template, create_overlay, find_template};
+use hearth_image::{
+    ImageFormat, Progress, TemplateOptions, build_base_template, create_overlay, find_template,
+};
 
 /// Prints each stage with the time it began, so a run shows where time goes.
 struct StageClock {
@@ -124,7 +126,7 @@ fn base_template_builds_once_and_boots_from_a_checked_image() {
     );
 
     let overlay = dir.path().join("disk.qcow2");
-    create_overlay(&template.rootfs, &overlay).unwrap();
+    create_overlay(&template.rootfs, ImageFormat::Raw, &overlay).unwrap();
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(&overlay)

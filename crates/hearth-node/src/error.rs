@@ -29,6 +29,21 @@ pub enum NodeError {
     AgentTimeout { timeout: Duration, console: String },
     #[error("the VM exited while booting ({exit}); last console line: {console}")]
     BootExit { exit: String, console: String },
+    #[error("sandbox {0} is in use by another process")]
+    Busy(String),
+    #[error("no paused sandbox {0}")]
+    NotPaused(String),
+    #[error(
+        "{what} was saved under another {field} ({saved}) than this host's ({host}); rebuild the template or resume it where it was paused"
+    )]
+    Incompatible {
+        what: String,
+        field: &'static str,
+        saved: String,
+        host: String,
+    },
+    #[error("{path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,

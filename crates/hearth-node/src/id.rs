@@ -6,9 +6,14 @@ const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const LEN: usize = 20;
 
 pub(crate) fn new_sandbox_id() -> std::io::Result<String> {
-    let mut raw = [0u8; LEN];
+    Ok(encode(&random_bytes::<LEN>()?))
+}
+
+/// `N` bytes from the kernel's CSPRNG.
+pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut raw = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    Ok(encode(&raw))
+    Ok(raw)
 }
 
 fn encode(raw: &[u8]) -> String {

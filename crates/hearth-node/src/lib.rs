@@ -10,13 +10,16 @@
 mod agent;
 mod error;
 mod id;
+mod instance;
 mod layout;
 mod node;
 mod preflight;
 mod sandbox;
+mod snapshot;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use error::NodeError;
 pub use layout::Layout;
 pub use node::{Node, NodeOptions};
 pub use sandbox::{Sandbox, SandboxSpec};
+pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};

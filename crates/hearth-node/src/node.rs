@@ -2,14 +2,14 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth_image::{Kernel, Template};
 use hearth_net::Slots;
 use hearth_vmm::qemu::Qemu;
-use hearth_vmm::{AccelChoice, AccelDecision};
+use hearth_vmm::{Accel, AccelChoice, AccelDecision};
 
-use crate::{Layout, NodeError, preflight};
+use crate::{HostProfile, Layout, NodeError, preflight};
 
 /// Node-wide settings.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Node {
     pub(crate) qemu: Qemu,
     pub(crate) accel: AccelDecision,
     pub(crate) dns: Vec<Ipv4Addr>,
+    /// What saved states made here depend on.
+    pub(crate) host: HostProfile,
 }
 
 impl Node {
@@ -55,13 +57,49 @@ impl Node {
             tracing::info!("removed leftover network slots {cleaned:?}");
         }
         remove_leftover_sandboxes(&layout)?;
+        let host = HostProfile {
+            vmm: qemu.version()?,
+            accel: accel.accel.to_string(),
+            cpu: match accel.accel {
+                Accel::Tcg => "max".to_owned(),
+                Accel::Kvm => host_cpu_model(),
+            },
+        };
         Ok(Self {
             layout,
             slots: Arc::new(slots),
             qemu,
             accel,
             dns: host_nameservers(Path::new("/etc/resolv.conf")),
+            host,
         })
+    }
+
+    /// What saved states made on this node depend on.
+    pub fn host(&self) -> &HostProfile {
+        &self.host
+    }
+
+    /// Guest kernel arguments for a cold boot of `template`.
+    pub(crate) fn kernel_args(&self, template: &Template, hostname: &str) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut args = format!(
+            "root=/dev/vda rw rootfstype=ext4 init={} quiet hearth.hostname={hostname} \
+             hearth.ip={}/{} hearth.gw={} hearth.time={}.{:06}",
+            template.init_path,
+            hearth_net::GUEST_IP,
+            hearth_net::GUEST_PREFIX_LEN,
+            hearth_net::GATEWAY_IP,
+            now.as_secs(),
+            now.subsec_micros()
+        );
+        if !self.dns.is_empty() {
+            let dns: Vec<String> = self.dns.iter().map(ToString::to_string).collect();
+            args.push_str(&format!(" hearth.dns={}", dns.join(",")));
+        }
+        args
     }
 
     pub fn layout(&self) -> &Layout {
@@ -96,10 +134,13 @@ fn remove_leftover_sandboxes(layout: &Layout) -> Result<(), NodeError> {
         let entry = entry.map_err(NodeError::io(&dir))?;
         let id = entry.file_name().to_string_lossy().into_owned();
         let lock_path = layout.sandbox_locks().join(format!("{id}.lock"));
+        let path = entry.path();
+        if crate::sandbox::is_paused(&path) {
+            continue;
+        }
         let Some(lock) = try_lock(&lock_path)? else {
             continue;
         };
-        let path = entry.path();
         tracing::info!("removing leftover sandbox {id}");
         kill_leftover_vmm(&path);
         std::fs::remove_dir_all(&path).map_err(NodeError::io(&path))?;
@@ -126,6 +167,27 @@ pub(crate) fn try_lock(path: &Path) -> Result<Option<File>, NodeError> {
             source: e,
         }),
     }
+}
+
+/// Takes an exclusive lock on `path`, waiting for its holder. Blocks.
+pub(crate) fn lock_wait(path: &Path) -> Result<File, NodeError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(NodeError::io(path))?;
+    file.lock().map_err(NodeError::io(path))?;
+    Ok(file)
+}
+
+/// The host CPU's model name (`-cpu host` under KVM passes its features on).
+fn host_cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or_else(|| "unknown".to_owned(), |(_, name)| name.trim().to_owned())
 }
 
 /// Kills the VMM recorded in a sandbox directory if that pid still runs a

@@ -1,25 +1,51 @@
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hearth_image::{Kernel, Template};
-use hearth_net::Slot;
-use hearth_proto::agent::{AGENT_PORT, InitRequest};
-use hearth_vmm::qemu::QemuVm;
-use hearth_vmm::{Disk, DiskFormat, NetSpec, Vm, VmExit, VmSpec, Vmm};
+use serde::{Deserialize, Serialize};
 
+use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_proto::agent::InitRequest;
+use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
+
+use crate::instance::{Instance, Launch, Machine, last_console_line};
 use crate::node::{kill_leftover_vmm, try_lock};
+use crate::snapshot::{HostProfile, Snapshot, unix_now, write_json};
 use crate::{AgentClient, Node, NodeError, id};
 
-/// What to boot.
+/// Written into a paused sandbox's directory; its presence is what makes
+/// the directory outlive every process.
+const PAUSED: &str = "paused.json";
+/// The saved state of a paused sandbox (device state and memory).
+const PAUSED_STATE: &str = "state";
+
+/// What to create.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
     pub template: Template,
     pub kernel: Kernel,
     pub vcpus: u32,
     pub memory_mib: u32,
+}
+
+/// What a sandbox was made from: enough to restore it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Origin {
+    template: String,
+    /// The template snapshot directory its disk overlays.
+    snapshot: PathBuf,
+    kernel_path: PathBuf,
+    vcpus: u32,
+    memory_mib: u32,
+    host: HostProfile,
+}
+
+/// The record of a paused sandbox (`paused.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Paused {
+    origin: Origin,
+    /// Unix seconds.
+    paused_at: u64,
 }
 
 /// A running sandbox and everything it owns: its directory (disk overlay,
@@ -29,103 +55,86 @@ pub struct Sandbox {
     dir: PathBuf,
     lock_path: PathBuf,
     lock: Option<File>,
-    slot: Option<Slot>,
-    vm: Option<QemuVm>,
-    agent: AgentClient,
+    instance: Option<Instance>,
+    origin: Origin,
 }
 
 impl Sandbox {
-    /// Creates the sandbox's resources and starts its VM. The guest is still
-    /// booting when this returns: see [`Sandbox::wait_ready`]. On failure
-    /// everything created so far is removed.
+    /// Restores a new sandbox from the template's snapshot, taking the
+    /// snapshot first if this template, kernel and machine shape have none.
+    /// Call [`Sandbox::wait_ready`] next. On failure everything created so
+    /// far is removed.
     pub async fn create(node: &Node, spec: &SandboxSpec) -> Result<Self, NodeError> {
-        let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
-        let lock_path = node.layout.sandbox_locks().join(format!("{id}.lock"));
-        let lock = try_lock(&lock_path)?.ok_or_else(|| NodeError::Io {
-            path: lock_path.clone(),
-            source: std::io::ErrorKind::AlreadyExists.into(),
-        })?;
-        let dir = node.layout.sandboxes().join(&id);
-        let mut sandbox = Self {
-            agent: AgentClient::new(SocketAddr::from(([0, 0, 0, 0], AGENT_PORT))),
-            id,
-            dir,
-            lock_path,
-            lock: Some(lock),
-            slot: None,
-            vm: None,
+        let snapshot = node
+            .snapshot(&spec.template, &spec.kernel, spec.vcpus, spec.memory_mib)
+            .await?;
+        Self::from_snapshot(node, &snapshot).await
+    }
+
+    /// Restores a new sandbox from a template snapshot.
+    pub async fn from_snapshot(node: &Node, snapshot: &Snapshot) -> Result<Self, NodeError> {
+        node.host
+            .check(&snapshot.meta.host, "the template snapshot")?;
+        let origin = Origin {
+            template: snapshot.meta.template.clone(),
+            snapshot: snapshot.dir.clone(),
+            kernel_path: snapshot.meta.kernel_path.clone(),
+            vcpus: snapshot.meta.vcpus,
+            memory_mib: snapshot.meta.memory_mib,
+            host: snapshot.meta.host.clone(),
         };
-        match sandbox.start(node, spec).await {
+        let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
+        let mut sandbox = Self::claim(node, id, origin)?;
+        std::fs::create_dir(&sandbox.dir).map_err(NodeError::io(&sandbox.dir))?;
+        let started = async {
+            let disk = sandbox.dir.join("disk.qcow2");
+            hearth_image::create_overlay(&snapshot.disk(), ImageFormat::Qcow2, &disk)?;
+            let machine = sandbox.machine(Memory::File {
+                path: snapshot.memory(),
+                shared: false,
+            });
+            let launch = Launch::Restore {
+                state: snapshot.state(),
+                saved: SavedMemory::InFile,
+            };
+            sandbox.instance = Some(Instance::launch(node, &sandbox.dir, &machine, &launch).await?);
+            Ok::<_, NodeError>(())
+        }
+        .await;
+        match started {
             Ok(()) => Ok(sandbox),
             Err(e) => {
-                if let Err(cleanup) = sandbox.release().await {
-                    tracing::warn!("clean-up after a failed start: {cleanup}");
-                }
+                sandbox.discard().await;
                 Err(e)
             }
         }
     }
 
-    async fn start(&mut self, node: &Node, spec: &SandboxSpec) -> Result<(), NodeError> {
-        std::fs::create_dir(&self.dir).map_err(NodeError::io(&self.dir))?;
-        let disk = self.dir.join("disk.qcow2");
-        hearth_image::create_overlay(&spec.template.rootfs, &disk)?;
-
-        let slots = Arc::clone(&node.slots);
-        let slot = tokio::task::spawn_blocking(move || slots.acquire())
-            .await
-            .expect("slot acquisition does not panic")?;
-        let plan = slot.plan();
-        self.agent = AgentClient::new(SocketAddr::from((plan.ns_ip, AGENT_PORT)));
-        let net = NetSpec {
-            tap: hearth_net::TAP_NAME.to_owned(),
-            mac: hearth_net::GUEST_MAC.to_owned(),
-            netns: Some(plan.netns_path()),
-        };
-        self.slot = Some(slot);
-
-        let vm_spec = VmSpec {
-            kernel: spec.kernel.vmlinux.clone(),
-            kernel_args: self.kernel_args(node, &spec.template),
-            root_disk: Disk {
-                path: disk,
-                format: DiskFormat::Qcow2,
-            },
-            vcpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            net: Some(net),
-            run_dir: self.dir.clone(),
-            accel: node.accel.accel,
-            die_with_parent: true,
-        };
-        let vm = node.qemu.boot(&vm_spec).await?;
-        let pid_file = self.dir.join("vmm.pid");
-        std::fs::write(&pid_file, vm.pid().to_string()).map_err(NodeError::io(&pid_file))?;
-        tracing::debug!(sandbox = %self.id, pid = vm.pid(), "vm started");
-        self.vm = Some(vm);
-        Ok(())
+    /// Locks the id; the directory is not created yet.
+    fn claim(node: &Node, id: String, origin: Origin) -> Result<Self, NodeError> {
+        let lock_path = node.layout.sandbox_locks().join(format!("{id}.lock"));
+        let lock = try_lock(&lock_path)?.ok_or_else(|| NodeError::Busy(id.clone()))?;
+        Ok(Self {
+            dir: node.layout.sandboxes().join(&id),
+            id,
+            lock_path,
+            lock: Some(lock),
+            instance: None,
+            origin,
+        })
     }
 
-    fn kernel_args(&self, node: &Node, template: &Template) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut args = format!(
-            "root=/dev/vda rw rootfstype=ext4 init={} quiet hearth.hostname={} \
-             hearth.ip={}/{} hearth.gw={} hearth.time={}.{:06}",
-            template.init_path,
-            self.id,
-            hearth_net::GUEST_IP,
-            hearth_net::GUEST_PREFIX_LEN,
-            hearth_net::GATEWAY_IP,
-            now.as_secs(),
-            now.subsec_micros()
-        );
-        if !node.dns.is_empty() {
-            let dns: Vec<String> = node.dns.iter().map(ToString::to_string).collect();
-            args.push_str(&format!(" hearth.dns={}", dns.join(",")));
+    fn machine(&self, memory: Memory) -> Machine {
+        Machine {
+            kernel: self.origin.kernel_path.clone(),
+            disk: Disk {
+                path: self.dir.join("disk.qcow2"),
+                format: DiskFormat::Qcow2,
+            },
+            vcpus: self.origin.vcpus,
+            memory_mib: self.origin.memory_mib,
+            memory,
         }
-        args
     }
 
     pub fn id(&self) -> &str {
@@ -136,51 +145,39 @@ impl Sandbox {
         &self.dir
     }
 
-    pub fn agent(&self) -> &AgentClient {
-        &self.agent
+    /// The template this sandbox was created from.
+    pub fn template(&self) -> &str {
+        &self.origin.template
     }
 
-    /// Waits until the guest agent answers, then sets the guest clock
-    /// through `POST /init`. Fails if the VM exits or the timeout passes.
-    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), NodeError> {
-        let started = Instant::now();
-        let vm = self.vm.as_mut().expect("a created sandbox has a VM");
-        loop {
-            let probe = self.agent.health(Duration::from_millis(250));
-            tokio::select! {
-                exit = vm.wait() => {
-                    let exit = exit?;
-                    return Err(NodeError::BootExit {
-                        exit: describe_exit(exit),
-                        console: last_console_line(vm.console_log()),
-                    });
-                }
-                ready = probe => if ready { break },
-            }
-            if started.elapsed() > timeout {
-                return Err(NodeError::AgentTimeout {
-                    timeout,
-                    console: last_console_line(vm.console_log()),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::debug!(sandbox = %self.id, ms = started.elapsed().as_millis(), "agent ready");
-        let init = InitRequest {
-            timestamp: Some(now_rfc3339()),
-            ..InitRequest::default()
-        };
-        self.agent.init(&init).await?;
-        Ok(())
+    pub fn agent(&self) -> &AgentClient {
+        &self.instance().agent
+    }
+
+    fn instance(&self) -> &Instance {
+        self.instance.as_ref().expect("a live sandbox has a VM")
+    }
+
+    fn instance_mut(&mut self) -> &mut Instance {
+        self.instance.as_mut().expect("a live sandbox has a VM")
+    }
+
+    /// Waits until the guest agent answers, then sends `POST /init` with
+    /// `init` plus the current time, fresh entropy and the sandbox id as
+    /// host name. Fails if the VM exits or the timeout passes.
+    pub async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut init: InitRequest,
+    ) -> Result<(), NodeError> {
+        init.hostname = Some(self.id.clone());
+        self.instance_mut().wait_ready(timeout, init).await
     }
 
     /// Resolves when the VM has exited by itself (guest reboot, power-off or
     /// panic). Cancel-safe.
     pub async fn wait_exit(&mut self) -> Result<VmExit, NodeError> {
-        match self.vm.as_mut() {
-            Some(vm) => Ok(vm.wait().await?),
-            None => std::future::pending().await,
-        }
+        Ok(self.instance_mut().vm.wait().await?)
     }
 
     /// The last non-empty line the guest wrote to its console.
@@ -190,19 +187,149 @@ impl Sandbox {
 
     /// Stops the VM and removes everything the sandbox created.
     pub async fn destroy(mut self) -> Result<(), NodeError> {
-        self.release().await
+        let stopped = match self.instance.take() {
+            Some(instance) => instance.release().await,
+            None => Ok(()),
+        };
+        let removed = self.remove_dir();
+        stopped.and(removed)
     }
 
-    async fn release(&mut self) -> Result<(), NodeError> {
-        if let Some(mut vm) = self.vm.take() {
-            vm.stop().await?;
+    /// Saves the sandbox (memory, devices, disk) into its directory, then
+    /// stops its VM and frees its slot. The directory stays until the sandbox
+    /// is resumed ([`Sandbox::resume`]) or deleted ([`Node::delete_paused`]);
+    /// it survives restarts of this process.
+    pub async fn pause(mut self) -> Result<String, NodeError> {
+        let state = self.dir.join(PAUSED_STATE);
+        let saved = self
+            .instance_mut()
+            .vm
+            .save(&state, SavedMemory::Included)
+            .await;
+        if let Err(e) = saved {
+            // The guest stays paused but alive; continue it and report.
+            if let Err(resume) = self.instance_mut().vm.resume().await {
+                tracing::warn!(sandbox = %self.id, "resuming after a failed pause: {resume}");
+            }
+            let _ = std::fs::remove_file(&state);
+            return Err(e.into());
         }
-        if let Some(slot) = self.slot.take() {
-            tokio::task::spawn_blocking(move || slot.release())
-                .await
-                .expect("slot release does not panic")?;
+        let record = Paused {
+            origin: self.origin.clone(),
+            paused_at: unix_now(),
+        };
+        write_json(&self.dir.join(PAUSED), &record)?;
+        if let Some(instance) = self.instance.take()
+            && let Err(e) = instance.release().await
+        {
+            tracing::warn!(sandbox = %self.id, "stopping the paused VM: {e}");
         }
-        self.remove_dir()
+        let _ = std::fs::remove_file(&self.lock_path);
+        self.lock = None;
+        Ok(std::mem::take(&mut self.id))
+    }
+
+    /// Restores a paused sandbox into a fresh slot. Call
+    /// [`Sandbox::wait_ready`] next: its `/init` resets the guest clock. On
+    /// failure the sandbox stays paused.
+    pub async fn resume(node: &Node, id: &str) -> Result<Self, NodeError> {
+        let paused = node.paused(id)?;
+        node.host.check(&paused.origin.host, "the paused sandbox")?;
+        let mut sandbox = Self::claim(node, id.to_owned(), paused.origin)?;
+        let state = sandbox.dir.join(PAUSED_STATE);
+        let machine = sandbox.machine(Memory::Anonymous);
+        let launch = Launch::Restore {
+            state: state.clone(),
+            saved: SavedMemory::Included,
+        };
+        match Instance::launch(node, &sandbox.dir, &machine, &launch).await {
+            Ok(instance) => sandbox.instance = Some(instance),
+            Err(e) => {
+                // Keep the directory: the sandbox is still paused.
+                let _ = std::fs::remove_file(&sandbox.lock_path);
+                sandbox.lock = None;
+                return Err(e);
+            }
+        }
+        for done in [sandbox.dir.join(PAUSED), state] {
+            std::fs::remove_file(&done).map_err(NodeError::io(&done))?;
+        }
+        Ok(sandbox)
+    }
+
+    /// `count` new sandboxes, each a copy of this one as it is now: memory,
+    /// processes and disk. This sandbox is paused while its state is saved
+    /// and its disk copied, then continues. Call [`Sandbox::wait_ready`] on
+    /// each copy.
+    pub async fn fork(&mut self, node: &Node, count: usize) -> Result<Vec<Self>, NodeError> {
+        let state = self.dir.join("fork.state");
+        let mut copies = Vec::with_capacity(count);
+        let result = self.fork_into(node, count, &state, &mut copies).await;
+        let _ = std::fs::remove_file(&state);
+        match result {
+            Ok(()) => Ok(copies),
+            Err(e) => {
+                for copy in copies {
+                    if let Err(cleanup) = copy.destroy().await {
+                        tracing::warn!("removing a failed fork: {cleanup}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn fork_into(
+        &mut self,
+        node: &Node,
+        count: usize,
+        state: &Path,
+        copies: &mut Vec<Self>,
+    ) -> Result<(), NodeError> {
+        let vm = &mut self.instance_mut().vm;
+        vm.save(state, SavedMemory::Included).await?;
+        let mut copied = Ok(());
+        for _ in 0..count {
+            let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
+            let copy = Self::claim(node, id, self.origin.clone())?;
+            copies.push(copy);
+            let copy = copies.last().expect("just pushed");
+            copied = std::fs::create_dir(&copy.dir)
+                .map_err(NodeError::io(&copy.dir))
+                .and_then(|()| {
+                    let to = copy.dir.join("disk.qcow2");
+                    std::fs::copy(self.dir.join("disk.qcow2"), &to)
+                        .map(drop)
+                        .map_err(NodeError::io(&to))
+                });
+            if copied.is_err() {
+                break;
+            }
+        }
+        // The parent continues whatever happened to its copies.
+        self.instance_mut().vm.resume().await?;
+        copied?;
+        for copy in copies.iter_mut() {
+            let machine = copy.machine(Memory::Anonymous);
+            let launch = Launch::Restore {
+                state: state.to_owned(),
+                saved: SavedMemory::Included,
+            };
+            copy.instance = Some(Instance::launch(node, &copy.dir, &machine, &launch).await?);
+        }
+        Ok(())
+    }
+
+    /// Stops whatever runs and removes the directory (after a failed start).
+    async fn discard(&mut self) {
+        if let Some(instance) = self.instance.take()
+            && let Err(e) = instance.release().await
+        {
+            tracing::warn!(sandbox = %self.id, "clean-up after a failed start: {e}");
+        }
+        if let Err(e) = self.remove_dir() {
+            tracing::warn!(sandbox = %self.id, "clean-up after a failed start: {e}");
+        }
     }
 
     fn remove_dir(&mut self) -> Result<(), NodeError> {
@@ -226,13 +353,10 @@ impl Drop for Sandbox {
         if self.lock.is_none() {
             return;
         }
-        if self.vm.take().is_some() {
-            // Dropping QemuVm kills the process (kill_on_drop); make sure it
-            // is gone before its files are removed.
+        if self.instance.take().is_some() {
+            // Dropping the instance kills the VMM (kill_on_drop) and releases
+            // the slot; make sure the VMM is gone before its files are removed.
             kill_leftover_vmm(&self.dir);
-        }
-        if let Some(slot) = self.slot.take() {
-            drop(slot);
         }
         if let Err(e) = self.remove_dir() {
             tracing::warn!(sandbox = %self.id, "clean-up on drop: {e}");
@@ -240,78 +364,49 @@ impl Drop for Sandbox {
     }
 }
 
-fn describe_exit(exit: VmExit) -> String {
-    match exit {
-        VmExit::Exited(code) => format!("VMM exit status {code}"),
-        VmExit::Signaled(sig) => format!("VMM killed by signal {sig}"),
+impl Node {
+    /// Ids of the sandboxes paused on this node.
+    pub fn paused_sandboxes(&self) -> Result<Vec<String>, NodeError> {
+        let dir = self.layout.sandboxes();
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(NodeError::io(&dir))? {
+            let entry = entry.map_err(NodeError::io(&dir))?;
+            if entry.path().join(PAUSED).is_file() {
+                ids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Deletes a paused sandbox.
+    pub fn delete_paused(&self, id: &str) -> Result<(), NodeError> {
+        let paused = self.paused(id)?;
+        let sandbox = Sandbox::claim(self, id.to_owned(), paused.origin)?;
+        drop(sandbox);
+        Ok(())
+    }
+
+    fn paused(&self, id: &str) -> Result<Paused, NodeError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(NodeError::NotPaused(id.to_owned()));
+        }
+        let path = self.layout.sandboxes().join(id).join(PAUSED);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NodeError::NotPaused(id.to_owned()));
+            }
+            Err(e) => return Err(NodeError::io(&path)(e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| NodeError::Corrupt {
+            path,
+            reason: e.to_string(),
+        })
     }
 }
 
-fn last_console_line(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(empty)")
-        .to_owned()
-}
-
-/// The current time as RFC 3339 with microseconds, in UTC.
-fn now_rfc3339() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(now)
-}
-
-fn rfc3339(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_micros()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(Duration::new(1_700_000_000, 123_456_000)),
-            "2023-11-14T22:13:20.123456Z"
-        );
-        assert_eq!(
-            rfc3339(Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000Z"
-        );
-    }
-
-    #[test]
-    fn console_line_is_last_non_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("console.log");
-        assert_eq!(last_console_line(&log), "(empty)");
-        std::fs::write(&log, "boot\nKernel panic - not syncing\n\n  \n").unwrap();
-        assert_eq!(last_console_line(&log), "Kernel panic - not syncing");
-    }
+/// Whether a sandbox directory holds a paused sandbox.
+pub(crate) fn is_paused(dir: &Path) -> bool {
+    dir.join(PAUSED).is_file()
 }

@@ -37,7 +37,9 @@ fn stock_e2b_sdk_drives_the_agent() {
             memory_mib: 512,
         };
         let mut sandbox = Sandbox::create(&node, &spec).await.expect("sandbox starts");
-        let ready = sandbox.wait_ready(Duration::from_secs(60)).await;
+        let ready = sandbox
+            .wait_ready(Duration::from_secs(60), InitRequest::default())
+            .await;
         let outputs = match ready {
             Ok(()) => drive(&python, &sandbox).await,
             Err(e) => Err(format!("sandbox did not become ready: {e}")),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use hearth_node::{AgentError, Layout, Node, NodeError, NodeOptions, Sandbox, SandboxSpec};
+use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
 use hearth_proto::process::process_event::{Event, data_event::Output};
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -108,9 +109,15 @@ async fn run_command(args: RunArgs, layout: &Layout) -> CommandResult {
         vcpus: args.vcpus,
         memory_mib: args.memory,
     };
-    let mut sandbox = Sandbox::create(&node, &spec)
-        .await
-        .map_err(|e| failed(e.into()))?;
+    // The first sandbox of a template (and machine shape) boots it once to
+    // take its snapshot; every later one restores that snapshot.
+    let mut sandbox = tokio::select! {
+        created = Sandbox::create(&node, &spec) => created.map_err(|e| failed(e.into()))?,
+        sig = signals.recv() => {
+            eprintln!("hearth: interrupted; nothing was left behind");
+            return Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(EXIT_SANDBOX_FAILED)));
+        }
+    };
     tracing::info!(sandbox = sandbox.id(), "sandbox created");
     let outcome = drive(&mut sandbox, &args, &mut signals).await;
     let destroyed = sandbox.destroy().await;
@@ -135,7 +142,7 @@ async fn drive(
         exit_code: ExitCode::from(EXIT_SANDBOX_FAILED),
     };
     tokio::select! {
-        ready = sandbox.wait_ready(Duration::from_secs(args.boot_timeout)) => {
+        ready = sandbox.wait_ready(Duration::from_secs(args.boot_timeout), InitRequest::default()) => {
             ready.map_err(|e| failed(e.into()))?;
         }
         sig = signals.recv() => return Ok(Outcome::Interrupted(sig)),

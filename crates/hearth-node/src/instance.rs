@@ -1,0 +1,238 @@
+//! One VM in one network slot: what a sandbox runs on, and what a template
+//! snapshot is taken from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hearth_net::Slot;
+use hearth_proto::agent::{AGENT_PORT, InitRequest};
+use hearth_vmm::qemu::QemuVm;
+use hearth_vmm::{Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmExit, VmSpec, Vmm};
+
+use crate::{AgentClient, Node, NodeError};
+
+/// How the VM comes to life.
+pub(crate) enum Launch {
+    /// Boot the kernel with these guest arguments.
+    Boot { kernel_args: String },
+    /// Load a saved state and continue it.
+    Restore { state: PathBuf, saved: SavedMemory },
+}
+
+/// What the VM is made of.
+pub(crate) struct Machine {
+    pub(crate) kernel: PathBuf,
+    pub(crate) disk: Disk,
+    pub(crate) vcpus: u32,
+    pub(crate) memory_mib: u32,
+    pub(crate) memory: Memory,
+}
+
+/// A VM and the network slot it runs in. Dropping it kills the VM and
+/// releases the slot.
+pub(crate) struct Instance {
+    pub(crate) slot: Option<Slot>,
+    pub(crate) vm: QemuVm,
+    pub(crate) agent: AgentClient,
+}
+
+impl Instance {
+    /// Takes a network slot and starts the VM in it, with its files in
+    /// `run_dir`. On failure the slot is released.
+    pub(crate) async fn launch(
+        node: &Node,
+        run_dir: &Path,
+        machine: &Machine,
+        launch: &Launch,
+    ) -> Result<Self, NodeError> {
+        let slots = Arc::clone(&node.slots);
+        let slot = tokio::task::spawn_blocking(move || slots.acquire())
+            .await
+            .expect("slot acquisition does not panic")?;
+        match Self::start_vm(node, &slot, run_dir, machine, launch).await {
+            Ok((vm, agent)) => Ok(Self {
+                slot: Some(slot),
+                vm,
+                agent,
+            }),
+            Err(e) => {
+                release_slot(slot).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_vm(
+        node: &Node,
+        slot: &Slot,
+        run_dir: &Path,
+        machine: &Machine,
+        launch: &Launch,
+    ) -> Result<(QemuVm, AgentClient), NodeError> {
+        let plan = slot.plan();
+        let (kernel_args, start) = match launch {
+            Launch::Boot { kernel_args } => (kernel_args.clone(), Start::Boot),
+            Launch::Restore { .. } => (String::new(), Start::Incoming),
+        };
+        let spec = VmSpec {
+            kernel: machine.kernel.clone(),
+            kernel_args,
+            root_disk: machine.disk.clone(),
+            vcpus: machine.vcpus,
+            memory_mib: machine.memory_mib,
+            memory: machine.memory.clone(),
+            start,
+            net: Some(NetSpec {
+                tap: hearth_net::TAP_NAME.to_owned(),
+                mac: hearth_net::GUEST_MAC.to_owned(),
+                netns: Some(plan.netns_path()),
+            }),
+            run_dir: run_dir.to_owned(),
+            accel: node.accel.accel,
+            die_with_parent: true,
+        };
+        let mut vm = node.qemu.boot(&spec).await?;
+        let pid_file = run_dir.join("vmm.pid");
+        std::fs::write(&pid_file, vm.pid().to_string()).map_err(NodeError::io(&pid_file))?;
+        if let Launch::Restore { state, saved } = launch {
+            vm.load(state, *saved).await?;
+            vm.resume().await?;
+        }
+        let agent = AgentClient::new(SocketAddr::from((plan.ns_ip, AGENT_PORT)));
+        Ok((vm, agent))
+    }
+
+    /// Waits until the guest agent answers, then hands it `init` with the
+    /// current time and fresh entropy added. Fails if the VM exits or the
+    /// timeout passes.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut init: InitRequest,
+    ) -> Result<(), NodeError> {
+        let started = Instant::now();
+        loop {
+            let probe = self.agent.health(Duration::from_millis(250));
+            tokio::select! {
+                exit = self.vm.wait() => {
+                    let exit = exit?;
+                    return Err(NodeError::BootExit {
+                        exit: describe_exit(exit),
+                        console: last_console_line(self.vm.console_log()),
+                    });
+                }
+                ready = probe => if ready { break },
+            }
+            if started.elapsed() > timeout {
+                return Err(NodeError::AgentTimeout {
+                    timeout,
+                    console: last_console_line(self.vm.console_log()),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::debug!(ms = started.elapsed().as_millis(), "agent ready");
+        init.timestamp = Some(now_rfc3339());
+        init.entropy = Some(hearth_proto::connect::base64_encode(
+            &crate::id::random_bytes::<32>().map_err(NodeError::io("/dev/urandom"))?,
+        ));
+        self.agent.init(&init).await?;
+        Ok(())
+    }
+
+    /// Stops the VM and releases the slot.
+    pub(crate) async fn release(mut self) -> Result<(), NodeError> {
+        let stopped = self.vm.stop().await;
+        if let Some(slot) = self.slot.take() {
+            release_slot(slot).await;
+        }
+        stopped.map(drop).map_err(NodeError::from)
+    }
+}
+
+async fn release_slot(slot: Slot) {
+    let released = tokio::task::spawn_blocking(move || slot.release())
+        .await
+        .expect("slot release does not panic");
+    if let Err(e) = released {
+        tracing::warn!("releasing a network slot: {e}");
+    }
+}
+
+pub(crate) fn describe_exit(exit: VmExit) -> String {
+    match exit {
+        VmExit::Exited(code) => format!("VMM exit status {code}"),
+        VmExit::Signaled(sig) => format!("VMM killed by signal {sig}"),
+    }
+}
+
+pub(crate) fn last_console_line(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(empty)")
+        .to_owned()
+}
+
+/// The current time as RFC 3339 with microseconds, in UTC.
+fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now)
+}
+
+fn rfc3339(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(Duration::new(1_700_000_000, 123_456_000)),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            rfc3339(Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn console_line_is_last_non_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        assert_eq!(last_console_line(&log), "(empty)");
+        std::fs::write(&log, "boot\nKernel panic - not syncing\n\n  \n").unwrap();
+        assert_eq!(last_console_line(&log), "Kernel panic - not syncing");
+    }
+}

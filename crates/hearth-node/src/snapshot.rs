@@ -1,0 +1,347 @@
+//! Template snapshots: a template booted once until its agent answers, then
+//! stopped and saved. Sandboxes restore from them instead of booting.
+//!
+//! A snapshot lives in `<template build>/snapshots/<key>/`:
+//! - `memory`: guest RAM, written through a shared file mapping while the
+//!   template ran; clones map it copy-on-write,
+//! - `state`: device state (a QEMU migration stream without RAM),
+//! - `disk.qcow2`: the root disk as the guest left it, an overlay of the
+//!   template's `rootfs.ext4`, which stays untouched; clones overlay this,
+//! - `snapshot.json`: what a restore needs the host to match.
+//!
+//! The key hashes everything the saved state depends on (kernel, VMM
+//! version, accelerator, CPU model, vCPUs, memory size), so one template
+//! build can hold snapshots for several machine shapes and hosts.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_proto::agent::InitRequest;
+use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm};
+
+use crate::instance::{Instance, Launch, Machine};
+use crate::node::lock_wait;
+use crate::{Node, NodeError};
+
+const META: &str = "snapshot.json";
+/// How long the template VM may take to boot to a ready agent.
+const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What a saved VM state depends on besides its own files. A state loads only
+/// where all of it matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostProfile {
+    /// `qemu-system-x86_64 --version`, first line.
+    pub vmm: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// The guest CPU model: `max` under TCG; under KVM the host CPU's model
+    /// name, since `-cpu host` exposes its features.
+    pub cpu: String,
+}
+
+impl HostProfile {
+    /// Fails with the first field where `saved` differs from this host.
+    pub fn check(&self, saved: &HostProfile, what: &str) -> Result<(), NodeError> {
+        let fields = [
+            ("VMM", &saved.vmm, &self.vmm),
+            ("accelerator", &saved.accel, &self.accel),
+            ("CPU model", &saved.cpu, &self.cpu),
+        ];
+        for (field, saved_value, host_value) in fields {
+            if saved_value != host_value {
+                return Err(NodeError::Incompatible {
+                    what: what.to_owned(),
+                    field,
+                    saved: saved_value.clone(),
+                    host: host_value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The record of one snapshot (`snapshot.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub template: String,
+    pub build_id: String,
+    /// Key of the kernel the template booted.
+    pub kernel: String,
+    pub kernel_path: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub host: HostProfile,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Milliseconds from VM start to the saved state.
+    pub boot_ms: u64,
+}
+
+/// A template snapshot on disk.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub dir: PathBuf,
+    pub meta: SnapshotMeta,
+}
+
+impl Snapshot {
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join("memory")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+
+    fn load(dir: &Path) -> Result<Option<Self>, NodeError> {
+        let path = dir.join(META);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(NodeError::io(&path)(e)),
+        };
+        let meta = serde_json::from_slice(&text).map_err(|e| NodeError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(Self {
+            dir: dir.to_owned(),
+            meta,
+        }))
+    }
+}
+
+/// The directory name of a snapshot of `template` booted with these inputs.
+fn key(
+    template: &Template,
+    kernel: &Kernel,
+    vcpus: u32,
+    memory_mib: u32,
+    host: &HostProfile,
+) -> String {
+    let mut hash = Sha256::new();
+    for part in [
+        template.build_id.as_str(),
+        kernel.key.as_str(),
+        &vcpus.to_string(),
+        &memory_mib.to_string(),
+        &host.vmm,
+        &host.accel,
+        &host.cpu,
+    ] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Node {
+    /// The snapshot of `template` for this machine shape and host, taken now
+    /// (one boot, tens of seconds under TCG) if it does not exist yet.
+    pub async fn snapshot(
+        &self,
+        template: &Template,
+        kernel: &Kernel,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> Result<Snapshot, NodeError> {
+        let root = template.dir.join("snapshots");
+        let key = key(template, kernel, vcpus, memory_mib, &self.host);
+        let dir = root.join(&key);
+        if let Some(snapshot) = Snapshot::load(&dir)? {
+            self.host
+                .check(&snapshot.meta.host, "the template snapshot")?;
+            return Ok(snapshot);
+        }
+        std::fs::create_dir_all(&root).map_err(NodeError::io(&root))?;
+        // One builder per key; a waiter finds the finished snapshot.
+        let lock_path = root.join(format!(".{key}.lock"));
+        let _lock = {
+            let lock_path = lock_path.clone();
+            tokio::task::spawn_blocking(move || lock_wait(&lock_path))
+                .await
+                .expect("locking does not panic")?
+        };
+        if let Some(snapshot) = Snapshot::load(&dir)? {
+            return Ok(snapshot);
+        }
+        let work = root.join(format!(".work-{key}"));
+        if work.exists() {
+            std::fs::remove_dir_all(&work).map_err(NodeError::io(&work))?;
+        }
+        std::fs::create_dir(&work).map_err(NodeError::io(&work))?;
+        let taken = self
+            .take_snapshot(&work, template, kernel, vcpus, memory_mib)
+            .await;
+        let meta = match taken {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&work);
+                return Err(e);
+            }
+        };
+        write_json(&work.join(META), &meta)?;
+        for transient in ["qmp.sock", "vmm.pid"] {
+            let _ = std::fs::remove_file(work.join(transient));
+        }
+        std::fs::rename(&work, &dir).map_err(NodeError::io(&dir))?;
+        let _ = std::fs::remove_file(&lock_path);
+        tracing::info!(
+            template = template.name,
+            key,
+            boot_ms = meta.boot_ms,
+            "template snapshot taken"
+        );
+        Ok(Snapshot { dir, meta })
+    }
+
+    async fn take_snapshot(
+        &self,
+        work: &Path,
+        template: &Template,
+        kernel: &Kernel,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> Result<SnapshotMeta, NodeError> {
+        let started = Instant::now();
+        let disk = work.join("disk.qcow2");
+        hearth_image::create_overlay(&template.rootfs, ImageFormat::Raw, &disk)?;
+        let memory = work.join("memory");
+        File::create(&memory)
+            .and_then(|f| f.set_len(u64::from(memory_mib) << 20))
+            .map_err(NodeError::io(&memory))?;
+        let machine = Machine {
+            kernel: kernel.vmlinux.clone(),
+            disk: Disk {
+                path: disk,
+                format: DiskFormat::Qcow2,
+            },
+            vcpus,
+            memory_mib,
+            memory: Memory::File {
+                path: memory,
+                shared: true,
+            },
+        };
+        let launch = Launch::Boot {
+            kernel_args: self.kernel_args(template, &template.name),
+        };
+        let mut instance = Instance::launch(self, work, &machine, &launch).await?;
+        let saved = async {
+            instance
+                .wait_ready(BOOT_TIMEOUT, InitRequest::default())
+                .await?;
+            instance
+                .vm
+                .save(&work.join("state"), SavedMemory::InFile)
+                .await?;
+            Ok::<_, NodeError>(())
+        }
+        .await;
+        let released = instance.release().await;
+        saved?;
+        released?;
+        Ok(SnapshotMeta {
+            template: template.name.clone(),
+            build_id: template.build_id.clone(),
+            kernel: kernel.key.clone(),
+            kernel_path: kernel.vmlinux.clone(),
+            vcpus,
+            memory_mib,
+            host: self.host.clone(),
+            created_at: unix_now(),
+            boot_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), NodeError> {
+    let text = serde_json::to_vec_pretty(value).expect("plain data serializes");
+    std::fs::write(path, text).map_err(NodeError::io(path))
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostProfile {
+        HostProfile {
+            vmm: "QEMU emulator version 7.2.22".into(),
+            accel: "tcg".into(),
+            cpu: "max".into(),
+        }
+    }
+
+    #[test]
+    fn a_different_vmm_or_accelerator_is_refused_by_name() {
+        let here = host();
+        assert!(here.check(&host(), "s").is_ok());
+        let mut other = host();
+        other.vmm = "QEMU emulator version 8.2.0".into();
+        let err = here.check(&other, "the template snapshot").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("VMM"), "{text}");
+        assert!(text.contains("8.2.0") && text.contains("7.2.22"), "{text}");
+        let mut other = host();
+        other.accel = "kvm".into();
+        assert!(
+            here.check(&other, "s")
+                .unwrap_err()
+                .to_string()
+                .contains("accelerator")
+        );
+    }
+
+    #[test]
+    fn the_key_changes_with_every_input() {
+        let template = Template {
+            name: "base".into(),
+            build_id: "b1".into(),
+            dir: "/t".into(),
+            rootfs: "/t/rootfs.ext4".into(),
+            init_path: "/usr/sbin/hearth-init".into(),
+            created_at: 0,
+            size: 0,
+        };
+        let kernel = Kernel {
+            key: "k1".into(),
+            vmlinux: "/k/vmlinux".into(),
+            source_version: "6.1".into(),
+            built_at: 0,
+            build_secs: 0,
+            size: 0,
+        };
+        let base = key(&template, &kernel, 2, 512, &host());
+        assert_eq!(base.len(), 16);
+        assert_eq!(base, key(&template, &kernel, 2, 512, &host()));
+        assert_ne!(base, key(&template, &kernel, 1, 512, &host()));
+        assert_ne!(base, key(&template, &kernel, 2, 256, &host()));
+        let mut other = host();
+        other.accel = "kvm".into();
+        assert_ne!(base, key(&template, &kernel, 2, 512, &other));
+        let mut k2 = kernel.clone();
+        k2.key = "k2".into();
+        assert_ne!(base, key(&template, &k2, 2, 512, &host()));
+    }
+}
