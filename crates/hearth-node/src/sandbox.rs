@@ -26,6 +26,9 @@ pub struct SandboxSpec {
     pub kernel: Kernel,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// How long the template may take to boot when its snapshot has to be
+    /// taken first.
+    pub boot_timeout: Duration,
 }
 
 /// What a sandbox was made from: enough to restore it again.
@@ -66,7 +69,13 @@ impl Sandbox {
     /// far is removed.
     pub async fn create(node: &Node, spec: &SandboxSpec) -> Result<Self, NodeError> {
         let snapshot = node
-            .snapshot(&spec.template, &spec.kernel, spec.vcpus, spec.memory_mib)
+            .snapshot(
+                &spec.template,
+                &spec.kernel,
+                spec.vcpus,
+                spec.memory_mib,
+                spec.boot_timeout,
+            )
             .await?;
         Self::from_snapshot(node, &snapshot).await
     }

@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,8 +30,6 @@ use crate::node::lock_wait;
 use crate::{Node, NodeError};
 
 const META: &str = "snapshot.json";
-/// How long the template VM may take to boot to a ready agent.
-const BOOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What a saved VM state depends on besides its own files. A state loads only
 /// where all of it matches.
@@ -159,6 +157,7 @@ impl Node {
         kernel: &Kernel,
         vcpus: u32,
         memory_mib: u32,
+        boot_timeout: Duration,
     ) -> Result<Snapshot, NodeError> {
         let root = template.dir.join("snapshots");
         let key = key(template, kernel, vcpus, memory_mib, &self.host);
@@ -186,7 +185,7 @@ impl Node {
         }
         std::fs::create_dir(&work).map_err(NodeError::io(&work))?;
         let taken = self
-            .take_snapshot(&work, template, kernel, vcpus, memory_mib)
+            .take_snapshot(&work, template, kernel, (vcpus, memory_mib), boot_timeout)
             .await;
         let meta = match taken {
             Ok(meta) => meta,
@@ -215,8 +214,8 @@ impl Node {
         work: &Path,
         template: &Template,
         kernel: &Kernel,
-        vcpus: u32,
-        memory_mib: u32,
+        (vcpus, memory_mib): (u32, u32),
+        boot_timeout: Duration,
     ) -> Result<SnapshotMeta, NodeError> {
         let started = Instant::now();
         let disk = work.join("disk.qcow2");
@@ -244,7 +243,7 @@ impl Node {
         let mut instance = Instance::launch(self, work, &machine, &launch).await?;
         let saved = async {
             instance
-                .wait_ready(BOOT_TIMEOUT, InitRequest::default())
+                .wait_ready(boot_timeout, InitRequest::default())
                 .await?;
             instance
                 .vm

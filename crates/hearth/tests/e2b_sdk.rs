@@ -35,6 +35,7 @@ fn stock_e2b_sdk_drives_the_agent() {
             kernel: node.kernel().expect("kernel is built"),
             vcpus: 2,
             memory_mib: 512,
+            boot_timeout: Duration::from_secs(120),
         };
         let mut sandbox = Sandbox::create(&node, &spec).await.expect("sandbox starts");
         let ready = sandbox

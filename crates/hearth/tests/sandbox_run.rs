@@ -370,10 +370,33 @@ fn missing_qemu_is_a_one_line_error() {
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn guest_that_never_answers_times_out_cleanly() {
     let _clean = serial();
-    // With no time to boot, the first failed health probe ends the wait.
+    // A data dir holding the kernel and the template but no snapshot: the
+    // template must boot, and with no time to, the first failed health
+    // probe ends the wait.
+    let data = tempfile::tempdir().unwrap();
+    let template = std::fs::read_link(data_dir().join("templates/base/current")).unwrap();
+    let build = data.path().join("templates/base").join(&template);
+    std::fs::create_dir_all(&build).unwrap();
+    let source = data_dir().join("templates/base").join(&template);
+    for file in ["rootfs.ext4", "meta.json"] {
+        std::os::unix::fs::symlink(source.join(file), build.join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(&template, data.path().join("templates/base/current")).unwrap();
+    std::os::unix::fs::symlink(data_dir().join("kernels"), data.path().join("kernels")).unwrap();
     one_line_failure(
         &["--boot-timeout", "0"],
-        |_| {},
+        |cmd| {
+            cmd.env("HEARTH_DATA_DIR", data.path());
+        },
         "did not answer within 0 s",
+    );
+    let snapshots: Vec<_> = std::fs::read_dir(build.join("snapshots"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        snapshots
+            .iter()
+            .all(|n| n.to_string_lossy().ends_with(".lock")),
+        "a failed snapshot left {snapshots:?}"
     );
 }

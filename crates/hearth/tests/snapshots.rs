@@ -35,6 +35,7 @@ fn spec(node: &Node) -> SandboxSpec {
         kernel: node.kernel().expect("kernel is built"),
         vcpus: 2,
         memory_mib: 512,
+        boot_timeout: Duration::from_secs(120),
     }
 }
 

@@ -108,6 +108,7 @@ async fn run_command(args: RunArgs, layout: &Layout) -> CommandResult {
         kernel,
         vcpus: args.vcpus,
         memory_mib: args.memory,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
     };
     // The first sandbox of a template (and machine shape) boots it once to
     // take its snapshot; every later one restores that snapshot.
