@@ -112,6 +112,30 @@ impl Instance {
         timeout: Duration,
         mut init: InitRequest,
     ) -> Result<(), NodeError> {
+        self.wait_agent(timeout).await?;
+        init.timestamp = Some(now_rfc3339());
+        init.entropy = Some(hearth_proto::connect::base64_encode(
+            &crate::id::random_bytes::<32>().map_err(NodeError::io("/dev/urandom"))?,
+        ));
+        self.agent.init(&init).await?;
+        Ok(())
+    }
+
+    /// Does what a claim will do, [`Instance::wait_ready`] (so that under
+    /// TCG the guest code of that path is translated by then), then stops
+    /// the vCPUs: a parked VM costs memory but no CPU.
+    pub(crate) async fn park(
+        &mut self,
+        timeout: Duration,
+        init: InitRequest,
+    ) -> Result<(), NodeError> {
+        self.wait_ready(timeout, init).await?;
+        self.vm.pause().await?;
+        Ok(())
+    }
+
+    /// Waits until the guest agent answers its health check.
+    async fn wait_agent(&mut self, timeout: Duration) -> Result<(), NodeError> {
         let started = Instant::now();
         loop {
             let probe = self.agent.health(Duration::from_millis(250));
@@ -133,12 +157,7 @@ impl Instance {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tracing::debug!(ms = started.elapsed().as_millis(), "agent ready");
-        init.timestamp = Some(now_rfc3339());
-        init.entropy = Some(hearth_proto::connect::base64_encode(
-            &crate::id::random_bytes::<32>().map_err(NodeError::io("/dev/urandom"))?,
-        ));
-        self.agent.init(&init).await?;
+        tracing::debug!(ms = started.elapsed().as_millis(), "agent answers");
         Ok(())
     }
 

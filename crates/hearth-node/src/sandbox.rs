@@ -60,6 +60,8 @@ pub struct Sandbox {
     lock: Option<File>,
     instance: Option<Instance>,
     origin: Origin,
+    /// Restored and warmed up, vCPUs stopped: waiting in a [`crate::Pool`].
+    parked: bool,
 }
 
 impl Sandbox {
@@ -130,6 +132,7 @@ impl Sandbox {
             lock: Some(lock),
             instance: None,
             origin,
+            parked: false,
         })
     }
 
@@ -159,6 +162,11 @@ impl Sandbox {
         &self.origin.template
     }
 
+    /// The VMM process id.
+    pub fn vmm_pid(&self) -> u32 {
+        self.instance().vm.pid()
+    }
+
     pub fn agent(&self) -> &AgentClient {
         &self.instance().agent
     }
@@ -180,7 +188,22 @@ impl Sandbox {
         mut init: InitRequest,
     ) -> Result<(), NodeError> {
         init.hostname = Some(self.id.clone());
+        if self.parked {
+            self.instance_mut().vm.resume().await?;
+            self.parked = false;
+        }
         self.instance_mut().wait_ready(timeout, init).await
+    }
+
+    /// Waits for the agent, warms it up and stops the vCPUs, for a pool.
+    pub(crate) async fn park(&mut self, timeout: Duration) -> Result<(), NodeError> {
+        let init = InitRequest {
+            hostname: Some(self.id.clone()),
+            ..InitRequest::default()
+        };
+        self.instance_mut().park(timeout, init).await?;
+        self.parked = true;
+        Ok(())
     }
 
     /// Resolves when the VM has exited by itself (guest reboot, power-off or

@@ -71,6 +71,10 @@ pub trait Vm: Send {
         memory: SavedMemory,
     ) -> impl Future<Output = Result<(), VmmError>> + Send;
 
+    /// Stops the guest's vCPUs; [`Vm::resume`] continues them. Guest time
+    /// stands still meanwhile.
+    fn pause(&mut self) -> impl Future<Output = Result<(), VmmError>> + Send;
+
     /// Runs a paused guest.
     fn resume(&mut self) -> impl Future<Output = Result<(), VmmError>> + Send;
 }

@@ -327,6 +327,10 @@ impl Vm for QemuVm {
         }
     }
 
+    async fn pause(&mut self) -> Result<(), VmmError> {
+        self.control()?.execute("stop", None).await.map(drop)
+    }
+
     async fn resume(&mut self) -> Result<(), VmmError> {
         self.control()?.execute("cont", None).await.map(drop)
     }

@@ -1,0 +1,148 @@
+//! A pool of parked sandboxes of one template snapshot. Restoring a
+//! snapshot costs a network slot, a disk overlay, a VMM process and, under
+//! TCG, translating the guest code the first requests run: together a few
+//! hundred milliseconds. The pool pays all of that ahead of time: each entry
+//! is restored, has answered the agent's health check and an empty `/init`,
+//! and then had its vCPUs stopped, so it waits using memory but no CPU. A
+//! claim continues the vCPUs and sends the real `/init`.
+//!
+//! One background task refills the pool, one sandbox at a time, after every
+//! claim. When the pool is empty a claim restores directly.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::{Node, NodeError, Sandbox, Snapshot};
+
+/// How long a pool entry may take to answer before it counts as failed.
+const PARK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause after a failed refill before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+struct Shared {
+    node: Arc<Node>,
+    snapshot: Snapshot,
+    size: usize,
+    parked: Mutex<VecDeque<Sandbox>>,
+    /// Wakes the filler after a claim.
+    claimed: Notify,
+    /// Wakes waiters of [`Pool::wait_full`] after a refill.
+    filled: Notify,
+}
+
+impl Shared {
+    fn parked(&self) -> MutexGuard<'_, VecDeque<Sandbox>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Parked sandboxes of one snapshot, refilled in the background.
+pub struct Pool {
+    shared: Arc<Shared>,
+    filler: JoinHandle<()>,
+}
+
+impl Pool {
+    /// Starts filling a pool of `size` sandboxes restored from `snapshot`.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(node: Arc<Node>, snapshot: Snapshot, size: usize) -> Self {
+        let shared = Arc::new(Shared {
+            node,
+            snapshot,
+            size,
+            parked: Mutex::new(VecDeque::with_capacity(size)),
+            claimed: Notify::new(),
+            filled: Notify::new(),
+        });
+        let filler = tokio::spawn(fill(Arc::clone(&shared)));
+        Self { shared, filler }
+    }
+
+    /// The snapshot this pool restores.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.shared.snapshot
+    }
+
+    /// How many parked sandboxes wait now.
+    pub fn len(&self) -> usize {
+        self.shared.parked().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A sandbox restored from the pool's snapshot: a parked one when there
+    /// is one, else restored now. Call [`Sandbox::wait_ready`] next.
+    pub async fn create(&self) -> Result<Sandbox, NodeError> {
+        let parked = self.shared.parked().pop_front();
+        self.shared.claimed.notify_one();
+        match parked {
+            Some(sandbox) => Ok(sandbox),
+            None => Sandbox::from_snapshot(&self.shared.node, &self.shared.snapshot).await,
+        }
+    }
+
+    /// Waits until the pool holds its full size.
+    pub async fn wait_full(&self) {
+        loop {
+            let filled = self.shared.filled.notified();
+            if self.len() >= self.shared.size {
+                return;
+            }
+            filled.await;
+        }
+    }
+
+    /// Stops refilling and destroys the parked sandboxes.
+    pub async fn close(self) {
+        self.filler.abort();
+        // The filler may have been stopped holding a sandbox it was parking;
+        // dropping it there ran the sandbox's clean-up.
+        let _ = self.filler.await;
+        let parked: Vec<Sandbox> = self.shared.parked().drain(..).collect();
+        for sandbox in parked {
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!("removing a pooled sandbox: {e}");
+            }
+        }
+    }
+}
+
+/// Keeps the pool at its size, one restore at a time.
+async fn fill(shared: Arc<Shared>) {
+    loop {
+        let claimed = shared.claimed.notified();
+        if shared.parked().len() >= shared.size {
+            claimed.await;
+            continue;
+        }
+        match park_one(&shared).await {
+            Ok(sandbox) => {
+                shared.parked().push_back(sandbox);
+                shared.filled.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!("refilling the sandbox pool: {e}");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+async fn park_one(shared: &Shared) -> Result<Sandbox, NodeError> {
+    let mut sandbox = Sandbox::from_snapshot(&shared.node, &shared.snapshot).await?;
+    match sandbox.park(PARK_TIMEOUT).await {
+        Ok(()) => Ok(sandbox),
+        Err(e) => {
+            if let Err(cleanup) = sandbox.destroy().await {
+                tracing::warn!("removing a sandbox that failed to park: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
