@@ -47,6 +47,9 @@ enum Command {
     /// Run sandboxes.
     #[command(subcommand)]
     Sandbox(commands::sandbox::SandboxCommand),
+    /// Measure create latency, exec round trip, pause/resume, memory and
+    /// density on this machine.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Kernel(cmd) => commands::kernel::run(cmd, &layout),
         Command::Template(cmd) => commands::template::run(cmd, &layout),
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, &layout),
+        Command::Bench(args) => commands::bench::run(args, &layout),
     };
     match result {
         Ok(code) => code,

@@ -167,7 +167,7 @@ fn paused_sandbox_survives_a_node_restart_and_resumes_running() {
 
         // A new node (a restarted daemon) keeps the paused sandbox.
         let node = self::node();
-        assert_eq!(node.paused_sandboxes().unwrap(), [id.clone()]);
+        assert_eq!(node.paused_sandboxes().unwrap(), std::slice::from_ref(&id));
         let mut sandbox = Sandbox::resume(&node, &id).await.expect("resume");
         sandbox
             .wait_ready(READY, InitRequest::default())
@@ -264,5 +264,40 @@ fn two_hundred_create_kill_cycles_leak_nothing() {
                 .unwrap_or_else(|e| panic!("cycle {i}: {e}"));
             sandbox.destroy().await.unwrap();
         }
+    });
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn pooled_sandboxes_are_fresh_and_the_pool_refills_and_cleans_up() {
+    with_runtime(|| async {
+        let node = std::sync::Arc::new(node());
+        let spec = spec(&node);
+        let snapshot = node
+            .snapshot(&spec.template, &spec.kernel, 2, 512, READY)
+            .await
+            .expect("snapshot");
+        let pool = hearth_node::Pool::start(node.clone(), snapshot, 2);
+        pool.wait_full().await;
+        assert_eq!(pool.len(), 2);
+        // Parked VMs run no guest code: their clocks stand still.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut sandbox = pool.create().await.expect("a parked sandbox");
+        let init = InitRequest {
+            env_vars: Some(HashMap::from([("POOLED".into(), "yes".into())])),
+            ..InitRequest::default()
+        };
+        sandbox.wait_ready(READY, init).await.expect("ready");
+        let (_, out) = sh(&sandbox, "echo $POOLED; hostname; date +%s.%N").await;
+        let host = host_now();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "yes");
+        assert_eq!(lines[1], sandbox.id());
+        let guest: f64 = lines[2].parse().unwrap();
+        assert!((host - guest).abs() < 1.0, "guest {guest} vs host {host}");
+        pool.wait_full().await;
+        assert_eq!(pool.len(), 2, "the pool refilled");
+        sandbox.destroy().await.unwrap();
+        pool.close().await;
     });
 }

@@ -1,3 +1,4 @@
+pub(crate) mod bench;
 pub(crate) mod kernel;
 pub(crate) mod sandbox;
 pub(crate) mod template;
