@@ -466,6 +466,39 @@ async fn send_signal_by_tag() {
 }
 
 #[tokio::test]
+async fn sigkill_reaches_children_that_ignore_sigterm_and_hold_the_pipes() {
+    let agent = Agent::start();
+    // The shell and its background sleep both ignore SIGTERM, and the sleep
+    // holds stdout: the process ends only when the whole group is killed.
+    let req = sh("trap '' TERM; sleep 600 & echo started; wait");
+    let mut stream = Stream::open(&agent, &req, None).await;
+    let Some(Event::Start(start)) = stream.next().await else {
+        panic!("no start event")
+    };
+    let Some(Event::Data(_)) = stream.next().await else {
+        panic!("no output before the signal")
+    };
+    let signal = |signal: Signal| SendSignalRequest {
+        process: Some(ProcessSelector {
+            selector: Some(process_selector::Selector::Pid(start.pid)),
+        }),
+        signal: signal as i32,
+    };
+    for sig in [Signal::Sigterm, Signal::Sigkill] {
+        unary::<_, hearth_proto::process::SendSignalResponse>(&agent, "SendSignal", &signal(sig))
+            .await
+            .unwrap();
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while stream.next().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end after SIGKILL");
+    let end = stream.end.take().unwrap();
+    assert!(end.is_ok(), "{end:?}");
+}
+
+#[tokio::test]
 async fn client_disconnect_does_not_block_the_process() {
     let agent = Agent::start();
     // More output than the pipe and the stream buffers hold together.

@@ -255,8 +255,19 @@ async fn kill_at(agent: Arc<Agent>, pid: u32, id: u64, at: Instant) {
     if processes.entries.get(&pid).is_some_and(|e| e.id == id) {
         tracing::info!(pid, "killing the process: its request timed out");
         if let Ok(raw) = i32::try_from(pid) {
-            let _ = nix_signal::kill(Pid::from_raw(raw), NixSignal::SIGKILL);
+            let _ = signal_group(raw, NixSignal::SIGKILL);
         }
+    }
+}
+
+/// Signals the process group that `pid` leads (every process starts in a
+/// session of its own), so children that hold the output pipes, like the
+/// `sleep` of `sh -c 'trap "" TERM; sleep 600 & wait'`, get it too; falls
+/// back to `pid` alone if it leads no group.
+fn signal_group(pid: i32, signal: NixSignal) -> nix::Result<()> {
+    match nix_signal::killpg(Pid::from_raw(pid), signal) {
+        Err(nix::errno::Errno::ESRCH) => nix_signal::kill(Pid::from_raw(pid), signal),
+        other => other,
     }
 }
 
@@ -579,7 +590,7 @@ async fn send_signal(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         let (pid, _) = agent.processes().select(request.process.as_ref())?;
         let pid = i32::try_from(pid)
             .map_err(|_| ConnectError::new(Code::Internal, "Pid out of range"))?;
-        nix_signal::kill(Pid::from_raw(pid), signal).map_err(|e| {
+        signal_group(pid, signal).map_err(|e| {
             ConnectError::new(Code::Internal, format!("Cannot signal process {pid}: {e}"))
         })?;
         Ok(SendSignalResponse {})
