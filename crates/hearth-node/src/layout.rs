@@ -18,6 +18,10 @@ impl Layout {
         }
     }
 
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -59,6 +59,7 @@ impl Node {
         remove_leftover_sandboxes(&layout)?;
         let host = HostProfile {
             vmm: qemu.version()?,
+            tsc_khz: tsc_khz(&layout)?,
             accel: accel.accel.to_string(),
             cpu: match accel.accel {
                 Accel::Tcg => "max".to_owned(),
@@ -81,14 +82,24 @@ impl Node {
     }
 
     /// Guest kernel arguments for a cold boot of `template`.
+    ///
+    /// `tsc=reliable tsc_early_khz=`: under TCG the kernel's TSC
+    /// calibration against the PIT fails as often as not and it finds the
+    /// vCPUs' TSCs out of step (they are not: QEMU derives them from one
+    /// monotonic count), so it falls back to jiffies, which need the
+    /// periodic tick. Told the frequency (the host's: TCG guests read the
+    /// host TSC) and to trust it, the guest uses the TSC, and an idle guest
+    /// stops ticking: idle CPU per sandbox falls about threefold. A change here must bump
+    /// `snapshot::RECIPE`: snapshots keep the arguments they booted with.
     pub(crate) fn kernel_args(&self, template: &Template, hostname: &str) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut args = format!(
-            "root=/dev/vda rw rootfstype=ext4 init={} quiet hearth.hostname={hostname} \
-             hearth.ip={}/{} hearth.gw={} hearth.time={}.{:06}",
+            "root=/dev/vda rw rootfstype=ext4 init={} quiet tsc=reliable tsc_early_khz={} \
+             hearth.hostname={hostname} hearth.ip={}/{} hearth.gw={} hearth.time={}.{:06}",
             template.init_path,
+            self.host.tsc_khz,
             hearth_net::GUEST_IP,
             hearth_net::GUEST_PREFIX_LEN,
             hearth_net::GATEWAY_IP,
@@ -179,6 +190,39 @@ pub(crate) fn lock_wait(path: &Path) -> Result<File, NodeError> {
         .map_err(NodeError::io(path))?;
     file.lock().map_err(NodeError::io(path))?;
     Ok(file)
+}
+
+/// The host's TSC frequency in kHz, measured once per boot of the host
+/// (kept in the run directory).
+fn tsc_khz(layout: &Layout) -> Result<u64, NodeError> {
+    let cache = layout.run_dir().join("tsc_khz");
+    if let Some(khz) = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Ok(khz);
+    }
+    let khz = measure_tsc_khz();
+    std::fs::create_dir_all(layout.run_dir()).map_err(NodeError::io(layout.run_dir()))?;
+    std::fs::write(&cache, format!("{khz}\n")).map_err(NodeError::io(&cache))?;
+    Ok(khz)
+}
+
+/// TSC ticks per millisecond of the monotonic clock over 200 ms. A
+/// preemption between a clock read and its TSC read only lowers the rate,
+/// so the highest of three runs is kept.
+fn measure_tsc_khz() -> u64 {
+    let once = || {
+        let started = Instant::now();
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        let before = unsafe { std::arch::x86_64::_rdtsc() };
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        let after = unsafe { std::arch::x86_64::_rdtsc() };
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        after.wrapping_sub(before).saturating_mul(1000) / micros.max(1)
+    };
+    (0..3).map(|_| once()).max().unwrap_or(0)
 }
 
 /// The host CPU's model name (`-cpu host` under KVM passes its features on).

@@ -30,6 +30,9 @@ use crate::node::lock_wait;
 use crate::{Node, NodeError};
 
 const META: &str = "snapshot.json";
+/// Version of how a snapshot is made (the guest kernel arguments above
+/// all); part of the key, so a new recipe takes new snapshots.
+const RECIPE: &str = "2";
 
 /// What a saved VM state depends on besides its own files. A state loads only
 /// where all of it matches.
@@ -39,6 +42,9 @@ pub struct HostProfile {
     pub vmm: String,
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// The host TSC's frequency: a TCG guest's TSC is the host's, and the
+    /// guest kernel is told its rate when the template boots.
+    pub tsc_khz: u64,
     /// The guest CPU model: `max` under TCG; under KVM the host CPU's model
     /// name, since `-cpu host` exposes its features.
     pub cpu: String,
@@ -51,6 +57,11 @@ impl HostProfile {
             ("VMM", &saved.vmm, &self.vmm),
             ("accelerator", &saved.accel, &self.accel),
             ("CPU model", &saved.cpu, &self.cpu),
+            (
+                "TSC frequency (kHz)",
+                &saved.tsc_khz.to_string(),
+                &self.tsc_khz.to_string(),
+            ),
         ];
         for (field, saved_value, host_value) in fields {
             if saved_value != host_value {
@@ -131,6 +142,7 @@ fn key(
 ) -> String {
     let mut hash = Sha256::new();
     for part in [
+        RECIPE,
         template.build_id.as_str(),
         kernel.key.as_str(),
         &vcpus.to_string(),
@@ -138,6 +150,7 @@ fn key(
         &host.vmm,
         &host.accel,
         &host.cpu,
+        &host.tsc_khz.to_string(),
     ] {
         hash.update(part.as_bytes());
         hash.update([0]);
@@ -289,6 +302,7 @@ mod tests {
             vmm: "QEMU emulator version 7.2.22".into(),
             accel: "tcg".into(),
             cpu: "max".into(),
+            tsc_khz: 2_445_402,
         }
     }
 
