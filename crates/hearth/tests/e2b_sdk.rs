@@ -1,10 +1,13 @@
 //! The stock `e2b` Python SDK (PyPI, version pinned in `scripts/test`)
 //! drives a real sandbox's agent: commands, stdin, kill, PTY, files, a
-//! 50 MiB round trip. The sandbox is booted through `hearth-node`; the SDK
-//! reaches the agent at the slot address, as `E2B_SANDBOX_URL` would point
-//! it at the sandbox proxy once the server exists. Needs root, the kernel,
-//! the base template and `HEARTH_E2B_PYTHON` (a Python with the SDK, which
-//! `scripts/test` prepares); CI runs it with `--include-ignored`.
+//! 100 MiB round trip, and stress (100 MB of stdout with the agent's RSS
+//! sampled, invalid UTF-8, 50 processes at once, a 10,000-entry listing,
+//! kill of processes that ignore SIGTERM). The sandbox is booted through
+//! `hearth-node`; the SDK reaches the agent at the slot address, as
+//! `E2B_SANDBOX_URL` would point it at the sandbox proxy once the server
+//! exists. Needs root, the kernel, the base template and `HEARTH_E2B_PYTHON`
+//! (a Python with the SDK, which `scripts/test` prepares); CI runs it with
+//! `--include-ignored`.
 
 mod common;
 

@@ -174,9 +174,11 @@ def listed_pids(sbx):
     return {p.pid for p in sbx.commands.list()}
 
 
-def agent_rss_kib(sbx):
-    # The command's shell is the agent's child: $PPID is the agent.
-    line = sbx.commands.run("grep VmRSS /proc/$PPID/status").stdout
+def agent_rss_kib(sbx, pid):
+    # Read through the files API: no process to start, so samples come often
+    # and cost the agent little.
+    status = sbx.files.read(f"/proc/{pid}/status")
+    line = next(l for l in status.splitlines() if l.startswith("VmRSS:"))
     return int(line.split()[1])
 
 
@@ -184,10 +186,11 @@ def big_stream(sbx, url):
     """100 MB of stdout from one command, counted and hashed as it arrives,
     while a second connection samples the agent's resident memory."""
     size = 100_000_000
-    # In a sandbox the agent is PID 1; against a standalone agent it is the
-    # hearth-init process serving us. Measure only when that is what the
-    # command's parent is.
+    # A command's shell is the agent's child, so $PPID is the agent: PID 1 in
+    # a sandbox, the hearth-init process serving us when it runs standalone.
+    # Measure only when that is what it is.
     pid, _, comm = sbx.commands.run("echo $PPID; cat /proc/$PPID/comm").stdout.partition("\n")
+    pid = int(pid)
     measure = comm.strip() == "hearth-init"
     if not measure:
         print(f"note: the agent (pid {pid}) is {comm.strip()!r}, not hearth-init; RSS not measured")
@@ -197,12 +200,12 @@ def big_stream(sbx, url):
     def sample():
         try:
             while not done.is_set():
-                samples.append(agent_rss_kib(sampler))
+                samples.append(agent_rss_kib(sampler, pid))
                 done.wait(0.05)
         except Exception as e:  # noqa: BLE001 - reported by the check below
             failures.append(e)
 
-    idle = agent_rss_kib(sampler) if measure else None
+    idle = agent_rss_kib(sampler, pid) if measure else None
     got, digest, err = 0, hashlib.sha256(), []
 
     def on_stdout(chunk):
@@ -242,7 +245,8 @@ def big_stream(sbx, url):
     # agent that buffered the stream would grow by tens of MiB.
     check("agent RSS stays flat during the stream", peak <= idle + 16 * 1024, f"idle {idle} KiB, peak {peak} KiB")
     print(
-        f"figure agent_rss_idle_kib={idle} agent_rss_stream_peak_kib={peak} stream_100mb_s={took:.2f}",
+        f"figure agent_rss_idle_kib={idle} agent_rss_stream_peak_kib={peak} "
+        f"agent_rss_samples={len(samples)} stream_100mb_s={took:.2f}",
         flush=True,
     )
 
