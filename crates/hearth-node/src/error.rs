@@ -29,6 +29,10 @@ pub enum NodeError {
     AgentTimeout { timeout: Duration, console: String },
     #[error("the VM exited while booting ({exit}); last console line: {console}")]
     BootExit { exit: String, console: String },
+    #[error(
+        "template '{name}' is in use: sandboxes were restored from its builds {builds}; kill or delete them first"
+    )]
+    TemplateInUse { name: String, builds: String },
     #[error("sandbox {0} is in use by another process")]
     Busy(String),
     #[error("no paused sandbox {0}")]

@@ -17,6 +17,7 @@ mod pool;
 mod preflight;
 mod sandbox;
 mod snapshot;
+mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use error::NodeError;
@@ -25,3 +26,4 @@ pub use node::{Node, NodeOptions};
 pub use pool::Pool;
 pub use sandbox::{Sandbox, SandboxSpec};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
+pub use templates::{Pruned, prune_template, remove_template};

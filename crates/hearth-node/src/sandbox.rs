@@ -18,6 +18,9 @@ use crate::{AgentClient, Node, NodeError, id};
 const PAUSED: &str = "paused.json";
 /// The saved state of a paused sandbox (device state and memory).
 const PAUSED_STATE: &str = "state";
+/// What the sandbox was made from ([`Origin`]), written when its directory
+/// is created: it tells which template build the sandbox's disk needs.
+const ORIGIN: &str = "origin.json";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -96,8 +99,8 @@ impl Sandbox {
         };
         let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
         let mut sandbox = Self::claim(node, id, origin)?;
-        std::fs::create_dir(&sandbox.dir).map_err(NodeError::io(&sandbox.dir))?;
         let started = async {
+            sandbox.create_dir()?;
             let disk = sandbox.dir.join("disk.qcow2");
             hearth_image::create_overlay(&snapshot.disk(), ImageFormat::Qcow2, &disk)?;
             let machine = sandbox.machine(Memory::File {
@@ -134,6 +137,12 @@ impl Sandbox {
             origin,
             parked: false,
         })
+    }
+
+    /// Creates the sandbox's directory and records its origin there.
+    fn create_dir(&self) -> Result<(), NodeError> {
+        std::fs::create_dir(&self.dir).map_err(NodeError::io(&self.dir))?;
+        write_json(&self.dir.join(ORIGIN), &self.origin)
     }
 
     fn machine(&self, memory: Memory) -> Machine {
@@ -326,14 +335,12 @@ impl Sandbox {
             let copy = Self::claim(node, id, self.origin.clone())?;
             copies.push(copy);
             let copy = copies.last().expect("just pushed");
-            copied = std::fs::create_dir(&copy.dir)
-                .map_err(NodeError::io(&copy.dir))
-                .and_then(|()| {
-                    let to = copy.dir.join("disk.qcow2");
-                    std::fs::copy(self.dir.join("disk.qcow2"), &to)
-                        .map(drop)
-                        .map_err(NodeError::io(&to))
-                });
+            copied = copy.create_dir().and_then(|()| {
+                let to = copy.dir.join("disk.qcow2");
+                std::fs::copy(self.dir.join("disk.qcow2"), &to)
+                    .map(drop)
+                    .map_err(NodeError::io(&to))
+            });
             if copied.is_err() {
                 break;
             }
@@ -441,4 +448,33 @@ impl Node {
 /// Whether a sandbox directory holds a paused sandbox.
 pub(crate) fn is_paused(dir: &Path) -> bool {
     dir.join(PAUSED).is_file()
+}
+
+/// The template snapshot directories that sandbox directories under
+/// `sandboxes` (running, pooled or paused) were restored from.
+pub(crate) fn snapshots_in_use(sandboxes: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    let mut used = Vec::new();
+    let entries = match std::fs::read_dir(sandboxes) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(used),
+        Err(e) => return Err(NodeError::io(sandboxes)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(NodeError::io(sandboxes))?;
+        let path = entry.path().join(ORIGIN);
+        match std::fs::read(&path) {
+            Ok(text) => {
+                let origin: Origin =
+                    serde_json::from_slice(&text).map_err(|e| NodeError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })?;
+                used.push(origin.snapshot);
+            }
+            // A directory still being created may lack it for a moment.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io(&path)(e)),
+        }
+    }
+    Ok(used)
 }

@@ -1,33 +1,64 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use hearth_image::{Template, TemplateOptions};
-use hearth_node::Layout;
+use hearth_node::{Layout, Node, NodeOptions, Snapshot};
 
 use super::CommandResult;
+
+/// How long the template may take to boot for its snapshot.
+const SNAPSHOT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 use crate::progress::Progress;
 
 #[derive(Subcommand)]
 pub(crate) enum TemplateCommand {
-    /// Build a template (only `base`, Debian bookworm, for now).
+    /// Build a template (only `base`, Debian bookworm, for now), boot it
+    /// once and snapshot it; then delete its old builds that no sandbox uses.
     Build {
         #[arg(default_value = "base")]
         name: String,
         /// The guest init binary to install (default: hearth-init beside hearth).
         #[arg(long, env = "HEARTH_INIT_BINARY")]
         init_binary: Option<PathBuf>,
+        /// Virtual CPUs of the snapshot.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// Guest memory of the snapshot in MiB.
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
     },
     /// List templates.
     List,
+    /// Delete a template and all its builds (refused while sandboxes use them).
+    Rm { name: String },
 }
 
 pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
     match cmd {
-        TemplateCommand::Build { name, init_binary } => {
+        TemplateCommand::Build {
+            name,
+            init_binary,
+            vcpus,
+            memory,
+        } => {
             let template = build(layout, &name, init_binary)?;
-            println!("{} {}", template.name, template.rootfs.display());
+            let runtime = tokio::runtime::Runtime::new()?;
+            let snapshot = runtime.block_on(snapshot(layout, &template, vcpus, memory))?;
+            let pruned = hearth_node::prune_template(layout, &name)?;
+            if !pruned.in_use.is_empty() {
+                eprintln!(
+                    "hearth: kept old builds {} of '{name}': sandboxes use them",
+                    pruned.in_use.join(", ")
+                );
+            }
+            println!("{} {}", template.name, snapshot.dir.display());
+        }
+        TemplateCommand::Rm { name } => {
+            hearth_node::remove_template(layout, &name)?;
+            println!("removed template {name}");
         }
         TemplateCommand::List => {
             println!("{:<16} {:<18} {:>8}  ROOTFS", "NAME", "BUILD", "SIZE");
@@ -69,6 +100,21 @@ pub(crate) fn build(
     );
     progress.finish();
     Ok(template?)
+}
+
+/// The template's snapshot for this machine shape, taken now if missing.
+async fn snapshot(
+    layout: &Layout,
+    template: &Template,
+    vcpus: u32,
+    memory_mib: u32,
+) -> anyhow::Result<Snapshot> {
+    let node = Node::open(layout.clone(), &NodeOptions::default())?;
+    let kernel = node.kernel()?;
+    eprintln!("hearth: snapshotting template '{}'", template.name);
+    Ok(node
+        .snapshot(template, &kernel, vcpus, memory_mib, SNAPSHOT_BOOT_TIMEOUT)
+        .await?)
 }
 
 /// `hearth-init` installed beside the running `hearth` binary.
