@@ -6,12 +6,13 @@
 //! and then had its vCPUs stopped, so it waits using memory but no CPU. A
 //! claim continues the vCPUs and sends the real `/init`.
 //!
-//! One background task refills the pool, one sandbox at a time, after every
-//! claim. When the pool is empty a claim restores directly.
+//! One background task refills the pool, one sandbox at a time, starting
+//! 100 ms after the latest claim. When the pool is empty a claim restores
+//! directly.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -22,6 +23,9 @@ use crate::{Node, NodeError, Sandbox, Snapshot};
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause after a failed refill before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// A refill waits until this long after the latest claim: the claimed
+/// sandboxes' first requests should not compete with a restore for CPU.
+const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
 
 struct Shared {
     node: Arc<Node>,
@@ -32,6 +36,7 @@ struct Shared {
     claimed: Notify,
     /// Wakes waiters of [`Pool::wait_full`] after a refill.
     filled: Notify,
+    last_claim: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -57,6 +62,7 @@ impl Pool {
             parked: Mutex::new(VecDeque::with_capacity(size)),
             claimed: Notify::new(),
             filled: Notify::new(),
+            last_claim: Mutex::new(None),
         });
         let filler = tokio::spawn(fill(Arc::clone(&shared)));
         Self { shared, filler }
@@ -80,6 +86,11 @@ impl Pool {
     /// is one, else restored now. Call [`Sandbox::wait_ready`] next.
     pub async fn create(&self) -> Result<Sandbox, NodeError> {
         let parked = self.shared.parked().pop_front();
+        *self
+            .shared
+            .last_claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.shared.claimed.notify_one();
         match parked {
             Some(sandbox) => Ok(sandbox),
@@ -119,6 +130,14 @@ async fn fill(shared: Arc<Shared>) {
         let claimed = shared.claimed.notified();
         if shared.parked().len() >= shared.size {
             claimed.await;
+            continue;
+        }
+        let last_claim = *shared
+            .last_claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(wait) = last_claim.and_then(|at| REFILL_AFTER_CLAIM.checked_sub(at.elapsed())) {
+            tokio::time::sleep(wait).await;
             continue;
         }
         match park_one(&shared).await {
