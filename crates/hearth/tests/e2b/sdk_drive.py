@@ -266,8 +266,9 @@ def binary_output(sbx, tmp):
 
 
 def many_processes(sbx, tmp):
-    """50 background commands at once: all listed while they wait on a
-    barrier file, then all done in about the time of one."""
+    """50 background commands at once: all listed together while they wait
+    on a barrier file, then each exits with its own output. (How long they
+    take is a figure, not a check: it depends on the host's load.)"""
     go = f"{tmp}/go"
     start = time.monotonic()
     handles = [
@@ -284,7 +285,6 @@ def many_processes(sbx, tmp):
     took = time.monotonic() - start
     wrong = [(i, r.exit_code, r.stdout) for i, r in enumerate(results) if (r.exit_code, r.stdout) != (0, f"{i}\n")]
     check("50 concurrent processes exit 0 with their output", not wrong, repr(wrong))
-    check("50 processes ran concurrently", took < 10, f"{took:.1f} s")
     check("50 processes leave the list", wait_until(lambda: not pids & listed_pids(sbx), 5))
     print(f"figure start_50_processes_ms={started * 1000:.0f} wait_50_processes_s={took:.2f}", flush=True)
 
