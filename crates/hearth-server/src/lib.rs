@@ -1,0 +1,15 @@
+//! The Hearth server: an E2B-compatible API in front of the node core.
+//!
+//! [`store`] keeps API keys and sandbox records in an embedded SQLite file
+//! so the server survives restarts; [`keys`] holds the API key format and
+//! the first-start key bootstrap; [`manager`] keeps the live sandboxes and
+//! their timeouts; [`api`] is the REST API and [`proxy`] the sandbox proxy,
+//! both served on one port by [`server`].
+
+pub mod api;
+pub mod error;
+pub mod keys;
+pub mod manager;
+pub mod proxy;
+pub mod server;
+pub mod store;

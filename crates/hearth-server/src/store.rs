@@ -1,0 +1,1176 @@
+//! The embedded store: API keys and sandbox records in one SQLite file.
+//!
+//! The server keeps here what it must remember across restarts: which keys
+//! may call it and which sandboxes exist, with what the E2B API reports
+//! about them. The file is made with mode 0600 and runs in WAL mode; its
+//! schema version lives in `PRAGMA user_version`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rusqlite::types::{ToSql, Value};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use crate::keys;
+
+/// The schema this code reads and writes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    prefix     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used  INTEGER,
+    revoked    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE sandboxes (
+    sandbox_id            TEXT PRIMARY KEY,
+    template_id           TEXT NOT NULL,
+    alias                 TEXT,
+    client_id             TEXT NOT NULL,
+    state                 TEXT NOT NULL,
+    metadata              TEXT NOT NULL,
+    env_vars              TEXT NOT NULL,
+    started_at_ms         INTEGER NOT NULL,
+    end_at_ms             INTEGER NOT NULL,
+    cpu_count             INTEGER NOT NULL,
+    memory_mb             INTEGER NOT NULL,
+    secure                INTEGER NOT NULL,
+    envd_access_token     TEXT,
+    auto_pause            INTEGER NOT NULL,
+    allow_internet_access INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_by_start ON sandboxes (started_at_ms DESC, sandbox_id);
+CREATE INDEX sandboxes_by_end ON sandboxes (state, end_at_ms);
+";
+
+const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
+    env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
+    auto_pause, allow_internet_access";
+
+const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the store file {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the store {path} has schema version {found}, newer than this hearth understands ({SCHEMA_VERSION}); upgrade hearth"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error("query on the store {path} failed")]
+    Query {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the store {path} holds an unreadable row: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot read random bytes from /dev/urandom")]
+    Random(#[source] io::Error),
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
+    #[error("no sandbox {0}")]
+    NoSandbox(String),
+    #[error("the pagination token is malformed; pass the nextToken of a previous page unchanged")]
+    BadToken,
+}
+
+/// An API key as listed; never its plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// Short random id, 12 hex characters, to name the key in the CLI.
+    pub id: String,
+    pub name: String,
+    /// `e2b_` and the first 8 characters after it, to recognise the key.
+    pub prefix: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds of the latest accepted request, if any.
+    pub last_used: Option<u64>,
+    pub revoked: bool,
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Running,
+    Paused,
+    Killed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sandbox state name that is not `running`, `paused` or `killed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sandbox state '{0}'; expected running, paused or killed")]
+pub struct BadState(pub String);
+
+impl FromStr for SandboxState {
+    type Err = BadState;
+
+    fn from_str(s: &str) -> Result<Self, BadState> {
+        match s {
+            "running" => Ok(Self::Running),
+            "paused" => Ok(Self::Paused),
+            "killed" => Ok(Self::Killed),
+            other => Err(BadState(other.to_owned())),
+        }
+    }
+}
+
+/// One sandbox as the API knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    pub sandbox_id: String,
+    pub template_id: String,
+    pub alias: Option<String>,
+    pub client_id: String,
+    pub state: SandboxState,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    /// Unix milliseconds at which the sandbox times out.
+    pub end_at_ms: i64,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub secure: bool,
+    pub envd_access_token: Option<String>,
+    pub auto_pause: bool,
+    pub allow_internet_access: bool,
+}
+
+/// Which sandboxes [`Store::list_sandboxes`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxQuery {
+    /// States to include; empty means every state but `Killed`.
+    pub states: Vec<SandboxState>,
+    /// Pairs every returned sandbox's metadata must hold exactly.
+    pub metadata: BTreeMap<String, String>,
+    /// Most rows in one page; `None` for all, and 0 counts as 1.
+    pub limit: Option<u32>,
+    /// The `next_token` of the previous page.
+    pub next_token: Option<String>,
+}
+
+/// One page of [`Store::list_sandboxes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub sandboxes: Vec<SandboxRecord>,
+    /// Set only when more rows follow; pass it back for the next page.
+    pub next_token: Option<String>,
+}
+
+/// The store. One connection behind a mutex: callers share it by reference
+/// (or in an `Arc`) across threads.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`, making the file (mode 0600), its parent
+    /// directories and the schema if they are missing.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let create = |source| StoreError::Create {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(create)?;
+        }
+        // Made here rather than by SQLite so it is private from the start;
+        // SQLite gives the -wal and -shm files the same mode.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(create)?;
+
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // WAL lets readers in other processes (the CLI) run beside the
+        // server; with WAL, NORMAL sync loses no committed data on a crash
+        // of the process, only possibly the last commits on power loss.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+
+        let store = Self {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.query())?;
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(self.query())?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+            });
+        }
+        if version < 1 {
+            tx.execute_batch(SCHEMA).map_err(self.query())?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(self.query())?;
+        tx.commit().map_err(self.query())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-statement leaves nothing half-done: SQLite rolls back
+        // an unfinished transaction when its guard drops.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn query(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Query {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, reason: impl fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    // API keys.
+
+    /// Makes a key named `name`. The plaintext is returned here and never
+    /// again: only its hash is kept.
+    pub fn create_key(&self, name: &str) -> Result<(KeyInfo, String), StoreError> {
+        let plaintext = keys::new_key().map_err(StoreError::Random)?;
+        let info = KeyInfo {
+            id: keys::random_hex::<6>().map_err(StoreError::Random)?,
+            name: name.to_owned(),
+            prefix: keys::display_prefix(&plaintext),
+            created_at: now_secs(),
+            last_used: None,
+            revoked: false,
+        };
+        self.lock()
+            .execute(
+                "INSERT INTO api_keys (id, name, hash, prefix, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    info.id,
+                    info.name,
+                    keys::hash_key(&plaintext),
+                    info.prefix,
+                    secs_to_sql(info.created_at),
+                ],
+            )
+            .map_err(self.query())?;
+        Ok((info, plaintext))
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ))
+            .map_err(self.query())?;
+        let rows = stmt.query_map([], key_from_row).map_err(self.query())?;
+        rows.collect::<Result<_, _>>().map_err(self.query())
+    }
+
+    /// Revokes the key with id `id`; false if there is none.
+    pub fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id])
+            .map_err(self.query())?;
+        Ok(changed > 0)
+    }
+
+    /// Removes the key with id `id` outright; false if there is none.
+    pub(crate) fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute("DELETE FROM api_keys WHERE id = ?1", [id])
+            .map_err(self.query())?;
+        Ok(changed > 0)
+    }
+
+    /// The key `plaintext` names if it exists and is not revoked, with its
+    /// last use set to now.
+    pub fn check_key(&self, plaintext: &str) -> Result<Option<KeyInfo>, StoreError> {
+        // Looked up by hash, so no comparison here needs to be constant
+        // time: timing can reveal at most something about the hash of what
+        // the caller sent, which the caller already knows.
+        let hash = keys::hash_key(plaintext);
+        let conn = self.lock();
+        let found = conn
+            .query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+                [&hash],
+                key_from_row,
+            )
+            .optional()
+            .map_err(self.query())?;
+        let Some(mut info) = found.filter(|info| !info.revoked) else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        // At most one write per key per second, however busy the API is.
+        if info.last_used != Some(now) {
+            conn.execute(
+                "UPDATE api_keys SET last_used = ?1 WHERE id = ?2",
+                params![secs_to_sql(now), info.id],
+            )
+            .map_err(self.query())?;
+            info.last_used = Some(now);
+        }
+        Ok(Some(info))
+    }
+
+    /// How many keys are not revoked.
+    pub fn count_active_keys(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .lock()
+            .query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE revoked = 0",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(self.query())?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    // Sandboxes.
+
+    /// Adds a sandbox; its id must be new.
+    pub fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
+        let row = SandboxRow::from_record(record);
+        let result = self.lock().execute(
+            &format!(
+                "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ),
+            row.params(),
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                Err(StoreError::SandboxExists(record.sandbox_id.clone()))
+            }
+            Err(err) => Err(self.query()(err)),
+        }
+    }
+
+    /// The sandbox with id `id`, if any.
+    pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let row = self
+            .lock()
+            .query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE sandbox_id = ?1"),
+                [id],
+                SandboxRow::read,
+            )
+            .optional()
+            .map_err(self.query())?;
+        row.map(|row| row.into_record(self)).transpose()
+    }
+
+    /// Replaces the whole stored row of `record.sandbox_id`.
+    pub fn update_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
+        let row = SandboxRow::from_record(record);
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
+                 metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
+                 cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
+                 auto_pause = ?14, allow_internet_access = ?15 \
+                 WHERE sandbox_id = ?1",
+                row.params(),
+            )
+            .map_err(self.query())?;
+        found(changed, &record.sandbox_id)
+    }
+
+    /// Sets the state of sandbox `id`.
+    pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE sandboxes SET state = ?2 WHERE sandbox_id = ?1",
+                params![id, state.as_str()],
+            )
+            .map_err(self.query())?;
+        found(changed, id)
+    }
+
+    /// Sets when sandbox `id` times out, in unix milliseconds.
+    pub fn set_end_at(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
+                params![id, end_at_ms],
+            )
+            .map_err(self.query())?;
+        found(changed, id)
+    }
+
+    /// Removes sandbox `id`; false if there was none.
+    pub fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute("DELETE FROM sandboxes WHERE sandbox_id = ?1", [id])
+            .map_err(self.query())?;
+        Ok(changed > 0)
+    }
+
+    /// One page of the sandboxes `query` selects, newest first (ties by
+    /// id).
+    pub fn list_sandboxes(&self, query: &SandboxQuery) -> Result<Page, StoreError> {
+        let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE ");
+        let mut args: Vec<Value> = Vec::new();
+
+        let states: &[SandboxState] = if query.states.is_empty() {
+            &[SandboxState::Running, SandboxState::Paused]
+        } else {
+            &query.states
+        };
+        sql.push_str("state IN (");
+        for (i, state) in states.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('?');
+            args.push(Value::Text(state.as_str().to_owned()));
+        }
+        sql.push(')');
+
+        // Metadata values are always JSON strings, which json_each yields
+        // as plain text, so `value = ?` is an exact match.
+        for (key, value) in &query.metadata {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)",
+            );
+            args.push(Value::Text(key.clone()));
+            args.push(Value::Text(value.clone()));
+        }
+
+        if let Some(token) = &query.next_token {
+            let (started_at_ms, sandbox_id) = decode_token(token)?;
+            sql.push_str(" AND (started_at_ms < ? OR (started_at_ms = ? AND sandbox_id > ?))");
+            args.push(Value::Integer(started_at_ms));
+            args.push(Value::Integer(started_at_ms));
+            args.push(Value::Text(sandbox_id));
+        }
+
+        sql.push_str(" ORDER BY started_at_ms DESC, sandbox_id");
+        // One row past the page tells whether another page follows.
+        let limit = query.limit.map(|limit| limit.max(1));
+        if let Some(limit) = limit {
+            sql.push_str(" LIMIT ?");
+            args.push(Value::Integer(i64::from(limit) + 1));
+        }
+
+        let mut sandboxes = self.select_sandboxes(&sql, args)?;
+        let more = limit.is_some_and(|limit| sandboxes.len() > usize_from(limit));
+        if more {
+            sandboxes.truncate(limit.map_or(0, usize_from));
+        }
+        let next_token = more
+            .then(|| sandboxes.last())
+            .flatten()
+            .map(|last| encode_token(last.started_at_ms, &last.sandbox_id));
+        Ok(Page {
+            sandboxes,
+            next_token,
+        })
+    }
+
+    /// Sandboxes that are running or paused: what a restarted server must
+    /// account for.
+    pub fn running_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        self.select_sandboxes(
+            &format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ('running', 'paused') \
+                 ORDER BY started_at_ms DESC, sandbox_id"
+            ),
+            Vec::new(),
+        )
+    }
+
+    /// Running sandboxes whose end is at or before `now_ms`, the earliest
+    /// first.
+    pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxRecord>, StoreError> {
+        self.select_sandboxes(
+            &format!(
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
+                 WHERE state = 'running' AND end_at_ms <= ? ORDER BY end_at_ms, sandbox_id"
+            ),
+            vec![Value::Integer(now_ms)],
+        )
+    }
+
+    fn select_sandboxes(
+        &self,
+        sql: &str,
+        args: Vec<Value>,
+    ) -> Result<Vec<SandboxRecord>, StoreError> {
+        let rows: Vec<SandboxRow> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare(sql).map_err(self.query())?;
+            stmt.query_map(params_from_iter(args), SandboxRow::read)
+                .map_err(self.query())?
+                .collect::<Result<_, _>>()
+                .map_err(self.query())?
+        };
+        rows.into_iter().map(|row| row.into_record(self)).collect()
+    }
+}
+
+/// `NoSandbox` when an update by id touched no row.
+fn found(changed: usize, id: &str) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::NoSandbox(id.to_owned()));
+    }
+    Ok(())
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyInfo> {
+    Ok(KeyInfo {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        prefix: row.get(2)?,
+        created_at: secs_from_sql(row.get(3)?),
+        last_used: row.get::<_, Option<i64>>(4)?.map(secs_from_sql),
+        revoked: row.get(5)?,
+    })
+}
+
+/// A sandbox as its columns hold it: maps as JSON, the state as text.
+struct SandboxRow {
+    sandbox_id: String,
+    template_id: String,
+    alias: Option<String>,
+    client_id: String,
+    state: String,
+    metadata: String,
+    env_vars: String,
+    started_at_ms: i64,
+    end_at_ms: i64,
+    cpu_count: u32,
+    memory_mb: u32,
+    secure: bool,
+    envd_access_token: Option<String>,
+    auto_pause: bool,
+    allow_internet_access: bool,
+}
+
+impl SandboxRow {
+    fn from_record(r: &SandboxRecord) -> Self {
+        Self {
+            sandbox_id: r.sandbox_id.clone(),
+            template_id: r.template_id.clone(),
+            alias: r.alias.clone(),
+            client_id: r.client_id.clone(),
+            state: r.state.as_str().to_owned(),
+            metadata: to_json(&r.metadata),
+            env_vars: to_json(&r.env_vars),
+            started_at_ms: r.started_at_ms,
+            end_at_ms: r.end_at_ms,
+            cpu_count: r.cpu_count,
+            memory_mb: r.memory_mb,
+            secure: r.secure,
+            envd_access_token: r.envd_access_token.clone(),
+            auto_pause: r.auto_pause,
+            allow_internet_access: r.allow_internet_access,
+        }
+    }
+
+    /// The 15 values in [`SANDBOX_COLUMNS`] order.
+    fn params(&self) -> [&dyn ToSql; 15] {
+        [
+            &self.sandbox_id,
+            &self.template_id,
+            &self.alias,
+            &self.client_id,
+            &self.state,
+            &self.metadata,
+            &self.env_vars,
+            &self.started_at_ms,
+            &self.end_at_ms,
+            &self.cpu_count,
+            &self.memory_mb,
+            &self.secure,
+            &self.envd_access_token,
+            &self.auto_pause,
+            &self.allow_internet_access,
+        ]
+    }
+
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            sandbox_id: row.get(0)?,
+            template_id: row.get(1)?,
+            alias: row.get(2)?,
+            client_id: row.get(3)?,
+            state: row.get(4)?,
+            metadata: row.get(5)?,
+            env_vars: row.get(6)?,
+            started_at_ms: row.get(7)?,
+            end_at_ms: row.get(8)?,
+            cpu_count: row.get(9)?,
+            memory_mb: row.get(10)?,
+            secure: row.get(11)?,
+            envd_access_token: row.get(12)?,
+            auto_pause: row.get(13)?,
+            allow_internet_access: row.get(14)?,
+        })
+    }
+
+    fn into_record(self, store: &Store) -> Result<SandboxRecord, StoreError> {
+        let map = |json: &str, what: &str| {
+            serde_json::from_str(json).map_err(|err| {
+                store.corrupt(format_args!("sandbox {}: {what}: {err}", self.sandbox_id))
+            })
+        };
+        let state = self
+            .state
+            .parse()
+            .map_err(|err| store.corrupt(format_args!("sandbox {}: {err}", self.sandbox_id)))?;
+        let metadata = map(&self.metadata, "metadata")?;
+        let env_vars = map(&self.env_vars, "env_vars")?;
+        Ok(SandboxRecord {
+            sandbox_id: self.sandbox_id,
+            template_id: self.template_id,
+            alias: self.alias,
+            client_id: self.client_id,
+            state,
+            metadata,
+            env_vars,
+            started_at_ms: self.started_at_ms,
+            end_at_ms: self.end_at_ms,
+            cpu_count: self.cpu_count,
+            memory_mb: self.memory_mb,
+            secure: self.secure,
+            envd_access_token: self.envd_access_token,
+            auto_pause: self.auto_pause,
+            allow_internet_access: self.allow_internet_access,
+        })
+    }
+}
+
+/// A string map as a JSON object; building the value rather than
+/// serialising the map keeps this infallible.
+fn to_json(map: &BTreeMap<String, String>) -> String {
+    serde_json::Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// The opaque page token: `<started_at_ms>:<sandbox_id>` of a page's last
+/// row, base64url without padding.
+fn encode_token(started_at_ms: i64, sandbox_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{started_at_ms}:{sandbox_id}"))
+}
+
+fn decode_token(token: &str) -> Result<(i64, String), StoreError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| StoreError::BadToken)?;
+    let text = String::from_utf8(raw).map_err(|_| StoreError::BadToken)?;
+    let (ms, id) = text.split_once(':').ok_or(StoreError::BadToken)?;
+    let ms = ms.parse().map_err(|_| StoreError::BadToken)?;
+    if id.is_empty() {
+        return Err(StoreError::BadToken);
+    }
+    Ok((ms, id.to_owned()))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unix seconds fit an SQLite integer until the year 292 billion.
+fn secs_to_sql(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn secs_from_sql(secs: i64) -> u64 {
+    u64::try_from(secs).unwrap_or(0)
+}
+
+fn usize_from(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state/hearth.db")).unwrap();
+        (dir, store)
+    }
+
+    fn sandbox(id: &str, started_at_ms: i64) -> SandboxRecord {
+        SandboxRecord {
+            sandbox_id: id.to_owned(),
+            template_id: "base".to_owned(),
+            alias: Some("base-alias".to_owned()),
+            client_id: "hearth".to_owned(),
+            state: SandboxState::Running,
+            metadata: BTreeMap::new(),
+            env_vars: BTreeMap::new(),
+            started_at_ms,
+            end_at_ms: started_at_ms + 300_000,
+            cpu_count: 2,
+            memory_mb: 512,
+            secure: false,
+            envd_access_token: None,
+            auto_pause: false,
+            allow_internet_access: true,
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn ids(records: &[SandboxRecord]) -> Vec<&str> {
+        records.iter().map(|r| r.sandbox_id.as_str()).collect()
+    }
+
+    fn list(store: &Store, query: SandboxQuery) -> Vec<String> {
+        let page = store.list_sandboxes(&query).unwrap();
+        assert_eq!(page.next_token, None);
+        ids(&page.sandboxes)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Store>();
+    }
+
+    #[test]
+    fn new_store_file_is_private_and_versioned() {
+        let (dir, store) = open_temp();
+        let path = dir.path().join("state/hearth.db");
+        assert_eq!(store.path(), path);
+        store.create_key("any").unwrap();
+        // The WAL file exists while the store is open and holds data too.
+        for file in ["hearth.db", "hearth.db-wal"] {
+            let meta = fs::metadata(path.with_file_name(file)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        }
+        let conn = store.lock();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let (dir, store) = open_temp();
+        store
+            .lock()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        let err = Store::open(&dir.path().join("state/hearth.db")).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn keys_check_and_revoke() {
+        let (_dir, store) = open_temp();
+        let (info, key) = store.create_key("laptop").unwrap();
+        assert_eq!(info.name, "laptop");
+        assert_eq!(info.id.len(), 12);
+        assert!(info.id.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(info.prefix, key[..12]);
+        assert!(info.prefix.starts_with("e2b_"));
+        assert_eq!(info.last_used, None);
+        assert!(!info.revoked);
+
+        let checked = store.check_key(&key).unwrap().unwrap();
+        assert_eq!(checked.id, info.id);
+        assert!(checked.last_used.is_some());
+        assert_eq!(store.list_keys().unwrap()[0].last_used, checked.last_used);
+
+        assert_eq!(store.check_key("e2b_0000").unwrap(), None);
+        assert_eq!(store.check_key("").unwrap(), None);
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('0') { '1' } else { '0' });
+        assert_eq!(store.check_key(&wrong).unwrap(), None);
+
+        let (_, other) = store.create_key("ci").unwrap();
+        assert_eq!(store.count_active_keys().unwrap(), 2);
+        assert!(store.revoke_key(&info.id).unwrap());
+        assert!(!store.revoke_key("nosuchkey").unwrap());
+        assert_eq!(store.check_key(&key).unwrap(), None);
+        assert!(store.check_key(&other).unwrap().is_some());
+        assert_eq!(store.count_active_keys().unwrap(), 1);
+
+        let listed = store.list_keys().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().any(|k| k.id == info.id && k.revoked));
+    }
+
+    #[test]
+    fn key_plaintext_is_never_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        let store = Store::open(&path).unwrap();
+        let (_, key) = store.create_key("laptop").unwrap();
+        store.check_key(&key).unwrap();
+        drop(store);
+
+        let hash = keys::hash_key(&key);
+        let mut seen_hash = false;
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let bytes = fs::read(entry.unwrap().path()).unwrap();
+            let found = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            assert!(!found(key.as_bytes()), "plaintext key in the store");
+            assert!(!found(&key.as_bytes()[12..]), "key tail in the store");
+            seen_hash |= found(hash.as_bytes());
+        }
+        assert!(seen_hash, "the scan did not see the stored hash");
+    }
+
+    #[test]
+    fn sandbox_round_trip() {
+        let (_dir, store) = open_temp();
+        let mut rec = sandbox("sbx1", 1_000);
+        rec.metadata = map(&[("owner", "ana"), ("weird \"key\"", "ü\n")]);
+        rec.env_vars = map(&[("PATH", "/bin"), ("EMPTY", "")]);
+        rec.envd_access_token = Some("tok".to_owned());
+        rec.alias = None;
+        store.insert_sandbox(&rec).unwrap();
+        assert_eq!(store.get_sandbox("sbx1").unwrap().unwrap(), rec);
+        assert_eq!(store.get_sandbox("nope").unwrap(), None);
+        assert!(matches!(
+            store.insert_sandbox(&rec),
+            Err(StoreError::SandboxExists(id)) if id == "sbx1"
+        ));
+
+        rec.state = SandboxState::Paused;
+        rec.metadata.insert("stage".to_owned(), "2".to_owned());
+        rec.cpu_count = 4;
+        rec.memory_mb = 2048;
+        rec.secure = true;
+        rec.auto_pause = true;
+        rec.allow_internet_access = false;
+        store.update_sandbox(&rec).unwrap();
+        assert_eq!(store.get_sandbox("sbx1").unwrap().unwrap(), rec);
+
+        store.set_state("sbx1", SandboxState::Running).unwrap();
+        store.set_end_at("sbx1", 42).unwrap();
+        let got = store.get_sandbox("sbx1").unwrap().unwrap();
+        assert_eq!(got.state, SandboxState::Running);
+        assert_eq!(got.end_at_ms, 42);
+
+        let missing = sandbox("ghost", 0);
+        assert!(matches!(
+            store.update_sandbox(&missing),
+            Err(StoreError::NoSandbox(_))
+        ));
+        assert!(matches!(
+            store.set_state("ghost", SandboxState::Killed),
+            Err(StoreError::NoSandbox(_))
+        ));
+        assert!(matches!(
+            store.set_end_at("ghost", 1),
+            Err(StoreError::NoSandbox(_))
+        ));
+
+        assert!(store.delete_sandbox("sbx1").unwrap());
+        assert!(!store.delete_sandbox("sbx1").unwrap());
+        assert_eq!(store.get_sandbox("sbx1").unwrap(), None);
+    }
+
+    #[test]
+    fn list_filters_by_state_and_metadata() {
+        let (_dir, store) = open_temp();
+        let mut a = sandbox("a", 3);
+        a.metadata = map(&[("team", "x"), ("env", "prod")]);
+        let mut b = sandbox("b", 2);
+        b.state = SandboxState::Paused;
+        b.metadata = map(&[("team", "x")]);
+        let mut c = sandbox("c", 1);
+        c.state = SandboxState::Killed;
+        c.metadata = map(&[("team", "x"), ("env", "prod")]);
+        let mut d = sandbox("d", 0);
+        d.metadata = map(&[("team", "xy"), ("env", "prod")]);
+        for rec in [&a, &b, &c, &d] {
+            store.insert_sandbox(rec).unwrap();
+        }
+
+        let all = SandboxQuery::default();
+        assert_eq!(list(&store, all.clone()), ["a", "b", "d"]);
+        let states = |states: Vec<SandboxState>| SandboxQuery {
+            states,
+            ..SandboxQuery::default()
+        };
+        assert_eq!(
+            list(&store, states(vec![SandboxState::Killed])),
+            ["c"],
+            "killed ones only when asked for"
+        );
+        assert_eq!(
+            list(
+                &store,
+                states(vec![SandboxState::Paused, SandboxState::Killed])
+            ),
+            ["b", "c"]
+        );
+
+        let meta = |pairs: &[(&str, &str)]| SandboxQuery {
+            metadata: map(pairs),
+            ..SandboxQuery::default()
+        };
+        assert_eq!(list(&store, meta(&[("team", "x")])), ["a", "b"]);
+        assert_eq!(list(&store, meta(&[("team", "x"), ("env", "prod")])), ["a"]);
+        assert_eq!(list(&store, meta(&[("env", "prod")])), ["a", "d"]);
+        assert!(list(&store, meta(&[("team", "X")])).is_empty());
+        assert!(list(&store, meta(&[("nokey", "")])).is_empty());
+
+        let both = SandboxQuery {
+            states: vec![SandboxState::Killed, SandboxState::Running],
+            metadata: map(&[("env", "prod")]),
+            ..SandboxQuery::default()
+        };
+        assert_eq!(list(&store, both), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn pagination_walks_every_row_once() {
+        let (_dir, store) = open_temp();
+        // Two share a start time so the id tie-break is exercised, and a
+        // killed one and a non-matching one must never appear.
+        for (id, ms) in [("e", 50), ("a", 40), ("c", 40), ("b", 30), ("d", 10)] {
+            let mut rec = sandbox(id, ms);
+            rec.metadata = map(&[("k", "v")]);
+            store.insert_sandbox(&rec).unwrap();
+        }
+        let mut killed = sandbox("k", 35);
+        killed.state = SandboxState::Killed;
+        killed.metadata = map(&[("k", "v")]);
+        store.insert_sandbox(&killed).unwrap();
+        store.insert_sandbox(&sandbox("other", 45)).unwrap();
+
+        let mut query = SandboxQuery {
+            metadata: map(&[("k", "v")]),
+            limit: Some(2),
+            ..SandboxQuery::default()
+        };
+        let mut pages = Vec::new();
+        loop {
+            let page = store.list_sandboxes(&query).unwrap();
+            pages.push(
+                ids(&page.sandboxes)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            );
+            match page.next_token {
+                Some(token) => query.next_token = Some(token),
+                None => break,
+            }
+            assert!(pages.len() < 10, "pagination does not end");
+        }
+        assert_eq!(pages, [vec!["e", "a"], vec!["c", "b"], vec!["d"]]);
+        let seen: HashSet<_> = pages.iter().flatten().collect();
+        assert_eq!(seen.len(), 5);
+
+        // An exact fit ends without a token to an empty page.
+        query.limit = Some(5);
+        query.next_token = None;
+        let page = store.list_sandboxes(&query).unwrap();
+        assert_eq!(page.sandboxes.len(), 5);
+        assert_eq!(page.next_token, None);
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let (_dir, store) = open_temp();
+        for token in [
+            "!!!",
+            "",
+            &URL_SAFE_NO_PAD.encode("no-colon"),
+            &URL_SAFE_NO_PAD.encode("abc:id"),
+            &URL_SAFE_NO_PAD.encode("12:"),
+            &URL_SAFE_NO_PAD.encode([0xff, 0xfe, b':', b'x']),
+        ] {
+            let query = SandboxQuery {
+                next_token: Some(token.to_owned()),
+                ..SandboxQuery::default()
+            };
+            assert!(
+                matches!(store.list_sandboxes(&query), Err(StoreError::BadToken)),
+                "{token:?}"
+            );
+        }
+        assert_eq!(
+            decode_token(&encode_token(-5, "a:b")).unwrap(),
+            (-5, "a:b".to_owned())
+        );
+    }
+
+    #[test]
+    fn expired_and_running() {
+        let (_dir, store) = open_temp();
+        let mut due = sandbox("due", 0);
+        due.end_at_ms = 100;
+        let mut exact = sandbox("exact", 0);
+        exact.end_at_ms = 200;
+        let mut later = sandbox("later", 0);
+        later.end_at_ms = 201;
+        let mut paused = sandbox("paused", 0);
+        paused.state = SandboxState::Paused;
+        paused.end_at_ms = 50;
+        let mut killed = sandbox("killed", 0);
+        killed.state = SandboxState::Killed;
+        killed.end_at_ms = 50;
+        for rec in [&due, &exact, &later, &paused, &killed] {
+            store.insert_sandbox(rec).unwrap();
+        }
+
+        assert_eq!(ids(&store.expired(200).unwrap()), ["due", "exact"]);
+        assert!(store.expired(99).unwrap().is_empty());
+        let mut live = ids(&store.running_sandboxes().unwrap())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        live.sort();
+        assert_eq!(live, ["due", "exact", "later", "paused"]);
+    }
+
+    #[test]
+    fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        let store = Store::open(&path).unwrap();
+        let (info, key) = store.create_key("laptop").unwrap();
+        let mut rec = sandbox("sbx", 7);
+        rec.metadata = map(&[("a", "b")]);
+        store.insert_sandbox(&rec).unwrap();
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.check_key(&key).unwrap().unwrap().id, info.id);
+        assert_eq!(store.get_sandbox("sbx").unwrap().unwrap(), rec);
+        assert_eq!(store.count_active_keys().unwrap(), 1);
+    }
+
+    #[test]
+    fn states_parse_and_print() {
+        for state in [
+            SandboxState::Running,
+            SandboxState::Paused,
+            SandboxState::Killed,
+        ] {
+            assert_eq!(state.as_str().parse::<SandboxState>().unwrap(), state);
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{state}\"")
+            );
+        }
+        assert_eq!(
+            "Running".parse::<SandboxState>(),
+            Err(BadState("Running".to_owned()))
+        );
+    }
+}
