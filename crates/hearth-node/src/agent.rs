@@ -110,13 +110,19 @@ impl AgentClient {
             .unwrap_or(false)
     }
 
-    /// `POST /init`: clock, default environment and user of the guest.
+    /// `POST /init`: clock, default environment and user of the guest. An
+    /// agent that has a token already (a resumed sandbox) wants it again in
+    /// `X-Access-Token`: the token of `init` is sent there too.
     pub async fn init(&self, init: &InitRequest) -> Result<(), AgentError> {
         let mut sender = self.connect(Duration::from_secs(5)).await?;
         let body = serde_json::to_vec(init).expect("init request serialises");
-        let resp = sender
-            .send_request(self.request("/init", "application/json", body.into()))
-            .await?;
+        let mut request = self.request("/init", "application/json", body.into());
+        if let Some(token) = &init.access_token
+            && let Ok(value) = hyper::header::HeaderValue::from_str(token)
+        {
+            request.headers_mut().insert("x-access-token", value);
+        }
+        let resp = sender.send_request(request).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.into_body().collect().await?.to_bytes();

@@ -206,7 +206,8 @@ fn now_rfc3339() -> String {
     rfc3339(now)
 }
 
-fn rfc3339(since_epoch: Duration) -> String {
+/// `since_epoch` as an RFC 3339 date-time in UTC with microseconds.
+pub fn rfc3339(since_epoch: Duration) -> String {
     let secs = since_epoch.as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
     let rem = secs % 86_400;

@@ -126,6 +126,19 @@ impl Node {
         hearth_image::current_kernel(&self.layout.kernels())?.ok_or(NodeError::NoKernel)
     }
 
+    /// The current build of every template, by name.
+    pub fn templates(&self) -> Result<Vec<Template>, NodeError> {
+        let mut current = Vec::new();
+        for build in hearth_image::list_templates(&self.layout.templates())? {
+            if !current.iter().any(|t: &Template| t.name == build.name)
+                && let Some(t) = hearth_image::find_template(&self.layout.templates(), &build.name)?
+            {
+                current.push(t);
+            }
+        }
+        Ok(current)
+    }
+
     /// The current build of a template.
     pub fn template(&self, name: &str) -> Result<Template, NodeError> {
         hearth_image::find_template(&self.layout.templates(), name)?
