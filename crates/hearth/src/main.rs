@@ -47,6 +47,11 @@ enum Command {
     /// Run sandboxes.
     #[command(subcommand)]
     Sandbox(commands::sandbox::SandboxCommand),
+    /// Run the E2B-compatible API and sandbox proxy with the node in-process.
+    Server(commands::server::ServerArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(commands::server::KeysCommand),
     /// Measure create latency, exec round trip, pause/resume, memory and
     /// density on this machine.
     Bench(commands::bench::BenchArgs),
@@ -67,6 +72,8 @@ fn main() -> ExitCode {
         Command::Template(cmd) => commands::template::run(cmd, &layout),
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, &layout),
         Command::Bench(args) => commands::bench::run(args, &layout),
+        Command::Server(args) => commands::server::run(args, &layout),
+        Command::Keys(cmd) => commands::server::keys(cmd, &layout),
     };
     match result {
         Ok(code) => code,

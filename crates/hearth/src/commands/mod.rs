@@ -1,6 +1,7 @@
 pub(crate) mod bench;
 pub(crate) mod kernel;
 pub(crate) mod sandbox;
+pub(crate) mod server;
 pub(crate) mod template;
 
 use std::process::ExitCode;

@@ -1,0 +1,426 @@
+//! The REST API: E2B's routes and JSON shapes (`spec/openapi.yml` of
+//! e2b-dev/infra), as the stock SDKs call them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager};
+use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
+
+const API_KEY_HEADER: &str = "x-api-key";
+/// Default sandbox lifetime when a request names none (E2B's).
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// The disk size reported for sandboxes (the base template's image).
+const DISK_SIZE_MB: u64 = 1280;
+
+/// Shared state of the handlers.
+pub struct Api {
+    pub manager: Arc<Manager>,
+    /// Domain reported to clients for sandbox host names, if any.
+    pub domain: Option<String>,
+}
+
+/// The API routes; every one but `/health` needs `X-API-Key`.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/sandboxes", post(create_v1).get(list_v1))
+        .route("/v2/sandboxes", post(create_v2).get(list_v2))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/templates", get(templates))
+        .layer(middleware::from_fn_with_state(api.clone(), require_key))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .with_state(api)
+}
+
+async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let key = request
+        .headers()
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let Some(key) = key else {
+        return ApiError::unauthorized("missing X-API-Key header").into_response();
+    };
+    match api.manager.store().check_key(key) {
+        Ok(Some(_)) => next.run(request).await,
+        Ok(None) => ApiError::unauthorized("invalid API key").into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A JSON body, with E2B's 400 for a malformed one.
+fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+fn timeout_secs(value: Option<i64>, field: &str) -> Result<u64, ApiError> {
+    match value {
+        None => Ok(DEFAULT_TIMEOUT_SECS),
+        Some(secs) => u64::try_from(secs)
+            .ok()
+            .filter(|s| *s <= MAX_TIMEOUT_SECS)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{field} must be between 0 and {MAX_TIMEOUT_SECS} seconds, not {secs}"
+                ))
+            }),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: Option<String>,
+    timeout: Option<i64>,
+    metadata: Option<BTreeMap<String, String>>,
+    env_vars: Option<BTreeMap<String, String>>,
+    secure: Option<bool>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    auto_pause: Option<bool>,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    hearth_node::rfc3339(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
+/// `Sandbox`: what create, connect and resume answer.
+fn sandbox_json(api: &Api, r: &SandboxRecord) -> Value {
+    let mut v = json!({
+        "templateID": r.template_id,
+        "sandboxID": r.sandbox_id,
+        "clientID": r.client_id,
+        "envdVersion": ENVD_VERSION,
+        "domain": api.domain,
+    });
+    if let Some(alias) = &r.alias {
+        v["alias"] = json!(alias);
+    }
+    if let Some(token) = &r.envd_access_token {
+        v["envdAccessToken"] = json!(token);
+    }
+    v
+}
+
+/// `ListedSandbox`.
+fn listed_json(r: &SandboxRecord) -> Value {
+    let mut v = json!({
+        "templateID": r.template_id,
+        "sandboxID": r.sandbox_id,
+        "clientID": r.client_id,
+        "startedAt": rfc3339_ms(r.started_at_ms),
+        "endAt": rfc3339_ms(r.end_at_ms),
+        "cpuCount": r.cpu_count,
+        "memoryMB": r.memory_mb,
+        "diskSizeMB": DISK_SIZE_MB,
+        "metadata": r.metadata,
+        "state": r.state.as_str(),
+        "envdVersion": ENVD_VERSION,
+    });
+    if let Some(alias) = &r.alias {
+        v["alias"] = json!(alias);
+    }
+    v
+}
+
+/// `SandboxDetail`.
+fn detail_json(api: &Api, r: &SandboxRecord) -> Value {
+    let mut v = listed_json(r);
+    v["domain"] = json!(api.domain);
+    v["allowInternetAccess"] = json!(r.allow_internet_access);
+    if let Some(token) = &r.envd_access_token {
+        v["envdAccessToken"] = json!(token);
+    }
+    v
+}
+
+/// `POST /sandboxes`: secure only when asked.
+async fn create_v1(
+    State(api): State<Arc<Api>>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    create(&api, body(&bytes)?).await
+}
+
+/// `POST /v2/sandboxes`: always secure ("all system communication with the
+/// sandbox is always secured"), so every sandbox gets an access token.
+async fn create_v2(
+    State(api): State<Arc<Api>>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let mut new: NewSandbox = body(&bytes)?;
+    new.secure = Some(true);
+    create(&api, new).await
+}
+
+async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
+    let template = new
+        .template_id
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("templateID is required"))?;
+    let request = CreateRequest {
+        template,
+        timeout_secs: timeout_secs(new.timeout, "timeout")?,
+        metadata: new.metadata.unwrap_or_default(),
+        env_vars: new.env_vars.unwrap_or_default(),
+        secure: new.secure.unwrap_or(false),
+        allow_internet_access: new.allow_internet_access.unwrap_or(true),
+        auto_pause: new.auto_pause.unwrap_or(false),
+    };
+    let record = api.manager.create(request).await?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(api, &record))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    metadata: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+    next_token: Option<String>,
+}
+
+/// `metadata=k1%3Dv1%26k2%3Dv2`: URL-encoded `k=v` pairs joined by `&`.
+fn parse_metadata(text: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut pairs = BTreeMap::new();
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(pairs);
+    };
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(format!("metadata filter '{pair}' is not key=value"))
+        })?;
+        pairs.insert(percent_decode(k)?, percent_decode(v)?);
+    }
+    Ok(pairs)
+}
+
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = text
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("bad percent-encoding in '{text}'"))
+                    })?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("'{text}' is not UTF-8")))
+}
+
+fn parse_states(text: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(|s| match s.trim() {
+            "running" => Ok(SandboxState::Running),
+            "paused" => Ok(SandboxState::Paused),
+            other => Err(ApiError::bad_request(format!(
+                "state '{other}' is not one of running, paused"
+            ))),
+        })
+        .collect()
+}
+
+async fn list_v1(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let query = SandboxQuery {
+        states: vec![SandboxState::Running],
+        metadata: parse_metadata(params.metadata.as_deref())?,
+        limit: None,
+        next_token: None,
+    };
+    let page = api.manager.store().list_sandboxes(&query)?;
+    Ok(Json(Value::Array(
+        page.sandboxes.iter().map(listed_json).collect(),
+    )))
+}
+
+async fn list_v2(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    if params.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let query = SandboxQuery {
+        states: parse_states(params.state.as_deref())?,
+        metadata: parse_metadata(params.metadata.as_deref())?,
+        limit: params.limit,
+        next_token: params.next_token,
+    };
+    let page = api.manager.store().list_sandboxes(&query)?;
+    let mut headers = HeaderMap::new();
+    if let Some(token) = page.next_token
+        && let Ok(value) = HeaderValue::from_str(&token)
+    {
+        headers.insert("x-next-token", value);
+    }
+    let body = Value::Array(page.sandboxes.iter().map(listed_json).collect());
+    Ok((headers, Json(body)).into_response())
+}
+
+async fn detail(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = api.manager.get(&id)?;
+    Ok(Json(detail_json(&api, &record)))
+}
+
+async fn kill(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    api.manager.kill(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TimeoutBody {
+    timeout: Option<i64>,
+}
+
+async fn set_timeout(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let body: TimeoutBody = body(&bytes)?;
+    let secs = body
+        .timeout
+        .ok_or_else(|| ApiError::bad_request("timeout is required"))?;
+    api.manager
+        .set_timeout(&id, timeout_secs(Some(secs), "timeout")?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RefreshBody {
+    duration: Option<i64>,
+}
+
+async fn refresh(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let body: RefreshBody = body(&bytes)?;
+    let secs = timeout_secs(body.duration.or(Some(60)), "duration")?;
+    api.manager.refresh(&id, secs)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    api.manager.pause(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn resume(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: TimeoutBody = body(&bytes)?;
+    let secs = timeout_secs(body.timeout, "timeout")?;
+    if !api.manager.resume(&id, secs).await? {
+        return Err(ApiError::conflict(format!(
+            "sandbox {id} is already running"
+        )));
+    }
+    let record = api.manager.get(&id)?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&api, &record))).into_response())
+}
+
+/// Connect: resume if paused (201), else move the timeout (200).
+async fn connect(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: TimeoutBody = body(&bytes)?;
+    let secs = timeout_secs(body.timeout, "timeout")?;
+    let resumed = api.manager.resume(&id, secs).await?;
+    let record = api.manager.get(&id)?;
+    let status = if resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(sandbox_json(&api, &record))).into_response())
+}
+
+async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
+    let list = api.manager.templates()?;
+    Ok(Json(Value::Array(list)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_filters_are_url_encoded_pairs() {
+        let m = parse_metadata(Some("user%3Dalice&env=prod+eu")).unwrap_err();
+        assert_eq!(m.status, StatusCode::BAD_REQUEST);
+        let m = parse_metadata(Some("user=alice&env=prod%20eu")).unwrap();
+        assert_eq!(m["user"], "alice");
+        assert_eq!(m["env"], "prod eu");
+        assert!(parse_metadata(None).unwrap().is_empty());
+        assert!(parse_metadata(Some("a=%zz")).is_err());
+    }
+
+    #[test]
+    fn states_and_timeouts_are_checked() {
+        assert_eq!(
+            parse_states(Some("running,paused")).unwrap(),
+            [SandboxState::Running, SandboxState::Paused]
+        );
+        assert!(parse_states(Some("sleeping")).is_err());
+        assert_eq!(timeout_secs(None, "timeout").unwrap(), 300);
+        assert_eq!(timeout_secs(Some(15), "timeout").unwrap(), 15);
+        let err = timeout_secs(Some(-1), "timeout").unwrap_err();
+        assert!(err.message.contains("timeout"), "{}", err.message);
+        assert!(timeout_secs(Some(86_401), "timeout").is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! The sandbox proxy, on the API's port: a request carrying
+//! `E2b-Sandbox-Id` + `E2b-Sandbox-Port` (what the SDKs send to
+//! `E2B_SANDBOX_URL`), or addressed to host `<port>-<sandboxID>.<domain>`,
+//! goes to that port of that sandbox. Bodies stream both ways; upgrades
+//! (WebSocket) are spliced. The agent's internal routes are refused.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::api::Api;
+use crate::error::ApiError;
+
+const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
+const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+const AGENT_PORT: u16 = hearth_proto::agent::AGENT_PORT;
+/// Agent routes only the node may call.
+const INTERNAL_ROUTES: &[&str] = &["/init"];
+
+/// Where a request should go, if it is for a sandbox.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    sandbox: String,
+    port: u16,
+}
+
+fn target(request: &Request, domain: Option<&str>) -> Result<Option<Target>, ApiError> {
+    let headers = request.headers();
+    if let Some(id) = headers.get(SANDBOX_ID_HEADER) {
+        let sandbox = id
+            .to_str()
+            .map_err(|_| ApiError::bad_request("E2b-Sandbox-Id is not text"))?
+            .to_owned();
+        let port = match headers.get(SANDBOX_PORT_HEADER) {
+            None => AGENT_PORT,
+            Some(port) => port
+                .to_str()
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| ApiError::bad_request("E2b-Sandbox-Port is not a port number"))?,
+        };
+        return Ok(Some(Target { sandbox, port }));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host());
+    Ok(host.and_then(|host| target_from_host(host, domain?)))
+}
+
+/// `<port>-<sandboxID>.<domain>[:<listen port>]`.
+fn target_from_host(host: &str, domain: &str) -> Option<Target> {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    let (port, sandbox) = label.split_once('-')?;
+    let port = port.parse().ok()?;
+    (!sandbox.is_empty() && sandbox.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| Target {
+        sandbox: sandbox.to_owned(),
+        port,
+    })
+}
+
+/// Runs before the API: sandbox traffic is proxied, the rest goes on.
+pub async fn route(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    match target(&request, api.domain.as_deref()) {
+        Ok(Some(target)) => match forward(&api, target, request).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        },
+        Ok(None) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Response, ApiError> {
+    if target.port == AGENT_PORT && INTERNAL_ROUTES.contains(&request.uri().path()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not reachable through the proxy",
+                request.uri().path()
+            ),
+        ));
+    }
+    let addr = api.manager.address(&target.sandbox, target.port).await?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "port {} of sandbox {} is not open: {e}",
+                target.port, target.sandbox
+            ),
+        )
+    })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox connection: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!("proxied connection ended: {e}");
+        }
+    });
+
+    // The client's side of an upgrade, resolved once we answer 101.
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let (mut parts, body) = request.into_parts();
+    for name in [SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER] {
+        parts.headers.remove(name);
+    }
+    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+        parts.headers.insert(header::HOST, host);
+    }
+    // HTTP/1.1 upstream: an HTTP/2 request's URI carries scheme and authority.
+    if let Some(path) = parts.uri.path_and_query() {
+        parts.uri = path.as_str().parse().unwrap_or_default();
+    }
+    parts.version = hyper::Version::HTTP_11;
+    let upstream = hyper::Request::from_parts(parts, body);
+    let mut response = sender
+        .send_request(upstream)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox request: {e}")))?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let sandbox_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match (client_upgrade.await, sandbox_upgrade.await) {
+                (Ok(client), Ok(sandbox)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut sandbox = TokioIo::new(sandbox);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut sandbox).await;
+                }
+                (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
+            }
+        });
+    }
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_name_a_port_and_a_sandbox() {
+        let t = |port, id: &str| {
+            Some(Target {
+                sandbox: id.to_owned(),
+                port,
+            })
+        };
+        assert_eq!(
+            target_from_host("8000-abc123.hearth.local", "hearth.local"),
+            t(8000, "abc123")
+        );
+        assert_eq!(
+            target_from_host("49983-abc123.hearth.local:3000", "hearth.local"),
+            t(49983, "abc123")
+        );
+        assert_eq!(target_from_host("hearth.local", "hearth.local"), None);
+        assert_eq!(target_from_host("x-abc.hearth.local", "hearth.local"), None);
+        assert_eq!(
+            target_from_host("8000-abc.other.local", "hearth.local"),
+            None
+        );
+        assert_eq!(
+            target_from_host("8000-a.b.hearth.local", "hearth.local"),
+            None
+        );
+    }
+
+    #[test]
+    fn headers_take_precedence_and_default_to_the_agent_port() {
+        let request = Request::builder()
+            .uri("/files")
+            .header("E2b-Sandbox-Id", "abc")
+            .header(header::HOST, "8000-xyz.hearth.local")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(
+            target(&request, Some("hearth.local")).unwrap(),
+            Some(Target {
+                sandbox: "abc".into(),
+                port: AGENT_PORT
+            })
+        );
+        let request = Request::builder()
+            .uri("/")
+            .header("E2b-Sandbox-Id", "abc")
+            .header("E2b-Sandbox-Port", "http")
+            .body(Body::empty())
+            .unwrap();
+        assert!(target(&request, None).is_err());
+        let request = Request::builder()
+            .uri("/sandboxes")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(target(&request, None).unwrap(), None);
+    }
+}

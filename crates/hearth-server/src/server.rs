@@ -1,0 +1,78 @@
+//! `hearth server`: the store, the node, the API and the proxy on one port.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::middleware;
+use hearth_node::{Layout, Node, NodeOptions};
+use tokio::net::TcpListener;
+
+use crate::api::{self, Api};
+use crate::manager::{Manager, Shape};
+use crate::store::Store;
+
+/// How often sandboxes are checked for their end time.
+const EXPIRY_TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    /// Domain of sandbox host names (`<port>-<id>.<domain>`), if any.
+    pub domain: Option<String>,
+    /// Parked sandboxes kept ready per template.
+    pub pool_size: usize,
+    pub shape: Shape,
+    pub node: NodeOptions,
+}
+
+/// Where the server keeps its catalog and its first API key.
+pub fn store_path(layout: &Layout) -> PathBuf {
+    layout.data_dir().join("hearth.db")
+}
+
+pub fn key_path(layout: &Layout) -> PathBuf {
+    layout.data_dir().join("api-key")
+}
+
+/// Serves until `shutdown` resolves, then kills the running sandboxes
+/// (paused ones stay) and returns. `ready` gets the bound address.
+pub async fn serve(
+    layout: Layout,
+    store: Arc<Store>,
+    options: ServerOptions,
+    ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let node = Arc::new(Node::open(layout, &options.node)?);
+    let manager = Arc::new(Manager::new(node, store, options.shape, options.pool_size)?);
+    manager.warm(&["base"]).await?;
+    let api = Arc::new(Api {
+        manager: Arc::clone(&manager),
+        domain: options.domain.clone(),
+    });
+    let app = api::router(Arc::clone(&api))
+        .layer(middleware::from_fn_with_state(api, crate::proxy::route));
+    let listener = TcpListener::bind(options.listen).await?;
+    ready(listener.local_addr()?);
+
+    let expiry = {
+        let manager = Arc::clone(&manager);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                manager.expire().await;
+            }
+        })
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    expiry.abort();
+    manager.shutdown().await;
+    Ok(served?)
+}

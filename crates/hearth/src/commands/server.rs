@@ -1,0 +1,143 @@
+//! `hearth server` and `hearth keys`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use hearth_node::{Layout, NodeError, NodeOptions};
+use hearth_server::manager::Shape;
+use hearth_server::server::{self, ServerOptions};
+use hearth_server::store::Store;
+use hearth_vmm::AccelChoice;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::CommandResult;
+
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// Address of the API and the sandbox proxy.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Domain of sandbox host names: port P of sandbox S answers at
+    /// `P-S.<domain>`.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Parked sandboxes kept ready per template.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
+    /// Virtual CPUs per sandbox.
+    #[arg(long, default_value_t = 2)]
+    vcpus: u32,
+    /// Guest memory per sandbox in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    accel: AccelChoice,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create an API key and print it (it is not shown again).
+    Create {
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List API keys (prefixes only).
+    List,
+    /// Revoke an API key by id.
+    Revoke { id: String },
+}
+
+fn open_store(layout: &Layout) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(layout.data_dir())?;
+    Ok(Arc::new(Store::open(&server::store_path(layout))?))
+}
+
+pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
+    // The base template (and its snapshot) before anything listens.
+    let kernel_missing = hearth_image::current_kernel(&layout.kernels())?.is_none();
+    if kernel_missing {
+        return Err(anyhow::Error::from(NodeError::NoKernel).into());
+    }
+    if hearth_image::find_template(&layout.templates(), "base")?.is_none() {
+        eprintln!("hearth: template 'base' is missing; building it (first start only)");
+        super::template::build(layout, "base", None)?;
+    }
+    let store = open_store(layout)?;
+    if let Some(key) = hearth_server::keys::ensure_first_key(&store, &server::key_path(layout))? {
+        println!(
+            "API key (shown once; also in {}): {key}",
+            server::key_path(layout).display()
+        );
+    }
+    let options = ServerOptions {
+        listen: args.listen,
+        domain: args.domain,
+        pool_size: args.pool,
+        shape: Shape {
+            vcpus: args.vcpus,
+            memory_mib: args.memory,
+        },
+        node: NodeOptions {
+            accel: args.accel,
+            ..NodeOptions::default()
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("hearth: shutting down");
+        };
+        server::serve(
+            layout.clone(),
+            store,
+            options,
+            |addr| eprintln!("hearth: listening on http://{addr}"),
+            shutdown,
+        )
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn keys(cmd: KeysCommand, layout: &Layout) -> CommandResult {
+    let store = open_store(layout)?;
+    match cmd {
+        KeysCommand::Create { name } => {
+            let (info, key) = store.create_key(&name)?;
+            println!("{key}");
+            eprintln!(
+                "hearth: created key {} ({}); it is not shown again",
+                info.id, info.name
+            );
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<14} {:<16} {:<16} {:<8}",
+                "ID", "NAME", "PREFIX", "STATE"
+            );
+            for key in store.list_keys()? {
+                let state = if key.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:<14} {:<16} {:<16} {:<8}",
+                    key.id, key.name, key.prefix, state
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_key(&id)? {
+                return Err(anyhow::anyhow!("no API key {id}").into());
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
