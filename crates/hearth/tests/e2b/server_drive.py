@@ -1,0 +1,208 @@
+"""Drives a real `hearth server` with the stock e2b SDK, configured only by
+E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY, as a user would.
+
+usage: server_drive.py PHASE
+  main    — everything that fits one server run; leaves one paused sandbox
+            and prints `paused <id>` for the restart phase
+  restart — after a server restart: the paused sandbox resumes with its
+            files and its process; then it is killed
+Prints `figure name=value` lines and ends with `all checks passed`.
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from e2b import Sandbox, SandboxQuery
+from e2b.exceptions import NotFoundException, SandboxException
+
+API = os.environ["E2B_API_URL"]
+KEY = os.environ["E2B_API_KEY"]
+
+
+def check(name, cond, detail=""):
+    if not cond:
+        print(f"FAILED: {name} {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok: {name}", flush=True)
+
+
+def http(method, path, body=None, headers=None, base=API):
+    """A raw request; returns (status, headers, body bytes)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def api_routes():
+    status, _, _ = http("GET", "/health")
+    check("health needs no key", status == 200, status)
+    status, _, body = http("GET", "/v2/sandboxes")
+    check("no key → 401", status == 401, (status, body))
+    check("error body is E2B's", json.loads(body)["code"] == 401, body)
+    status, _, _ = http("GET", "/v2/sandboxes", headers={"X-API-Key": "e2b_" + "0" * 40})
+    check("wrong key → 401", status == 401, status)
+    status, _, body = http("POST", "/v2/sandboxes", {"timeout": 10}, {"X-API-Key": KEY})
+    check("missing templateID → 400 naming it", status == 400 and b"templateID" in body, (status, body))
+    status, _, body = http(
+        "POST", "/v2/sandboxes", {"templateID": "nope"}, {"X-API-Key": KEY}
+    )
+    check("unknown template → 404", status == 404, (status, body))
+    status, _, body = http("GET", "/sandboxes/doesnotexist", headers={"X-API-Key": KEY})
+    check("unknown sandbox → 404", status == 404, (status, body))
+    status, _, body = http("GET", "/templates", headers={"X-API-Key": KEY})
+    check("templates list base", status == 200 and any(t["templateID"] == "base" for t in json.loads(body)), body)
+
+
+def create_and_run():
+    times = []
+    for _ in range(20):
+        t = time.monotonic()
+        sbx = Sandbox.create()
+        out = sbx.commands.run("true")
+        times.append(time.monotonic() - t)
+        sbx.kill()
+        check("first command", out.exit_code == 0)
+    times.sort()
+    p95 = times[int(len(times) * 0.95) - 1]
+    print(f"figure create_to_first_command_p50_ms={times[len(times) // 2] * 1000:.0f} p95_ms={p95 * 1000:.0f}", flush=True)
+
+    sbx = Sandbox.create("base", envs={"GREETING": "hi"}, metadata={"suite": "hearth", "run": "1"})
+    out = sbx.commands.run("uname -r; echo $GREETING; hostname")
+    lines = out.stdout.split()
+    check("uname through the proxy", out.exit_code == 0 and lines[0].startswith("6.1"), out.stdout)
+    check("env vars from create", lines[1] == "hi", out.stdout)
+    check("host name is the sandbox id", lines[2] == sbx.sandbox_id, out.stdout)
+    sbx.files.write("/home/user/note.txt", "kept")
+    check("files through the proxy", sbx.files.read("/home/user/note.txt") == "kept")
+    info = sbx.get_info()
+    check("get_info metadata", info.metadata == {"suite": "hearth", "run": "1"}, info)
+    return sbx
+
+
+def listing(sbx):
+    other = Sandbox.create(metadata={"suite": "other"})
+    found = Sandbox.list(query=SandboxQuery(metadata={"suite": "hearth"})).next_items()
+    ids = [s.sandbox_id for s in found]
+    check("list filters by metadata", ids == [sbx.sandbox_id], ids)
+    pages, seen = Sandbox.list(limit=1), []
+    while pages.has_next:
+        seen += [s.sandbox_id for s in pages.next_items()]
+    check("pagination sees every sandbox once", sorted(seen) == sorted([sbx.sandbox_id, other.sandbox_id]), seen)
+    other.kill()
+    try:
+        Sandbox.connect(other.sandbox_id)
+        check("killed sandbox is gone", False)
+    except (NotFoundException, SandboxException):
+        check("killed sandbox is gone", True)
+
+
+def user_port(sbx):
+    sbx.commands.run("python3 -m http.server 8000 --directory /home/user", background=True)
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+    status, body = None, b""
+    for _ in range(50):
+        status, _, body = http("GET", "/note.txt", headers=headers, base=os.environ["E2B_SANDBOX_URL"])
+        if status == 200:
+            break
+        time.sleep(0.2)
+    check("a user port through the proxy (headers)", status == 200 and body == b"kept", (status, body))
+    domain = os.environ.get("HEARTH_DOMAIN")
+    if domain:
+        status, _, body = http(
+            "GET", "/note.txt", headers={"Host": f"8000-{sbx.sandbox_id}.{domain}"},
+            base=os.environ["E2B_SANDBOX_URL"],
+        )
+        check("a user port through the proxy (host name)", status == 200 and body == b"kept", (status, body))
+    status, _, _ = http(
+        "POST", "/init", {}, {"E2b-Sandbox-Id": sbx.sandbox_id}, base=os.environ["E2B_SANDBOX_URL"]
+    )
+    check("/init is not proxied", status == 403, status)
+
+
+def timeouts():
+    sbx = Sandbox.create(timeout=60)
+    sbx.set_timeout(2)
+    time.sleep(3.5)
+    try:
+        sbx.get_info()
+        check("timed-out sandbox is killed", False)
+    except (NotFoundException, SandboxException):
+        check("timed-out sandbox is killed", True)
+
+
+def secure():
+    """The SDK creates through POST /v2/sandboxes, which is always secure: the
+    SDK gets an access token and sends it; a request without it is refused."""
+    sbx = Sandbox.create()
+    out = sbx.commands.run("echo secret")
+    check("secure sandbox runs commands", out.stdout == "secret\n", out.stdout)
+    url = sbx.download_url("/home/user/.profile")
+    check("download URLs are signed", "signature=" in url, url)
+    status, _, _ = http(
+        "GET", "/envs", headers={"E2b-Sandbox-Id": sbx.sandbox_id}, base=os.environ["E2B_SANDBOX_URL"]
+    )
+    check("secure sandbox refuses requests without the token", status == 401, status)
+    sbx.kill()
+
+
+def pause(sbx):
+    sbx.commands.run(
+        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /home/user/count; sleep 0.2; done' >/dev/null 2>&1 &"
+    )
+    time.sleep(1)
+    t = time.monotonic()
+    sbx.pause()
+    print(f"figure pause_ms={(time.monotonic() - t) * 1000:.0f}", flush=True)
+    status, _, body = http("GET", f"/sandboxes/{sbx.sandbox_id}", headers={"X-API-Key": KEY})
+    check("paused state", status == 200 and json.loads(body)["state"] == "paused", body)
+    status, _, _ = http("GET", "/envs", headers={"E2b-Sandbox-Id": sbx.sandbox_id}, base=os.environ["E2B_SANDBOX_URL"])
+    check("proxy to a paused sandbox → 409", status == 409, status)
+    t = time.monotonic()
+    again = Sandbox.connect(sbx.sandbox_id)
+    print(f"figure resume_via_connect_ms={(time.monotonic() - t) * 1000:.0f}", flush=True)
+    c1 = int(again.files.read("/home/user/count"))
+    time.sleep(1)
+    c2 = int(again.files.read("/home/user/count"))
+    check("process runs across pause/resume", c2 > c1, (c1, c2))
+    again.pause()
+    print(f"paused {sbx.sandbox_id}", flush=True)
+
+
+def restart(sid):
+    sbx = Sandbox.connect(sid)
+    check("paused sandbox resumes after a server restart", sbx.files.read("/home/user/note.txt") == "kept")
+    c1 = int(sbx.files.read("/home/user/count"))
+    time.sleep(1)
+    c2 = int(sbx.files.read("/home/user/count"))
+    check("its process still counts", c2 > c1, (c1, c2))
+    sbx.kill()
+
+
+def main():
+    phase = sys.argv[1]
+    if phase == "main":
+        api_routes()
+        sbx = create_and_run()
+        listing(sbx)
+        user_port(sbx)
+        timeouts()
+        secure()
+        pause(sbx)
+    else:
+        restart(sys.argv[2])
+    print("all checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()

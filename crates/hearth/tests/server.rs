@@ -1,0 +1,167 @@
+//! A real `hearth server`, driven by the stock `e2b` Python SDK through its
+//! three environment variables (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY):
+//! API errors, create, commands and files through the proxy, metadata and
+//! list filters with pagination, a user port by header and by host name,
+//! timeouts, secure sandboxes, pause and resume via connect, and a server
+//! restart with a paused sandbox that resumes still running. Needs root, the
+//! kernel, the base template and `HEARTH_E2B_PYTHON`; CI runs it with
+//! `--include-ignored`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_nothing_left, data_dir, text};
+
+const DOMAIN: &str = "hearth.test";
+
+/// A data dir of its own (catalog, key, sandboxes) sharing the built kernel
+/// and templates.
+fn server_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for shared in ["kernels", "templates", "cache"] {
+        std::os::unix::fs::symlink(data_dir().join(shared), dir.path().join(shared)).unwrap();
+    }
+    dir
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--domain",
+                DOMAIN,
+                "--pool",
+                "1",
+            ])
+            .env("HEARTH_DATA_DIR", data)
+            .env("HEARTH_LOG", "warn")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hearth server starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let started = Instant::now();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server printed where it listens")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("hearth: listening on ") {
+                break url.to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "server start");
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("server: {line}");
+            }
+        });
+        Self { child, url }
+    }
+
+    /// SIGTERM, then wait: the server kills its sandboxes first.
+    fn stop(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "server exit: {status}");
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    /// A failed check must not leave the server and its VMs running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
+    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/server_drive.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .env("E2B_API_URL", &server.url)
+        .env("E2B_SANDBOX_URL", &server.url)
+        .env("E2B_API_KEY", key)
+        .env("HEARTH_DOMAIN", DOMAIN)
+        .output()
+        .expect("python runs");
+    let stdout = text(&out.stdout);
+    for line in stdout.lines().filter(|l| l.starts_with("figure ")) {
+        eprintln!("{line}");
+    }
+    assert!(
+        out.status.success() && stdout.ends_with("all checks passed\n"),
+        "SDK script {args:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn stock_e2b_sdk_against_hearth_server() {
+    let python = std::env::var("HEARTH_E2B_PYTHON").expect(
+        "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
+    );
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let server = Server::start(data.path());
+    let key_file = data.path().join("api-key");
+    let key = std::fs::read_to_string(&key_file).expect("the first start writes the API key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "api-key file mode");
+    let key = key.trim();
+    let out = drive(&python, &server, key, &["main"]);
+    let paused = out
+        .lines()
+        .find_map(|l| l.strip_prefix("paused "))
+        .expect("the main phase leaves a paused sandbox")
+        .to_owned();
+    server.stop();
+    assert_nothing_left("after the first server run");
+    let sandboxes: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        sandboxes,
+        std::slice::from_ref(&paused),
+        "only the paused sandbox stays"
+    );
+
+    let server = Server::start(data.path());
+    drive(&python, &server, key, &["restart", &paused]);
+    server.stop();
+    assert_nothing_left("after the second server run");
+    let left: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+}
