@@ -110,6 +110,34 @@ impl AgentClient {
             .unwrap_or(false)
     }
 
+    /// `GET path` as JSON, with `token` in `X-Access-Token` when given
+    /// (`/metrics`, `/envs`).
+    pub async fn get_json(
+        &self,
+        path: &'static str,
+        token: Option<&str>,
+    ) -> Result<serde_json::Value, AgentError> {
+        let mut sender = self.connect(Duration::from_secs(5)).await?;
+        let mut request = Request::get(path)
+            .header(hyper::header::HOST, self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("static request parts are valid");
+        if let Some(value) = token.and_then(|t| hyper::header::HeaderValue::from_str(t).ok()) {
+            request.headers_mut().insert("x-access-token", value);
+        }
+        let resp = sender.send_request(request).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            return Err(AgentError::Status {
+                path,
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| AgentError::Protocol(e.to_string()))
+    }
+
     /// `POST /init`: clock, default environment and user of the guest. An
     /// agent that has a token already (a resumed sandbox) wants it again in
     /// `X-Access-Token`: the token of `init` is sent there too.

@@ -43,6 +43,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/metrics", get(many_metrics))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/v2/sandboxes/{id}/logs", get(logs))
         .route("/templates", get(templates))
         .layer(middleware::from_fn_with_state(api.clone(), require_key))
         .route("/health", get(|| async { StatusCode::OK }))
@@ -388,6 +391,69 @@ async fn connect(
         StatusCode::OK
     };
     Ok((status, Json(sandbox_json(&api, &record))).into_response())
+}
+
+async fn metrics(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let metric = api.manager.metrics(&id).await?;
+    Ok(Json(Value::Array(metric.into_iter().collect())))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ManyMetricsParams {
+    sandbox_ids: Option<String>,
+}
+
+async fn many_metrics(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<ManyMetricsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let ids = params.sandbox_ids.unwrap_or_default();
+    let mut sandboxes = serde_json::Map::new();
+    for id in ids.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(metric) = api.manager.metrics(id).await? {
+            sandboxes.insert(id.to_owned(), metric);
+        }
+    }
+    Ok(Json(json!({ "sandboxes": sandboxes })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LogParams {
+    limit: Option<usize>,
+    level: Option<String>,
+}
+
+/// `GET /v2/sandboxes/{id}/logs`: the guest's console since create or resume.
+async fn logs(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    Query(params): Query<LogParams>,
+) -> Result<Json<Value>, ApiError> {
+    let rank = |level: &str| match level {
+        "debug" => 0,
+        "info" => 1,
+        "warn" => 2,
+        "error" => 3,
+        _ => 1,
+    };
+    let min = params.level.as_deref().map_or(0, rank);
+    let mut entries: Vec<Value> = api
+        .manager
+        .logs(&id)?
+        .into_iter()
+        .filter(|(_, level, _)| rank(level) >= min)
+        .map(|(ms, level, message)| {
+            json!({ "timestamp": rfc3339_ms(ms), "level": level, "message": message, "fields": {} })
+        })
+        .collect();
+    if let Some(limit) = params.limit {
+        let skip = entries.len().saturating_sub(limit);
+        entries.drain(..skip);
+    }
+    Ok(Json(json!({ "logs": entries })))
 }
 
 async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {

@@ -368,6 +368,90 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// The guest's current CPU, memory and disk use in E2B's
+    /// `SandboxMetric` shape; `None` for a paused sandbox.
+    pub async fn metrics(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
+        let record = self.get(id)?;
+        if record.state != SandboxState::Running {
+            return Ok(None);
+        }
+        let addr = self.address(id, hearth_proto::agent::AGENT_PORT).await?;
+        let agent = hearth_node::AgentClient::new(addr);
+        let m = agent
+            .get_json("/metrics", record.envd_access_token.as_deref())
+            .await
+            .map_err(|e| ApiError::internal(format!("metrics of sandbox {id}: {e}")))?;
+        let ts = m["ts"].as_i64().unwrap_or(0);
+        Ok(Some(serde_json::json!({
+            "timestamp": hearth_node::rfc3339(Duration::from_secs(u64::try_from(ts).unwrap_or(0))),
+            "timestampUnix": ts,
+            "cpuCount": m["cpu_count"],
+            "cpuUsedPct": m["cpu_used_pct"],
+            "memUsed": m["mem_used"],
+            "memTotal": m["mem_total"],
+            "memCache": 0,
+            "diskUsed": m["disk_used"],
+            "diskTotal": m["disk_total"],
+        })))
+    }
+
+    /// Lines the guest wrote to its console since the sandbox was created
+    /// or last resumed: (unix ms, level, message).
+    pub fn logs(&self, id: &str) -> Result<Vec<(i64, &'static str, String)>, ApiError> {
+        let record = self.get(id)?;
+        let path = self.node.layout().sandboxes().join(id).join("console.log");
+        let text = std::fs::read(&path).unwrap_or_default();
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .map(|line| parse_log_line(line, record.started_at_ms))
+            .collect())
+    }
+}
+
+/// A console line: hearth-init's `<RFC 3339>  LEVEL target: message`, or
+/// anything else (kernel messages) at info level stamped `fallback_ms`.
+fn parse_log_line(line: &str, fallback_ms: i64) -> (i64, &'static str, String) {
+    let (stamp, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let Some(ms) = parse_rfc3339_ms(stamp) else {
+        return (fallback_ms, "info", line.to_owned());
+    };
+    let rest = rest.trim_start();
+    let (level, message) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let level = match level {
+        "ERROR" => "error",
+        "WARN" => "warn",
+        "DEBUG" | "TRACE" => "debug",
+        _ => "info",
+    };
+    (ms, level, message.trim_start().to_owned())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` to unix milliseconds.
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s.get(19..s.len() - 1).unwrap_or("");
+    let ms = frac.strip_prefix('.').map_or(Some(0), |f| {
+        format!("{f:0<3}").get(..3)?.parse::<i64>().ok()
+    })?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + se) * 1000) + ms)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "sandbox \"{id}\" doesn't exist or you don't have access to it"
@@ -380,4 +464,29 @@ fn new_token() -> std::io::Result<String> {
     let mut raw = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
     Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_become_log_entries() {
+        let (ms, level, message) = parse_log_line(
+            "2026-11-23T10:53:38.060000Z  WARN hearth_init::agent: /init failed",
+            7,
+        );
+        assert_eq!(ms, 1_795_431_218_060);
+        assert_eq!(level, "warn");
+        assert_eq!(message, "hearth_init::agent: /init failed");
+        assert_eq!(
+            parse_log_line("[    0.123] virtio_blk: 1 disk", 7),
+            (7, "info", "[    0.123] virtio_blk: 1 disk".to_owned())
+        );
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00.5Z"),
+            Some(951_782_400_500)
+        );
+    }
 }

@@ -87,6 +87,15 @@ def create_and_run():
     check("files through the proxy", sbx.files.read("/home/user/note.txt") == "kept")
     info = sbx.get_info()
     check("get_info metadata", info.metadata == {"suite": "hearth", "run": "1"}, info)
+    metrics = sbx.get_metrics()
+    check(
+        "metrics of the guest",
+        len(metrics) == 1 and metrics[0].cpu_count == 2 and 0 < metrics[0].mem_used < metrics[0].mem_total,
+        metrics,
+    )
+    status, _, body = http("GET", f"/v2/sandboxes/{sbx.sandbox_id}/logs", headers={"X-API-Key": KEY})
+    messages = [e["message"] for e in json.loads(body)["logs"]] if status == 200 else []
+    check("logs hold the guest's console", any("applied /init" in m for m in messages), (status, body[:300]))
     return sbx
 
 
