@@ -122,6 +122,62 @@ fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// `hearth sandbox …` against the server, with the key from the data dir.
+fn cli(server: &Server, data: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("sandbox")
+        .args(args)
+        .env("HEARTH_DATA_DIR", data)
+        .env("HEARTH_API_URL", &server.url)
+        .env_remove("E2B_API_KEY")
+        .output()
+        .expect("hearth runs");
+    assert!(
+        out.status.success(),
+        "hearth sandbox {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The CLI over the API: the paused sandbox is listed; a new one is
+/// created, listed, has logs and is killed.
+fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli(server, data, &["list", "--json"])).unwrap();
+    let states: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["sandboxID"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(states, [(paused, "paused")]);
+    let id = cli(server, data, &["create", "--metadata", "via=cli"])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 20, "{id}");
+    let table = cli(server, data, &["list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("running")),
+        "{table}"
+    );
+    let logs = cli(server, data, &["logs", &id]);
+    assert!(logs.contains("applied /init"), "{logs}");
+    assert_eq!(
+        cli(server, data, &["kill", &id]).trim(),
+        format!("killed {id}")
+    );
+    let listed = cli(server, data, &["list", "--state", "running"]);
+    assert!(!listed.contains(&id), "{listed}");
+}
+
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn stock_e2b_sdk_against_hearth_server() {
@@ -157,6 +213,7 @@ fn stock_e2b_sdk_against_hearth_server() {
     );
 
     let server = Server::start(data.path());
+    cli_round_trip(&server, data.path(), &paused);
     drive(&python, &server, key, &["restart", &paused]);
     server.stop();
     assert_nothing_left("after the second server run");

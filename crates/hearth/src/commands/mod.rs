@@ -1,5 +1,6 @@
 pub(crate) mod bench;
 pub(crate) mod kernel;
+pub(crate) mod remote;
 pub(crate) mod sandbox;
 pub(crate) mod server;
 pub(crate) mod template;

@@ -26,6 +26,18 @@ const EXIT_NOT_FOUND: u8 = 127;
 pub(crate) enum SandboxCommand {
     /// Boot a sandbox, run one command in it, stream its output, remove the sandbox.
     Run(RunArgs),
+    /// Create a sandbox through a running `hearth server`; prints its id.
+    Create(super::remote::CreateArgs),
+    /// List the server's sandboxes.
+    List(super::remote::ListArgs),
+    /// Kill a sandbox.
+    Kill(super::remote::IdArgs),
+    /// Pause a sandbox (memory, processes and files are kept).
+    Pause(super::remote::IdArgs),
+    /// Resume a paused sandbox.
+    Resume(super::remote::ResumeArgs),
+    /// Print a sandbox's guest console log.
+    Logs(super::remote::IdArgs),
 }
 
 #[derive(Args)]
@@ -56,7 +68,7 @@ pub(crate) struct RunArgs {
     command: Vec<String>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("'{s}' is not KEY=VALUE")),
@@ -69,6 +81,12 @@ pub(crate) fn run(cmd: SandboxCommand, layout: &Layout) -> CommandResult {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_command(args, layout))
         }
+        SandboxCommand::Create(args) => super::remote::create(args, layout),
+        SandboxCommand::List(args) => super::remote::list(args, layout),
+        SandboxCommand::Kill(args) => super::remote::kill(args, layout),
+        SandboxCommand::Pause(args) => super::remote::pause(args, layout),
+        SandboxCommand::Resume(args) => super::remote::resume(args, layout),
+        SandboxCommand::Logs(args) => super::remote::logs(args, layout),
     }
 }
 
