@@ -139,6 +139,69 @@ def user_port(sbx):
     check("/init is not proxied", status == 403, status)
 
 
+# A guest server that accepts an HTTP/1.1 Upgrade to a made-up protocol and
+# then echoes bytes: enough to show the proxy splices upgraded connections
+# (as it does WebSockets) without a WebSocket library in the guest.
+UPGRADE_SERVER = r"""
+import socket
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8001))
+srv.listen()
+while True:
+    conn, _ = srv.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(1024)
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+    while True:
+        data = conn.recv(1024)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.close()
+"""
+
+
+def proxy_protocols(sbx):
+    import socket
+    import httpx
+
+    base = os.environ["E2B_SANDBOX_URL"]
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+    with httpx.Client(http1=False, http2=True) as client:
+        r = client.get(base + "/note.txt", headers=headers)
+    check("h2c through the proxy", r.status_code == 200 and r.text == "kept" and r.http_version == "HTTP/2",
+          (r.status_code, r.http_version, r.text))
+
+    sbx.files.write("/home/user/upgrade.py", UPGRADE_SERVER)
+    sbx.commands.run("python3 /home/user/upgrade.py", background=True)
+    host, port = base.removeprefix("http://").split(":")
+    reply = b""
+    for _ in range(50):
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(
+                f"GET /x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"
+                f"E2b-Sandbox-Id: {sbx.sandbox_id}\r\nE2b-Sandbox-Port: 8001\r\n\r\n".encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+            if head.startswith(b"HTTP/1.1 101"):
+                conn.sendall(b"ping through the proxy")
+                while len(reply) < 22:
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        break
+                    reply += chunk
+                break
+        time.sleep(0.2)
+    check("an upgraded connection is spliced both ways", reply == b"ping through the proxy", (head[:60], reply))
+
+
 def timeouts():
     sbx = Sandbox.create(timeout=60)
     sbx.set_timeout(2)
@@ -205,6 +268,7 @@ def main():
         sbx = create_and_run()
         listing(sbx)
         user_port(sbx)
+        proxy_protocols(sbx)
         timeouts()
         secure()
         pause(sbx)
