@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,25 +31,308 @@ pub struct Api {
     pub domain: Option<String>,
 }
 
-/// The API routes; every one but `/health` needs `X-API-Key`.
+/// One route: how it is served and how it is documented. [`ROUTES`] is the
+/// single source of both the router and `/openapi.json`.
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    operation: &'static str,
+    summary: &'static str,
+    /// Query parameters: (name, description).
+    query: &'static [(&'static str, &'static str)],
+    /// Request body schema, in `#/components/schemas`.
+    body: Option<&'static str>,
+    /// (status, response schema); `[Name]` is an array of `Name`.
+    responses: &'static [(u16, Option<&'static str>)],
+    handler: fn() -> MethodRouter<Arc<Api>>,
+}
+
+const ERRORS: &[(u16, Option<&str>)] = &[
+    (400, Some("Error")),
+    (401, Some("Error")),
+    (404, Some("Error")),
+];
+
+/// Every API route but `/health` and `/openapi.json` (which need no key).
+const ROUTES: &[Route] = &[
+    Route {
+        method: "post",
+        path: "/sandboxes",
+        operation: "createSandbox",
+        summary: "Create a sandbox (secure only when asked)",
+        query: &[],
+        body: Some("NewSandbox"),
+        responses: &[(201, Some("Sandbox"))],
+        handler: || post(create_v1),
+    },
+    Route {
+        method: "get",
+        path: "/sandboxes",
+        operation: "listSandboxes",
+        summary: "List running sandboxes",
+        query: &[("metadata", "URL-encoded key=value pairs joined by &")],
+        body: None,
+        responses: &[(200, Some("[ListedSandbox]"))],
+        handler: || get(list_v1),
+    },
+    Route {
+        method: "post",
+        path: "/v2/sandboxes",
+        operation: "createSandboxV2",
+        summary: "Create a sandbox (always secure)",
+        query: &[],
+        body: Some("NewSandbox"),
+        responses: &[(201, Some("Sandbox"))],
+        handler: || post(create_v2),
+    },
+    Route {
+        method: "get",
+        path: "/v2/sandboxes",
+        operation: "listSandboxesV2",
+        summary: "List sandboxes by state and metadata, a page at a time (next page token in x-next-token)",
+        query: &[
+            ("metadata", "URL-encoded key=value pairs joined by &"),
+            ("state", "running, paused or both, comma-separated"),
+            ("limit", "page size, at least 1"),
+            ("nextToken", "token of the next page"),
+        ],
+        body: None,
+        responses: &[(200, Some("[ListedSandbox]"))],
+        handler: || get(list_v2),
+    },
+    Route {
+        method: "get",
+        path: "/sandboxes/{id}",
+        operation: "getSandbox",
+        summary: "A sandbox",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("SandboxDetail"))],
+        handler: || get(detail),
+    },
+    Route {
+        method: "delete",
+        path: "/sandboxes/{id}",
+        operation: "killSandbox",
+        summary: "Kill a sandbox",
+        query: &[],
+        body: None,
+        responses: &[(204, None)],
+        handler: || delete(kill),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/timeout",
+        operation: "setSandboxTimeout",
+        summary: "End the sandbox this many seconds from now",
+        query: &[],
+        body: Some("SetTimeoutRequest"),
+        responses: &[(204, None)],
+        handler: || post(set_timeout),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/refreshes",
+        operation: "refreshSandbox",
+        summary: "Keep the sandbox at least this many seconds more",
+        query: &[],
+        body: Some("RefreshRequest"),
+        responses: &[(204, None)],
+        handler: || post(refresh),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/pause",
+        operation: "pauseSandbox",
+        summary: "Pause a sandbox",
+        query: &[],
+        body: None,
+        responses: &[(204, None), (409, Some("Error"))],
+        handler: || post(pause),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/resume",
+        operation: "resumeSandbox",
+        summary: "Resume a paused sandbox",
+        query: &[],
+        body: Some("TimeoutRequest"),
+        responses: &[(201, Some("Sandbox")), (409, Some("Error"))],
+        handler: || post(resume),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/connect",
+        operation: "connectSandbox",
+        summary: "Resume a paused sandbox (201) or extend a running one (200)",
+        query: &[],
+        body: Some("TimeoutRequest"),
+        responses: &[(200, Some("Sandbox")), (201, Some("Sandbox"))],
+        handler: || post(connect),
+    },
+    Route {
+        method: "post",
+        path: "/v2/sandboxes/{id}/connect",
+        operation: "connectSandboxV2",
+        summary: "Resume a paused sandbox (201) or extend a running one (200)",
+        query: &[],
+        body: Some("TimeoutRequest"),
+        responses: &[(200, Some("Sandbox")), (201, Some("Sandbox"))],
+        handler: || post(connect),
+    },
+    Route {
+        method: "get",
+        path: "/sandboxes/metrics",
+        operation: "getSandboxesMetrics",
+        summary: "Current metrics of several sandboxes",
+        query: &[("sandbox_ids", "comma-separated sandbox ids")],
+        body: None,
+        responses: &[(200, Some("SandboxesWithMetrics"))],
+        handler: || get(many_metrics),
+    },
+    Route {
+        method: "get",
+        path: "/sandboxes/{id}/metrics",
+        operation: "getSandboxMetrics",
+        summary: "Current metrics of a sandbox (empty when paused)",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[SandboxMetric]"))],
+        handler: || get(metrics),
+    },
+    Route {
+        method: "get",
+        path: "/v2/sandboxes/{id}/logs",
+        operation: "getSandboxLogs",
+        summary: "The guest console since create or resume",
+        query: &[
+            ("limit", "the last this many entries"),
+            ("level", "debug, info, warn or error: this level and above"),
+        ],
+        body: None,
+        responses: &[(200, Some("SandboxLogs"))],
+        handler: || get(logs),
+    },
+    Route {
+        method: "get",
+        path: "/templates",
+        operation: "listTemplates",
+        summary: "The current build of every template",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[Template]"))],
+        handler: || get(templates),
+    },
+];
+
+/// The API routes; every one but `/health` and `/openapi.json` needs
+/// `X-API-Key`.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/sandboxes", post(create_v1).get(list_v1))
-        .route("/v2/sandboxes", post(create_v2).get(list_v2))
-        .route("/sandboxes/{id}", get(detail).delete(kill))
-        .route("/sandboxes/{id}/timeout", post(set_timeout))
-        .route("/sandboxes/{id}/refreshes", post(refresh))
-        .route("/sandboxes/{id}/pause", post(pause))
-        .route("/sandboxes/{id}/resume", post(resume))
-        .route("/sandboxes/{id}/connect", post(connect))
-        .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/metrics", get(many_metrics))
-        .route("/sandboxes/{id}/metrics", get(metrics))
-        .route("/v2/sandboxes/{id}/logs", get(logs))
-        .route("/templates", get(templates))
+    let mut routes = Router::new();
+    for route in ROUTES {
+        routes = routes.route(route.path, (route.handler)());
+    }
+    routes
         .layer(middleware::from_fn_with_state(api.clone(), require_key))
         .route("/health", get(|| async { StatusCode::OK }))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(api)
+}
+
+fn schema_ref(name: &str) -> Value {
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(item) => {
+            json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } })
+        }
+        None => json!({ "$ref": format!("#/components/schemas/{name}") }),
+    }
+}
+
+/// The OpenAPI 3.0 document of what this server implements, from [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for route in ROUTES {
+        let mut responses = serde_json::Map::new();
+        for (status, schema) in route.responses.iter().chain(ERRORS) {
+            let mut response = json!({ "description": StatusCode::from_u16(*status).map_or("", |s| s.canonical_reason().unwrap_or("")) });
+            if let Some(schema) = schema {
+                response["content"] =
+                    json!({ "application/json": { "schema": schema_ref(schema) } });
+            }
+            responses.entry(status.to_string()).or_insert(response);
+        }
+        let mut parameters: Vec<Value> = route
+            .query
+            .iter()
+            .map(|(name, description)| {
+                let schema = if *name == "limit" { json!({ "type": "integer", "minimum": 1 }) } else { json!({ "type": "string" }) };
+                json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+            })
+            .collect();
+        if route.path.contains("{id}") {
+            parameters.push(json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }));
+        }
+        let mut operation = json!({
+            "operationId": route.operation,
+            "summary": route.summary,
+            "parameters": parameters,
+            "responses": responses,
+        });
+        if let Some(body) = route.body {
+            operation["requestBody"] = json!({ "required": route.method == "post" && body == "NewSandbox", "content": { "application/json": { "schema": schema_ref(body) } } });
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = operation;
+    }
+    paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness", "security": [], "responses": { "200": { "description": "OK" } } } }));
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Hearth API (E2B-compatible)", "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "ApiKeyAuth": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "ApiKeyAuth": { "type": "apiKey", "in": "header", "name": "X-API-Key" } },
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn schemas() -> Value {
+    let string_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    json!({
+        "Error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "integer" }, "message": { "type": "string" } } },
+        "NewSandbox": { "type": "object", "required": ["templateID"], "properties": {
+            "templateID": { "type": "string" }, "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS },
+            "metadata": string_map, "envVars": string_map, "secure": { "type": "boolean" },
+            "allow_internet_access": { "type": "boolean" }, "autoPause": { "type": "boolean" } } },
+        "Sandbox": { "type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
+            "templateID": { "type": "string" }, "sandboxID": { "type": "string" }, "alias": { "type": "string" },
+            "clientID": { "type": "string" }, "envdVersion": { "type": "string" }, "envdAccessToken": { "type": "string" },
+            "domain": { "type": "string", "nullable": true } } },
+        "ListedSandbox": { "type": "object", "required": ["templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount", "memoryMB", "diskSizeMB", "state", "envdVersion"], "properties": {
+            "templateID": { "type": "string" }, "sandboxID": { "type": "string" }, "alias": { "type": "string" }, "clientID": { "type": "string" },
+            "startedAt": { "type": "string", "format": "date-time" }, "endAt": { "type": "string", "format": "date-time" },
+            "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "diskSizeMB": { "type": "integer" },
+            "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused"] }, "envdVersion": { "type": "string" } } },
+        "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
+            "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" } } } ] },
+        "TimeoutRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
+        "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
+        "RefreshRequest": { "type": "object", "properties": { "duration": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
+        "SandboxMetric": { "type": "object", "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "timestampUnix": { "type": "integer" }, "cpuCount": { "type": "integer" },
+            "cpuUsedPct": { "type": "number" }, "memUsed": { "type": "integer" }, "memTotal": { "type": "integer" }, "memCache": { "type": "integer" },
+            "diskUsed": { "type": "integer" }, "diskTotal": { "type": "integer" } } },
+        "SandboxesWithMetrics": { "type": "object", "properties": { "sandboxes": { "type": "object", "additionalProperties": { "$ref": "#/components/schemas/SandboxMetric" } } } },
+        "SandboxLogs": { "type": "object", "properties": { "logs": { "type": "array", "items": { "type": "object", "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "level": { "type": "string" }, "message": { "type": "string" }, "fields": string_map } } } } },
+        "Template": { "type": "object", "properties": {
+            "templateID": { "type": "string" }, "buildID": { "type": "string" }, "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" },
+            "diskSizeMB": { "type": "integer" }, "public": { "type": "boolean" }, "aliases": { "type": "array", "items": { "type": "string" } },
+            "createdAt": { "type": "string" }, "updatedAt": { "type": "string" }, "envdVersion": { "type": "string" }, "buildStatus": { "type": "string" } } },
+    })
 }
 
 async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
@@ -464,6 +747,37 @@ async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_covers_every_route_and_schema() {
+        let doc = openapi();
+        let paths = doc["paths"].as_object().unwrap();
+        for route in ROUTES {
+            assert!(
+                paths[route.path][route.method].is_object(),
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+        assert_eq!(
+            paths
+                .values()
+                .map(|p| p.as_object().unwrap().len())
+                .sum::<usize>(),
+            ROUTES.len() + 1
+        );
+        // Every referenced schema exists.
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for reference in text.split("#/components/schemas/").skip(1) {
+            let name: String = reference
+                .chars()
+                .take_while(|c| c.is_alphanumeric())
+                .collect();
+            assert!(schemas.contains_key(&name), "missing schema {name}");
+        }
+    }
 
     #[test]
     fn metadata_filters_are_url_encoded_pairs() {

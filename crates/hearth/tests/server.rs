@@ -3,8 +3,9 @@
 //! API errors, create, commands and files through the proxy, metadata and
 //! list filters with pagination, a user port by header and by host name,
 //! timeouts, secure sandboxes, pause and resume via connect, and a server
-//! restart with a paused sandbox that resumes still running. Needs root, the
-//! kernel, the base template and `HEARTH_E2B_PYTHON`; CI runs it with
+//! restart with a paused sandbox that resumes still running; and the API
+//! fuzzed from its own OpenAPI document. Needs root, the kernel, the base
+//! template, `HEARTH_E2B_PYTHON` and `HEARTH_SCHEMATHESIS`; CI runs it with
 //! `--include-ignored`.
 
 mod common;
@@ -178,12 +179,58 @@ fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
     assert!(!listed.contains(&id), "{listed}");
 }
 
+/// The tests of this file each run a server and count the host's VMs.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Fuzzes every documented operation from the server's own
+/// `/openapi.json` with schemathesis: no answer may be a 5xx, and the
+/// server must still stop cleanly afterwards.
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn api_fuzzed_from_its_openapi_document_never_fails_with_5xx() {
+    let schemathesis = std::env::var("HEARTH_SCHEMATHESIS")
+        .expect("HEARTH_SCHEMATHESIS must name the schemathesis command; scripts/test sets it");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let server = Server::start(data.path());
+    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let out = Command::new(&schemathesis)
+        .args(["run", &format!("{}/openapi.json", server.url)])
+        .args(["--header", &format!("X-API-Key: {}", key.trim())])
+        .args(["--checks", "not_a_server_error", "--max-examples", "10"])
+        .args([
+            "--max-time",
+            "120",
+            "--request-timeout",
+            "60",
+            "--seed",
+            "1",
+        ])
+        .current_dir(reports.path())
+        .output()
+        .expect("schemathesis runs");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures ({})\n{stdout}\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let summary: Vec<&str> = stdout.lines().filter(|l| l.contains("generated")).collect();
+    eprintln!("schemathesis: {summary:?}");
+    server.stop();
+    assert_nothing_left("after the fuzzing");
+}
+
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn stock_e2b_sdk_against_hearth_server() {
     let python = std::env::var("HEARTH_E2B_PYTHON").expect(
         "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
     );
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert_nothing_left("before the test");
     let data = server_data_dir();
     let server = Server::start(data.path());
