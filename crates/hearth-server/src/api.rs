@@ -181,6 +181,16 @@ const ROUTES: &[Route] = &[
         handler: || post(connect),
     },
     Route {
+        method: "post",
+        path: "/sandboxes/{id}/fork",
+        operation: "forkSandbox",
+        summary: "Copies of a running sandbox: memory, processes and files",
+        query: &[],
+        body: Some("ForkRequest"),
+        responses: &[(201, Some("[ForkResult]")), (409, Some("Error"))],
+        handler: || post(fork),
+    },
+    Route {
         method: "get",
         path: "/sandboxes/metrics",
         operation: "getSandboxesMetrics",
@@ -320,6 +330,8 @@ fn schemas() -> Value {
             "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" } } } ] },
         "TimeoutRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
+        "ForkRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS }, "count": { "type": "integer", "minimum": 1, "maximum": MAX_FORKS } } },
+        "ForkResult": { "type": "object", "properties": { "sandbox": { "$ref": "#/components/schemas/Sandbox" }, "error": { "$ref": "#/components/schemas/Error" } } },
         "RefreshRequest": { "type": "object", "properties": { "duration": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SandboxMetric": { "type": "object", "properties": {
             "timestamp": { "type": "string", "format": "date-time" }, "timestampUnix": { "type": "integer" }, "cpuCount": { "type": "integer" },
@@ -737,6 +749,34 @@ async fn logs(
         entries.drain(..skip);
     }
     Ok(Json(json!({ "logs": entries })))
+}
+
+/// Most copies one fork request may make.
+const MAX_FORKS: usize = 10;
+
+#[derive(Debug, Default, Deserialize)]
+struct ForkBody {
+    timeout: Option<i64>,
+    count: Option<i64>,
+}
+
+async fn fork(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: ForkBody = body(&bytes)?;
+    let secs = timeout_secs(body.timeout, "timeout")?;
+    let count = usize::try_from(body.count.unwrap_or(1))
+        .ok()
+        .filter(|c| (1..=MAX_FORKS).contains(c))
+        .ok_or_else(|| ApiError::bad_request(format!("count must be between 1 and {MAX_FORKS}")))?;
+    let records = api.manager.fork(&id, count, secs).await?;
+    let results: Vec<Value> = records
+        .iter()
+        .map(|r| json!({ "sandbox": sandbox_json(&api, r) }))
+        .collect();
+    Ok((StatusCode::CREATED, Json(Value::Array(results))).into_response())
 }
 
 async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {

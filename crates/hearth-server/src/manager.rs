@@ -297,6 +297,69 @@ impl Manager {
         Ok(true)
     }
 
+    /// `count` copies of a running sandbox (memory, processes, files), each
+    /// ending `timeout_secs` from now. Copies keep the parent's access token
+    /// (their agents hold it from the parent's memory), env and metadata.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: usize,
+        timeout_secs: u64,
+    ) -> Result<Vec<SandboxRecord>, ApiError> {
+        let parent = self.get(id)?;
+        if parent.state != SandboxState::Running {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is paused; resume it to fork it"
+            )));
+        }
+        let entry = self
+            .live
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))?;
+        let copies = {
+            let mut live = entry.lock().await;
+            let live = live.as_mut().ok_or_else(|| not_found(id))?;
+            live.sandbox.fork(&self.node, count).await?
+        };
+        let mut records = Vec::with_capacity(copies.len());
+        let mut failure = None;
+        for mut copy in copies {
+            let init = InitRequest {
+                access_token: parent.envd_access_token.clone(),
+                ..InitRequest::default()
+            };
+            if let Err(e) = copy.wait_ready(READY_TIMEOUT, init).await {
+                let _ = copy.destroy().await;
+                failure = Some(ApiError::from(e));
+                continue;
+            }
+            let now = now_ms();
+            let record = SandboxRecord {
+                sandbox_id: copy.id().to_owned(),
+                started_at_ms: now,
+                end_at_ms: now.saturating_add(secs_ms(timeout_secs)),
+                ..parent.clone()
+            };
+            if let Err(e) = self.store.insert_sandbox(&record) {
+                let _ = copy.destroy().await;
+                failure = Some(e.into());
+                continue;
+            }
+            self.live.lock().await.insert(
+                record.sandbox_id.clone(),
+                Arc::new(Mutex::new(Some(Live { sandbox: copy }))),
+            );
+            records.push(record);
+        }
+        match failure {
+            Some(e) if records.is_empty() => Err(e),
+            _ => Ok(records),
+        }
+    }
+
     /// Kills (or, with auto-pause, pauses) every running sandbox whose end
     /// has passed.
     pub async fn expire(&self) {

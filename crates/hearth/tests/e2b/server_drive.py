@@ -228,6 +228,22 @@ def secure():
     sbx.kill()
 
 
+def fork(sbx):
+    sbx.files.write("/home/user/fork-origin", "parent")
+    copies = sbx.fork(count=2)
+    check("fork gives two sandboxes", len(copies) == 2 and all(isinstance(c, Sandbox) for c in copies), copies)
+    ids = {c.sandbox_id for c in copies}
+    check("copies have their own ids", len(ids) == 2 and sbx.sandbox_id not in ids, ids)
+    for i, copy in enumerate(copies):
+        check(f"copy {i} has the parent's file", copy.files.read("/home/user/fork-origin") == "parent")
+        copy.files.write("/home/user/fork-origin", f"copy {i}")
+        out = copy.commands.run("hostname")
+        check(f"copy {i} is named after itself", out.stdout.strip() == copy.sandbox_id, out.stdout)
+    check("the parent keeps its own file", sbx.files.read("/home/user/fork-origin") == "parent")
+    for copy in copies:
+        copy.kill()
+
+
 def pause(sbx):
     sbx.commands.run(
         "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /home/user/count; sleep 0.2; done' >/dev/null 2>&1 &"
@@ -271,6 +287,7 @@ def main():
         proxy_protocols(sbx)
         timeouts()
         secure()
+        fork(sbx)
         pause(sbx)
     else:
         restart(sys.argv[2])
