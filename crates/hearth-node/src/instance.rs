@@ -198,54 +198,17 @@ pub(crate) fn last_console_line(path: &Path) -> String {
         .to_owned()
 }
 
-/// The current time as RFC 3339 with microseconds, in UTC.
+/// The current time as RFC 3339, in UTC.
 fn now_rfc3339() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    rfc3339(now)
-}
-
-/// `since_epoch` as an RFC 3339 date-time in UTC with microseconds.
-pub fn rfc3339(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_micros()
-    )
+    hearth_proto::time::format_since_epoch(now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339(Duration::new(1_700_000_000, 123_456_000)),
-            "2023-11-14T22:13:20.123456Z"
-        );
-        assert_eq!(
-            rfc3339(Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000000Z"
-        );
-    }
 
     #[test]
     fn console_line_is_last_non_empty() {

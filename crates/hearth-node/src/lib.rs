@@ -21,7 +21,6 @@ mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use error::NodeError;
-pub use instance::rfc3339;
 pub use layout::Layout;
 pub use node::{Node, NodeOptions};
 pub use pool::Pool;

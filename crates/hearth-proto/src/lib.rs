@@ -6,3 +6,4 @@ pub mod agent;
 pub mod connect;
 pub mod filesystem;
 pub mod process;
+pub mod time;

@@ -400,7 +400,7 @@ struct NewSandbox {
 }
 
 fn rfc3339_ms(ms: i64) -> String {
-    hearth_node::rfc3339(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    hearth_proto::time::format_since_epoch(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
 /// `Sandbox`: what create, connect and resume answer.

@@ -412,7 +412,8 @@ impl Manager {
     pub fn templates(&self) -> Result<Vec<serde_json::Value>, ApiError> {
         let mut current = Vec::new();
         for template in self.node.templates()? {
-            let created = hearth_node::rfc3339(Duration::from_secs(template.created_at));
+            let created =
+                hearth_proto::time::format_since_epoch(Duration::from_secs(template.created_at));
             current.push(serde_json::json!({
                 "templateID": template.name,
                 "buildID": template.build_id,
@@ -447,7 +448,7 @@ impl Manager {
             .map_err(|e| ApiError::internal(format!("metrics of sandbox {id}: {e}")))?;
         let ts = m["ts"].as_i64().unwrap_or(0);
         Ok(Some(serde_json::json!({
-            "timestamp": hearth_node::rfc3339(Duration::from_secs(u64::try_from(ts).unwrap_or(0))),
+            "timestamp": hearth_proto::time::format_rfc3339(ts, 0),
             "timestampUnix": ts,
             "cpuCount": m["cpu_count"],
             "cpuUsedPct": m["cpu_used_pct"],
@@ -492,27 +493,10 @@ fn parse_log_line(line: &str, fallback_ms: i64) -> (i64, &'static str, String) {
     (ms, level, message.trim_start().to_owned())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` to unix milliseconds.
+/// An RFC 3339 time as unix milliseconds.
 fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let frac = s.get(19..s.len() - 1).unwrap_or("");
-    let ms = frac.strip_prefix('.').map_or(Some(0), |f| {
-        format!("{f:0<3}").get(..3)?.parse::<i64>().ok()
-    })?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + h * 3600 + mi * 60 + se) * 1000) + ms)
+    let since = hearth_proto::time::parse_since_epoch(s)?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 fn not_found(id: &str) -> ApiError {
