@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::net::TcpStream;
 
-use hearth_proto::agent::InitRequest;
+use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
 use hearth_proto::process::{ProcessEvent, StartRequest, StartResponse};
 
@@ -48,13 +48,42 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     addr: SocketAddr,
+    /// Sent with every request: the sandbox and token headers when the
+    /// agent is reached through a Hearth server's proxy.
+    headers: hyper::HeaderMap,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl AgentClient {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+        Self {
+            addr,
+            headers: hyper::HeaderMap::new(),
+        }
+    }
+
+    /// The agent of sandbox `id` through the proxy of the Hearth server at
+    /// `server`, with the sandbox's access token if it has one.
+    pub fn through_proxy(
+        server: SocketAddr,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<Self, AgentError> {
+        let value = |v: &str| {
+            hyper::header::HeaderValue::from_str(v)
+                .map_err(|_| AgentError::Protocol(format!("'{v}' cannot be a header value")))
+        };
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("e2b-sandbox-id", value(id)?);
+        headers.insert("e2b-sandbox-port", value(&AGENT_PORT.to_string())?);
+        if let Some(token) = token {
+            headers.insert("x-access-token", value(token)?);
+        }
+        Ok(Self {
+            addr: server,
+            headers,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -85,11 +114,13 @@ impl AgentClient {
     }
 
     fn request(&self, path: &str, content_type: &str, body: Bytes) -> Request<Full<Bytes>> {
-        Request::post(path)
+        let mut request = Request::post(path)
             .header(hyper::header::HOST, self.addr.to_string())
             .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
-            .expect("static request parts are valid")
+            .expect("static request parts are valid");
+        request.headers_mut().extend(self.headers.clone());
+        request
     }
 
     /// One health probe: `Ok(true)` when the agent answers `GET /health`.

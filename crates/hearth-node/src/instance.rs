@@ -187,7 +187,8 @@ pub(crate) fn describe_exit(exit: VmExit) -> String {
     }
 }
 
-pub(crate) fn last_console_line(path: &Path) -> String {
+/// The last non-empty line of a guest console log, or `(empty)`.
+pub fn last_console_line(path: &Path) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     text.lines()

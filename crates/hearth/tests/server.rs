@@ -169,6 +169,17 @@ fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
             .any(|l| l.starts_with(&id) && l.contains("running")),
         "{table}"
     );
+    let exec = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["sandbox", "exec", &id, "-e", "GREETING=through the proxy"])
+        .args(["--", "sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 3"])
+        .env("HEARTH_DATA_DIR", data)
+        .env("HEARTH_API_URL", &server.url)
+        .env_remove("E2B_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(exec.status.code(), Some(3), "{}", text(&exec.stderr));
+    assert_eq!(text(&exec.stdout), "through the proxy\n");
+    assert_eq!(text(&exec.stderr), "oops\n");
     let logs = cli(server, data, &["logs", &id]);
     assert!(logs.contains("applied /init"), "{logs}");
     assert_eq!(

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-use hearth_node::Layout;
+use hearth_node::{AgentClient, Layout};
 
 use super::CommandResult;
 
@@ -74,6 +74,23 @@ pub(crate) struct ResumeArgs {
     /// Seconds until the resumed sandbox is killed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// The sandbox id.
+    id: String,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = super::sandbox::parse_env)]
+    envs: Vec<(String, String)>,
+    /// Working directory in the guest (default: the user's home).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 struct Client {
@@ -256,4 +273,38 @@ pub(crate) fn logs(args: IdArgs, layout: &Layout) -> CommandResult {
             }
         },
     )
+}
+
+/// Runs a command in the sandbox through the server's proxy, with the
+/// sandbox's access token, and exits with the command's code.
+pub(crate) fn exec(args: ExecArgs, layout: &Layout) -> CommandResult {
+    let client = Client::new(&args.remote, layout)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut signals = super::sandbox::Signals::new()?;
+        let detail = client
+            .call(Method::GET, &format!("/sandboxes/{}", args.id), None)
+            .await?;
+        let server = tokio::net::lookup_host(&client.host)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow!("{} does not resolve", client.host))?;
+        let agent =
+            AgentClient::through_proxy(server, &args.id, detail["envdAccessToken"].as_str())?;
+        let request = super::sandbox::start_request(&args.command, &args.envs, args.cwd.clone());
+        let cut = || {
+            super::Failure::from(anyhow!(
+                "the connection to the sandbox closed before the command ended"
+            ))
+        };
+        let outcome = super::sandbox::run_process(
+            &agent,
+            &request,
+            &mut signals,
+            std::future::pending(),
+            cut,
+        )
+        .await?;
+        Ok(outcome.exit_code("the sandbox keeps running"))
+    })
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
-use hearth_node::{AgentError, Layout, Node, NodeError, NodeOptions, Sandbox, SandboxSpec};
+use hearth_node::{
+    AgentClient, AgentError, Layout, Node, NodeError, NodeOptions, Sandbox, SandboxSpec,
+};
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
 use hearth_proto::process::process_event::{Event, data_event::Output};
@@ -38,6 +40,8 @@ pub(crate) enum SandboxCommand {
     Resume(super::remote::ResumeArgs),
     /// Print a sandbox's guest console log.
     Logs(super::remote::IdArgs),
+    /// Run a command in a server's sandbox, stream its output, exit with its code.
+    Exec(super::remote::ExecArgs),
 }
 
 #[derive(Args)]
@@ -87,11 +91,12 @@ pub(crate) fn run(cmd: SandboxCommand, layout: &Layout) -> CommandResult {
         SandboxCommand::Pause(args) => super::remote::pause(args, layout),
         SandboxCommand::Resume(args) => super::remote::resume(args, layout),
         SandboxCommand::Logs(args) => super::remote::logs(args, layout),
+        SandboxCommand::Exec(args) => super::remote::exec(args, layout),
     }
 }
 
 /// How a `sandbox run` ended.
-enum Outcome {
+pub(crate) enum Outcome {
     Exited(u8),
     Interrupted(i32),
 }
@@ -142,13 +147,39 @@ async fn run_command(args: RunArgs, layout: &Layout) -> CommandResult {
     let destroyed = sandbox.destroy().await;
     let outcome = outcome?;
     destroyed.map_err(|e| failed(e.into()))?;
-    Ok(match outcome {
-        Outcome::Exited(code) => ExitCode::from(code),
-        Outcome::Interrupted(signal) => {
-            eprintln!("hearth: interrupted; the sandbox was removed");
-            ExitCode::from(u8::try_from(128 + signal).unwrap_or(EXIT_SANDBOX_FAILED))
+    Ok(outcome.exit_code("the sandbox was removed"))
+}
+
+impl Outcome {
+    /// The exit code for `hearth`: the command's, or 128 + the signal that
+    /// interrupted `hearth` (saying what became of the sandbox).
+    pub(crate) fn exit_code(self, after_interrupt: &str) -> ExitCode {
+        match self {
+            Outcome::Exited(code) => ExitCode::from(code),
+            Outcome::Interrupted(signal) => {
+                eprintln!("hearth: interrupted; {after_interrupt}");
+                ExitCode::from(u8::try_from(128 + signal).unwrap_or(EXIT_SANDBOX_FAILED))
+            }
         }
-    })
+    }
+}
+
+/// The `StartRequest` of a command line, stdin closed.
+pub(crate) fn start_request(
+    command: &[String],
+    envs: &[(String, String)],
+    cwd: Option<String>,
+) -> StartRequest {
+    StartRequest {
+        process: Some(ProcessConfig {
+            cmd: command[0].clone(),
+            args: command[1..].to_vec(),
+            envs: envs.iter().cloned().collect::<HashMap<_, _>>(),
+            cwd,
+        }),
+        stdin: Some(false),
+        ..StartRequest::default()
+    }
 }
 
 async fn drive(
@@ -166,21 +197,37 @@ async fn drive(
         }
         sig = signals.recv() => return Ok(Outcome::Interrupted(sig)),
     }
-    let request = StartRequest {
-        process: Some(ProcessConfig {
-            cmd: args.command[0].clone(),
-            args: args.command[1..].to_vec(),
-            envs: args.envs.iter().cloned().collect::<HashMap<_, _>>(),
-            cwd: args.cwd.clone(),
-        }),
-        stdin: Some(false),
-        ..StartRequest::default()
-    };
+    let request = start_request(&args.command, &args.envs, args.cwd.clone());
     let agent = sandbox.agent().clone();
+    let console = sandbox.dir().join("console.log");
+    let vm_exit = async {
+        match sandbox.wait_exit().await {
+            Ok(_) => vm_ended(&console),
+            Err(e) => failed(e.into()),
+        }
+    };
+    run_process(&agent, &request, signals, vm_exit, || vm_ended(&console)).await
+}
+
+/// Starts `request` through `agent` and copies its output to this
+/// process's stdout and stderr until it ends, `vm_exit` resolves (the VM
+/// went away) or a signal arrives. `truncated` describes a stream cut off.
+pub(crate) async fn run_process(
+    agent: &AgentClient,
+    request: &StartRequest,
+    signals: &mut Signals,
+    vm_exit: impl Future<Output = Failure>,
+    truncated: impl Fn() -> Failure,
+) -> Result<Outcome, Failure> {
+    let failed = |error: anyhow::Error| Failure {
+        error,
+        exit_code: ExitCode::from(EXIT_SANDBOX_FAILED),
+    };
     let mut stream = tokio::select! {
-        stream = agent.start(&request) => stream.map_err(start_failure)?,
+        stream = agent.start(request) => stream.map_err(start_failure)?,
         sig = signals.recv() => return Ok(Outcome::Interrupted(sig)),
     };
+    let mut vm_exit = std::pin::pin!(vm_exit);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let mut exit_code = None;
@@ -206,13 +253,10 @@ async fn drive(
                     Some(Event::Start(_) | Event::Keepalive(_)) | None => {}
                 },
                 Ok(None) => break,
-                Err(AgentError::Truncated) => return Err(vm_ended(sandbox)),
+                Err(AgentError::Truncated) => return Err(truncated()),
                 Err(e) => return Err(start_failure(e)),
             },
-            exit = sandbox.wait_exit() => {
-                exit.map_err(|e| failed(e.into()))?;
-                return Err(vm_ended(sandbox));
-            }
+            failure = &mut vm_exit => return Err(failure),
             sig = signals.recv() => return Ok(Outcome::Interrupted(sig)),
         }
     }
@@ -224,12 +268,12 @@ async fn drive(
     }
 }
 
-fn vm_ended(sandbox: &Sandbox) -> Failure {
+fn vm_ended(console: &std::path::Path) -> Failure {
     Failure {
         error: anyhow!(
             "the sandbox VM shut down before the command finished (guest reboot, power-off or \
              panic); last console line: {}",
-            sandbox.last_console_line()
+            hearth_node::last_console_line(console)
         ),
         exit_code: ExitCode::from(EXIT_SANDBOX_FAILED),
     }
@@ -270,13 +314,13 @@ fn exit_code_of(end: &hearth_proto::process::process_event::EndEvent) -> u8 {
 }
 
 /// SIGINT and SIGTERM, as one stream of signal numbers.
-struct Signals {
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         Ok(Self {
             int: signal(SignalKind::interrupt())?,
             term: signal(SignalKind::terminate())?,

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
-from e2b import Sandbox, SandboxQuery
+from e2b import PtySize, Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException, SandboxException
 
 API = os.environ["E2B_API_URL"]
@@ -85,6 +85,11 @@ def create_and_run():
     check("host name is the sandbox id", lines[2] == sbx.sandbox_id, out.stdout)
     sbx.files.write("/home/user/note.txt", "kept")
     check("files through the proxy", sbx.files.read("/home/user/note.txt") == "kept")
+    seen = bytearray()
+    pty = sbx.pty.create(PtySize(rows=24, cols=80))
+    sbx.pty.send_stdin(pty.pid, b"echo pty-$((6*7)); exit\n")
+    pty.wait(on_pty=seen.extend)
+    check("a PTY through the proxy", b"pty-42" in seen, bytes(seen[-200:]))
     info = sbx.get_info()
     check("get_info metadata", info.metadata == {"suite": "hearth", "run": "1"}, info)
     metrics = sbx.get_metrics()
