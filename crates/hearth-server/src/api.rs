@@ -483,7 +483,15 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         metadata: new.metadata.unwrap_or_default(),
         env_vars: new.env_vars.unwrap_or_default(),
         secure: new.secure.unwrap_or(false),
-        allow_internet_access: new.allow_internet_access.unwrap_or(true),
+        allow_internet_access: match new.allow_internet_access {
+            // Egress policy is not enforced yet: refuse rather than pretend.
+            Some(false) => {
+                return Err(ApiError::bad_request(
+                    "allow_internet_access=false is not supported yet: sandboxes always have internet access",
+                ));
+            }
+            _ => true,
+        },
         auto_pause: new.auto_pause.unwrap_or(false),
     };
     let record = api.manager.create(request).await?;

@@ -171,7 +171,12 @@ fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
     );
     let exec = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args(["sandbox", "exec", &id, "-e", "GREETING=through the proxy"])
-        .args(["--", "sh", "-c", "echo \"$GREETING\"; echo oops >&2; exit 3"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; echo oops >&2; exit 3",
+        ])
         .env("HEARTH_DATA_DIR", data)
         .env("HEARTH_API_URL", &server.url)
         .env_remove("E2B_API_KEY")

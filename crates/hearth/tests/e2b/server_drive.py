@@ -58,6 +58,10 @@ def api_routes():
         "POST", "/v2/sandboxes", {"templateID": "nope"}, {"X-API-Key": KEY}
     )
     check("unknown template → 404", status == 404, (status, body))
+    status, _, body = http(
+        "POST", "/v2/sandboxes", {"templateID": "base", "allow_internet_access": False}, {"X-API-Key": KEY}
+    )
+    check("closed egress is refused, not ignored", status == 400 and b"allow_internet_access" in body, (status, body))
     status, _, body = http("GET", "/sandboxes/doesnotexist", headers={"X-API-Key": KEY})
     check("unknown sandbox → 404", status == 404, (status, body))
     status, _, body = http("GET", "/templates", headers={"X-API-Key": KEY})
