@@ -148,9 +148,11 @@ fn clones_share_no_writes_and_no_random_state() {
     });
 }
 
-/// A loop that bumps a counter in a file five times a second.
-const COUNTER: &str = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; \
-                       sleep 0.2; done' >/dev/null 2>&1 & sleep 1; cat /dev/shm/count";
+/// A loop that bumps a counter in a file five times a second, replacing
+/// the file whole (a reader never sees it empty); prints the first count.
+const COUNTER: &str = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count.new; \
+                       mv /dev/shm/count.new /dev/shm/count; sleep 0.2; done' >/dev/null 2>&1 & \
+                       until [ -s /dev/shm/count ]; do sleep 0.1; done; cat /dev/shm/count";
 
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]

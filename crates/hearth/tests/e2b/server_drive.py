@@ -255,7 +255,8 @@ def fork(sbx):
 
 def pause(sbx):
     sbx.commands.run(
-        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /home/user/count; sleep 0.2; done' >/dev/null 2>&1 &"
+        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /home/user/count.new; mv /home/user/count.new /home/user/count; sleep 0.2; done' >/dev/null 2>&1 & "
+        "until [ -s /home/user/count ]; do sleep 0.1; done"
     )
     time.sleep(1)
     t = time.monotonic()
