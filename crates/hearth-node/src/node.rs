@@ -177,12 +177,7 @@ fn remove_leftover_sandboxes(layout: &Layout) -> Result<(), NodeError> {
 /// Takes an exclusive lock on `path` without waiting: `None` when another
 /// process holds it.
 pub(crate) fn try_lock(path: &Path) -> Result<Option<File>, NodeError> {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(NodeError::io(path))?;
+    let file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
@@ -195,14 +190,19 @@ pub(crate) fn try_lock(path: &Path) -> Result<Option<File>, NodeError> {
 
 /// Takes an exclusive lock on `path`, waiting for its holder. Blocks.
 pub(crate) fn lock_wait(path: &Path) -> Result<File, NodeError> {
-    let file = File::options()
+    let file = open_lock_file(path)?;
+    file.lock().map_err(NodeError::io(path))?;
+    Ok(file)
+}
+
+/// Opens (creating) a lock file without touching its contents.
+fn open_lock_file(path: &Path) -> Result<File, NodeError> {
+    File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map_err(NodeError::io(path))?;
-    file.lock().map_err(NodeError::io(path))?;
-    Ok(file)
+        .map_err(NodeError::io(path))
 }
 
 /// The host's TSC frequency in kHz, measured once per boot of the host
