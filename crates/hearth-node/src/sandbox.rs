@@ -73,15 +73,7 @@ impl Sandbox {
     /// Call [`Sandbox::wait_ready`] next. On failure everything created so
     /// far is removed.
     pub async fn create(node: &Node, spec: &SandboxSpec) -> Result<Self, NodeError> {
-        let snapshot = node
-            .snapshot(
-                &spec.template,
-                &spec.kernel,
-                spec.vcpus,
-                spec.memory_mib,
-                spec.boot_timeout,
-            )
-            .await?;
+        let snapshot = node.snapshot(spec).await?;
         Self::from_snapshot(node, &snapshot).await
     }
 

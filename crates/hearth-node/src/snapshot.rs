@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,7 +27,7 @@ use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm};
 
 use crate::instance::{Instance, Launch, Machine};
 use crate::node::lock_wait;
-use crate::{Node, NodeError};
+use crate::{Node, NodeError, SandboxSpec};
 
 const META: &str = "snapshot.json";
 /// Version of how a snapshot is made (the guest kernel arguments above
@@ -164,16 +164,15 @@ fn key(
 impl Node {
     /// The snapshot of `template` for this machine shape and host, taken now
     /// (one boot, tens of seconds under TCG) if it does not exist yet.
-    pub async fn snapshot(
-        &self,
-        template: &Template,
-        kernel: &Kernel,
-        vcpus: u32,
-        memory_mib: u32,
-        boot_timeout: Duration,
-    ) -> Result<Snapshot, NodeError> {
-        let root = template.dir.join("snapshots");
-        let key = key(template, kernel, vcpus, memory_mib, &self.host);
+    pub async fn snapshot(&self, spec: &SandboxSpec) -> Result<Snapshot, NodeError> {
+        let root = spec.template.dir.join("snapshots");
+        let key = key(
+            &spec.template,
+            &spec.kernel,
+            spec.vcpus,
+            spec.memory_mib,
+            &self.host,
+        );
         let dir = root.join(&key);
         if let Some(snapshot) = Snapshot::load(&dir)? {
             self.host
@@ -197,9 +196,7 @@ impl Node {
             std::fs::remove_dir_all(&work).map_err(NodeError::io(&work))?;
         }
         std::fs::create_dir(&work).map_err(NodeError::io(&work))?;
-        let taken = self
-            .take_snapshot(&work, template, kernel, (vcpus, memory_mib), boot_timeout)
-            .await;
+        let taken = self.take_snapshot(&work, spec).await;
         let meta = match taken {
             Ok(meta) => meta,
             Err(e) => {
@@ -214,7 +211,7 @@ impl Node {
         std::fs::rename(&work, &dir).map_err(NodeError::io(&dir))?;
         let _ = std::fs::remove_file(&lock_path);
         tracing::info!(
-            template = template.name,
+            template = spec.template.name,
             key,
             boot_ms = meta.boot_ms,
             "template snapshot taken"
@@ -225,11 +222,15 @@ impl Node {
     async fn take_snapshot(
         &self,
         work: &Path,
-        template: &Template,
-        kernel: &Kernel,
-        (vcpus, memory_mib): (u32, u32),
-        boot_timeout: Duration,
+        spec: &SandboxSpec,
     ) -> Result<SnapshotMeta, NodeError> {
+        let &SandboxSpec {
+            ref template,
+            ref kernel,
+            vcpus,
+            memory_mib,
+            boot_timeout,
+        } = spec;
         let started = Instant::now();
         let disk = work.join("disk.qcow2");
         hearth_image::create_overlay(&template.rootfs, ImageFormat::Raw, &disk)?;

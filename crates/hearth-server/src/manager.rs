@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_node::{Node, NodeError, Pool, Sandbox};
+use hearth_node::{Node, NodeError, Pool, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
 use tokio::sync::Mutex;
 
@@ -118,17 +118,14 @@ impl Manager {
             }
             Err(e) => return Err(e.into()),
         };
-        let kernel = self.node.kernel()?;
-        let snapshot = self
-            .node
-            .snapshot(
-                &found,
-                &kernel,
-                self.shape.vcpus,
-                self.shape.memory_mib,
-                SNAPSHOT_BOOT_TIMEOUT,
-            )
-            .await?;
+        let spec = SandboxSpec {
+            template: found,
+            kernel: self.node.kernel()?,
+            vcpus: self.shape.vcpus,
+            memory_mib: self.shape.memory_mib,
+            boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
+        };
+        let snapshot = self.node.snapshot(&spec).await?;
         let pool = Arc::new(Pool::start(
             Arc::clone(&self.node),
             snapshot,

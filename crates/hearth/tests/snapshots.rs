@@ -274,11 +274,7 @@ fn two_hundred_create_kill_cycles_leak_nothing() {
 fn pooled_sandboxes_are_fresh_and_the_pool_refills_and_cleans_up() {
     with_runtime(|| async {
         let node = std::sync::Arc::new(node());
-        let spec = spec(&node);
-        let snapshot = node
-            .snapshot(&spec.template, &spec.kernel, 2, 512, READY)
-            .await
-            .expect("snapshot");
+        let snapshot = node.snapshot(&spec(&node)).await.expect("snapshot");
         let pool = hearth_node::Pool::start(node.clone(), snapshot, 2);
         pool.wait_full().await;
         assert_eq!(pool.len(), 2);

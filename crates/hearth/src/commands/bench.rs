@@ -180,15 +180,7 @@ async fn measure(args: &BenchArgs, layout: &Layout) -> anyhow::Result<Report> {
         boot_timeout: READY_TIMEOUT,
     };
     note(args, "taking or checking the template snapshot");
-    let snapshot = node
-        .snapshot(
-            &spec.template,
-            &spec.kernel,
-            spec.vcpus,
-            spec.memory_mib,
-            READY_TIMEOUT,
-        )
-        .await?;
+    let snapshot = node.snapshot(&spec).await?;
 
     note(args, "creates that restore the snapshot");
     let create_restore = creates(args, None, || async {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use hearth_image::{Template, TemplateOptions};
-use hearth_node::{Layout, Node, NodeOptions, Snapshot};
+use hearth_node::{Layout, Node, NodeOptions, SandboxSpec, Snapshot};
 
 use super::CommandResult;
 
@@ -110,11 +110,15 @@ async fn snapshot(
     memory_mib: u32,
 ) -> anyhow::Result<Snapshot> {
     let node = Node::open(layout.clone(), &NodeOptions::default())?;
-    let kernel = node.kernel()?;
+    let spec = SandboxSpec {
+        template: template.clone(),
+        kernel: node.kernel()?,
+        vcpus,
+        memory_mib,
+        boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
+    };
     eprintln!("hearth: snapshotting template '{}'", template.name);
-    Ok(node
-        .snapshot(template, &kernel, vcpus, memory_mib, SNAPSHOT_BOOT_TIMEOUT)
-        .await?)
+    Ok(node.snapshot(&spec).await?)
 }
 
 /// `hearth-init` installed beside the running `hearth` binary.
