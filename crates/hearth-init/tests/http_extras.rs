@@ -297,6 +297,11 @@ async fn signed_urls_stand_in_for_the_access_token_on_files() {
     );
     assert_eq!(fs::read(&file).unwrap(), b"uploaded");
 
+    // A wrong header is refused even beside a good signature.
+    let (status, message) = transfer(&agent, "GET", &read, &[("x-access-token", "guess")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(message.starts_with("Invalid access token"), "{message}");
+
     // A signature covers one operation, path and user.
     let other = dir.path().join("other.txt");
     let other = other.to_str().unwrap();

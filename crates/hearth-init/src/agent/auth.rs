@@ -82,6 +82,8 @@ pub(crate) enum SignedUrlError {
         "Missing access token or signature: send the X-Access-Token header or use a signed URL"
     )]
     Missing,
+    #[error("Invalid access token: the X-Access-Token header does not match")]
+    WrongToken,
     #[error(
         "Invalid signature: sign the URL for this path, user and operation with the current access token"
     )]
@@ -103,8 +105,9 @@ pub(crate) fn file_signature(url: &SignedUrl<'_>, operation: Operation, token: &
 }
 
 /// Whether a `/files` request may go on once an access token is set: it
-/// carries the token in X-Access-Token, or a signature of `url` for
-/// `operation` that has not expired at `now` (unix seconds).
+/// carries the token in X-Access-Token, or no such header and a signature
+/// of `url` for `operation` that has not expired at `now` (unix seconds). A
+/// wrong header is refused even beside a good signature, as envd does.
 pub(crate) fn check_file_access(
     headers: &HeaderMap,
     token: &str,
@@ -112,8 +115,12 @@ pub(crate) fn check_file_access(
     operation: Operation,
     now: i64,
 ) -> Result<(), SignedUrlError> {
-    if has_token(headers, token) {
-        return Ok(());
+    if headers.contains_key(ACCESS_TOKEN_HEADER) {
+        return if has_token(headers, token) {
+            Ok(())
+        } else {
+            Err(SignedUrlError::WrongToken)
+        };
     }
     let given = url.signature.ok_or(SignedUrlError::Missing)?;
     let expected = file_signature(url, operation, token);
@@ -229,6 +236,12 @@ mod tests {
         let mut token = HeaderMap::new();
         token.insert(ACCESS_TOKEN_HEADER, HeaderValue::from_static("secret"));
         assert_eq!(check(&token, url("/a", "", None), Operation::Write), Ok(()));
+        let mut wrong = HeaderMap::new();
+        wrong.insert(ACCESS_TOKEN_HEADER, HeaderValue::from_static("guess"));
+        assert_eq!(
+            check(&wrong, url("/a", "", Some(&good)), Operation::Read),
+            Err(SignedUrlError::WrongToken)
+        );
 
         let signed_until = |expiration| {
             let mut url = url("/a", "", None);
