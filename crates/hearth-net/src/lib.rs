@@ -9,11 +9,13 @@
 //! See the crate README for the address plan and the rules.
 
 mod apply;
+mod egress;
 mod error;
 mod leftovers;
 mod plan;
 mod slots;
 
+pub use egress::{Cidr, CidrError, Egress};
 pub use error::NetError;
 pub use leftovers::Leftovers;
 pub use plan::{

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use crate::egress::Egress;
 use crate::leftovers::Leftovers;
 
 /// The guest's address, the same in every sandbox.
@@ -29,7 +30,7 @@ const NAME_PREFIX: &str = "hearth-";
 const HOST_VETH_PREFIX: &str = "hearth-v";
 const NS_VETH: &str = "veth0";
 /// The nft table inside the netns; it vanishes with the netns.
-const NS_TABLE: &str = "hearth";
+pub(crate) const NS_TABLE: &str = "hearth";
 const SLOT_BASE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
 const SLOT_PREFIX_LEN: u8 = 30;
 const NETNS_DIR: &str = "/run/netns";
@@ -161,6 +162,14 @@ impl SlotPlan {
              \t\toifname \"{host_veth}\" accept\n\
              \t}}\n\
              }}\n"
+        )
+    }
+
+    /// What replaces the slot's egress policy with `egress`.
+    pub(crate) fn egress_step(&self, egress: &Egress) -> Step {
+        Step::Run(
+            Cmd::new("ip", ["netns", "exec", &self.netns, "nft", "-f", "-"])
+                .stdin(egress.nft_script()),
         )
     }
 

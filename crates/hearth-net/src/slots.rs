@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::apply::{self, Runner, System};
+use crate::egress::Egress;
 use crate::error::NetError;
 use crate::leftovers::Leftovers;
 use crate::plan::{MAX_SLOTS, SlotPlan};
@@ -164,6 +165,15 @@ impl Slot {
         File::open(&path)
             .map(OwnedFd::from)
             .map_err(|source| NetError::Netns { path, source })
+    }
+
+    /// Replaces the slot's egress policy (see [`Egress`]); a new slot's is
+    /// open. Takes effect for the next packet, so a guest's open
+    /// connections to a newly denied address stop too.
+    pub fn set_egress(&self, egress: &Egress) -> Result<(), NetError> {
+        self.runner.run(&self.plan.egress_step(egress))?;
+        tracing::debug!(index = self.plan.index, ?egress, "set egress policy");
+        Ok(())
     }
 
     /// Removes the netns (with `veth0`, `tap0` and the in-netns table), the

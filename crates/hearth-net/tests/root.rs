@@ -15,7 +15,10 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hearth_net::{DEFAULT_LOCK_DIR, GUEST_IP, GUEST_MAC, Slot, SlotPlan, Slots, leftovers};
+use hearth_net::{
+    Cidr, DEFAULT_LOCK_DIR, Egress, GATEWAY_MAC, GUEST_IP, GUEST_MAC, Slot, SlotPlan, Slots,
+    leftovers,
+};
 use nix::sched::{CloneFlags, setns};
 
 const HOLD_ENV: &str = "HEARTH_NET_TEST_HOLD";
@@ -189,6 +192,123 @@ fn host_reaches_the_guest_address_and_the_guest_reaches_the_host() {
     assert_eq!(
         (&buf[..len], from),
         (&b"guest-first"[..], (plan.ns_ip, 40_000).into())
+    );
+
+    drop(tap);
+    let index = plan.index;
+    slot.release().unwrap();
+    assert!(!left_of(index));
+}
+
+/// The fake guest of the test above, under an egress policy: what the
+/// guest starts is refused unless allowed, while the host's own flows to
+/// the guest and their answers pass whatever the policy.
+#[test]
+#[ignore = "needs root: run with --include-ignored"]
+fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
+    let slot = slots(16_360..16_370).acquire().unwrap();
+    let plan = slot.plan().clone();
+    let mut tap = open_tap(&slot);
+    let (tap_mac, guest_mac) = (parse_mac(GATEWAY_MAC), parse_mac(GUEST_MAC));
+    let mut guest_sends = |src_port: u16, dst: SocketAddrV4, payload: &[u8]| {
+        let src = SocketAddrV4::new(GUEST_IP, src_port);
+        tap.write_all(&udp_frame(tap_mac, guest_mac, src, dst, payload))
+            .unwrap();
+    };
+    let listener = UdpSocket::bind((plan.host_ip, 0)).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let listener_addr = SocketAddrV4::new(plan.host_ip, listener.local_addr().unwrap().port());
+    let mut buf = [0; 64];
+    let mut received = |what: &[u8]| match listener.recv_from(&mut buf) {
+        Ok((len, _)) => {
+            assert_eq!(&buf[..len], what);
+            true
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("{e}"),
+    };
+
+    slot.set_egress(&Egress::closed()).unwrap();
+    let rules = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &plan.netns,
+            "nft",
+            "list",
+            "chain",
+            "ip",
+            "hearth",
+            "egress",
+        ],
+    );
+    assert!(
+        rules.contains("reject with icmp admin-prohibited"),
+        "{rules}"
+    );
+    guest_sends(40_001, listener_addr, b"closed");
+    assert!(
+        !received(b"closed"),
+        "a closed slot let the guest's datagram out"
+    );
+
+    // The host's flow in, and the guest's answer, still pass.
+    let host = UdpSocket::bind((plan.host_ip, 0)).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let host_addr = SocketAddrV4::new(plan.host_ip, host.local_addr().unwrap().port());
+    let guest_addr = SocketAddrV4::new(GUEST_IP, 7777);
+    receive_on_tap(&mut tap, || {
+        host.send_to(b"to-guest", (plan.ns_ip, 7777)).unwrap();
+    })
+    .into_iter()
+    .find(|udp| udp.dst == guest_addr && udp.payload == b"to-guest")
+    .expect("a closed slot stopped the host's datagram to the guest");
+    tap.write_all(&udp_frame(
+        tap_mac, guest_mac, guest_addr, host_addr, b"answer",
+    ))
+    .unwrap();
+    let mut answer = [0; 16];
+    let (len, _) = host.recv_from(&mut answer).unwrap();
+    assert_eq!(&answer[..len], b"answer");
+
+    // An allowed address wins over a denied block; then the policy opens.
+    let mut guest_sends = |src_port: u16, payload: &[u8]| {
+        let src = SocketAddrV4::new(GUEST_IP, src_port);
+        tap.write_all(&udp_frame(tap_mac, guest_mac, src, listener_addr, payload))
+            .unwrap();
+    };
+    let only_host = Egress {
+        allow: vec![format!("{}", plan.host_ip).parse().unwrap()],
+        deny: vec![Cidr::ANY],
+    };
+    slot.set_egress(&only_host).unwrap();
+    guest_sends(40_002, b"allowed");
+    assert!(received(b"allowed"), "an allowed address was refused");
+    let elsewhere = Egress {
+        allow: vec!["192.0.2.1".parse().unwrap()],
+        deny: vec!["10.0.0.0/8".parse().unwrap()],
+    };
+    slot.set_egress(&elsewhere).unwrap();
+    guest_sends(40_003, b"denied");
+    assert!(
+        !received(b"denied"),
+        "a denied block let the guest's datagram out"
+    );
+    slot.set_egress(&Egress::open()).unwrap();
+    guest_sends(40_004, b"open");
+    assert!(
+        received(b"open"),
+        "an open slot refused the guest's datagram"
     );
 
     drop(tap);

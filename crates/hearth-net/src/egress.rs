@@ -1,0 +1,275 @@
+//! Egress policy: which connections a guest may open to the outside.
+//!
+//! The policy is a chain in the slot's netns table, on the forward hook.
+//! It matches only packets that come from `tap0` in conntrack's *original*
+//! direction, that is connections the guest started. Answers to connections
+//! the host opened (the proxy, the agent) travel in the reply direction and
+//! always pass, so a closed sandbox stays fully usable from the host.
+//! Refused packets are rejected with ICMP "administratively prohibited", so
+//! programs in the guest fail at once instead of waiting for a timeout.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::plan::{NS_TABLE, TAP_NAME};
+
+/// An IPv4 network: an address and a prefix length, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Every IPv4 address.
+    pub const ANY: Cidr = Cidr {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+/// Why a string is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IPv4 address or CIDR block (like 8.8.8.8 or 10.0.0.0/8)")]
+    Malformed(String),
+    #[error("{0:?} is an IPv6 address; sandboxes have IPv4 networking only")]
+    Ipv6(String),
+    #[error("{given:?} has host bits set; the block is {network}")]
+    HostBits { given: String, network: Cidr },
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    /// `a.b.c.d` (a /32) or `a.b.c.d/n`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let malformed = || CidrError::Malformed(s.to_owned());
+        if s.contains(':') {
+            return Err(CidrError::Ipv6(s.to_owned()));
+        }
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => {
+                let prefix: u8 = prefix
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 32 && !prefix.starts_with('+'))
+                    .ok_or_else(malformed)?;
+                (addr, prefix)
+            }
+            None => (s, 32),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| malformed())?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let network = Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        };
+        if network.addr != addr {
+            return Err(CidrError::HostBits {
+                given: s.to_owned(),
+                network,
+            });
+        }
+        Ok(network)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == 32 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which destinations the guest may connect to. Everything is allowed
+/// unless denied, and `allow` wins over `deny`: `deny = [0.0.0.0/0]` with
+/// `allow = [10.1.2.3]` lets the guest reach that one address only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+}
+
+impl Egress {
+    /// Every destination allowed: what a slot has when it is built.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// No connection out at all.
+    pub fn closed() -> Self {
+        Self {
+            allow: Vec::new(),
+            deny: vec![Cidr::ANY],
+        }
+    }
+
+    /// Whether this policy refuses nothing.
+    pub fn is_open(&self) -> bool {
+        self.deny.is_empty()
+    }
+
+    /// The nft script that replaces the slot's policy with this one, in one
+    /// transaction. Run inside the slot's netns.
+    pub(crate) fn nft_script(&self) -> String {
+        let chain = format!("ip {NS_TABLE} egress");
+        let mut script = format!(
+            "add chain {chain} {{ type filter hook forward priority filter; policy accept; }}\n\
+             flush chain {chain}\n"
+        );
+        if self.is_open() {
+            return script;
+        }
+        let guest_started = format!("iifname \"{TAP_NAME}\" ct direction original");
+        if !self.allow.is_empty() {
+            script.push_str(&format!(
+                "add rule {chain} {guest_started} ip daddr {} accept\n",
+                nft_set(&self.allow)
+            ));
+        }
+        let denied = if self.deny.contains(&Cidr::ANY) {
+            String::new()
+        } else {
+            format!(" ip daddr {}", nft_set(&self.deny))
+        };
+        script.push_str(&format!(
+            "add rule {chain} {guest_started}{denied} reject with icmp type admin-prohibited\n"
+        ));
+        script
+    }
+}
+
+/// An anonymous nft set; nft merges overlapping blocks itself.
+fn nft_set(blocks: &[Cidr]) -> String {
+    let items: Vec<String> = blocks.iter().map(Cidr::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_print() {
+        for (given, shown) in [
+            ("8.8.8.8", "8.8.8.8"),
+            ("8.8.8.8/32", "8.8.8.8"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+        ] {
+            let cidr: Cidr = given.parse().unwrap();
+            assert_eq!(cidr.to_string(), shown);
+        }
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap(), Cidr::ANY);
+    }
+
+    #[test]
+    fn bad_cidrs_say_why() {
+        for bad in [
+            "",
+            "example.com",
+            "1.2.3",
+            "1.2.3.4/33",
+            "1.2.3.4/",
+            "1.2.3.4/+8",
+        ] {
+            assert_eq!(
+                bad.parse::<Cidr>(),
+                Err(CidrError::Malformed(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            "::1".parse::<Cidr>(),
+            Err(CidrError::Ipv6("::1".to_owned()))
+        );
+        let err = "10.1.2.3/8".parse::<Cidr>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"10.1.2.3/8\" has host bits set; the block is 10.0.0.0/8"
+        );
+    }
+
+    #[test]
+    fn policies_round_trip_as_json() {
+        let egress = Egress {
+            allow: vec!["1.1.1.1".parse().unwrap()],
+            deny: vec![Cidr::ANY],
+        };
+        let json = serde_json::to_string(&egress).unwrap();
+        assert_eq!(json, r#"{"allow":["1.1.1.1"],"deny":["0.0.0.0/0"]}"#);
+        assert_eq!(serde_json::from_str::<Egress>(&json).unwrap(), egress);
+        assert_eq!(
+            serde_json::from_str::<Egress>("{}").unwrap(),
+            Egress::open()
+        );
+        assert!(serde_json::from_str::<Egress>(r#"{"deny":["10.0.0.1/8"]}"#).is_err());
+    }
+
+    #[test]
+    fn an_open_policy_only_empties_the_chain() {
+        assert_eq!(
+            Egress::open().nft_script(),
+            "add chain ip hearth egress { type filter hook forward priority filter; policy accept; }\n\
+             flush chain ip hearth egress\n"
+        );
+    }
+
+    #[test]
+    fn closed_and_partial_policies() {
+        let closed = Egress::closed().nft_script();
+        assert!(closed.ends_with(
+            "flush chain ip hearth egress\n\
+             add rule ip hearth egress iifname \"tap0\" ct direction original \
+             reject with icmp type admin-prohibited\n"
+        ));
+        let partial = Egress {
+            allow: vec!["10.1.2.3".parse().unwrap()],
+            deny: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.168.0.0/16".parse().unwrap(),
+            ],
+        }
+        .nft_script();
+        let rules: Vec<&str> = partial.lines().skip(2).collect();
+        assert_eq!(
+            rules,
+            [
+                "add rule ip hearth egress iifname \"tap0\" ct direction original \
+                 ip daddr { 10.1.2.3 } accept",
+                "add rule ip hearth egress iifname \"tap0\" ct direction original \
+                 ip daddr { 10.0.0.0/8, 192.168.0.0/16 } reject with icmp type admin-prohibited",
+            ]
+        );
+    }
+}
