@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hearth_net::Slot;
+use hearth_net::{Egress, Slot};
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_vmm::qemu::QemuVm;
 use hearth_vmm::{Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmExit, VmSpec, Vmm};
@@ -39,18 +39,27 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Takes a network slot and starts the VM in it, with its files in
-    /// `run_dir`. On failure the slot is released.
+    /// Takes a network slot, gives it the `egress` policy, and starts the VM
+    /// in it, with its files in `run_dir`. On failure the slot is released.
     pub(crate) async fn launch(
         node: &Node,
         run_dir: &Path,
         machine: &Machine,
         launch: &Launch,
+        egress: &Egress,
     ) -> Result<Self, NodeError> {
         let slots = Arc::clone(&node.slots);
-        let slot = tokio::task::spawn_blocking(move || slots.acquire())
-            .await
-            .expect("slot acquisition does not panic")?;
+        let egress = egress.clone();
+        let slot = tokio::task::spawn_blocking(move || {
+            let slot = slots.acquire()?;
+            if !egress.is_open() {
+                // Dropping the slot on failure removes it.
+                slot.set_egress(&egress)?;
+            }
+            Ok::<_, hearth_net::NetError>(slot)
+        })
+        .await
+        .expect("slot acquisition does not panic")?;
         match Self::start_vm(node, &slot, run_dir, machine, launch).await {
             Ok((vm, agent)) => Ok(Self {
                 slot: Some(slot),
@@ -159,6 +168,20 @@ impl Instance {
         }
         tracing::debug!(ms = started.elapsed().as_millis(), "agent answers");
         Ok(())
+    }
+
+    /// Replaces the egress policy of the VM's slot.
+    pub(crate) async fn set_egress(&mut self, egress: &Egress) -> Result<(), NodeError> {
+        let slot = self.slot.take().expect("a launched instance has a slot");
+        let egress = egress.clone();
+        let (slot, result) = tokio::task::spawn_blocking(move || {
+            let result = slot.set_egress(&egress);
+            (slot, result)
+        })
+        .await
+        .expect("setting the egress policy does not panic");
+        self.slot = Some(slot);
+        Ok(result?)
     }
 
     /// Stops the VM and releases the slot.

@@ -21,6 +21,7 @@ mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use error::NodeError;
+pub use hearth_net::{Cidr, CidrError, Egress};
 pub use instance::last_console_line;
 pub use layout::Layout;
 pub use node::{Node, NodeOptions};

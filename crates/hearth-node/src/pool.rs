@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use hearth_net::Egress;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -82,9 +83,10 @@ impl Pool {
         self.len() == 0
     }
 
-    /// A sandbox restored from the pool's snapshot: a parked one when there
-    /// is one, else restored now. Call [`Sandbox::wait_ready`] next.
-    pub async fn create(&self) -> Result<Sandbox, NodeError> {
+    /// A sandbox restored from the pool's snapshot, with `egress` in force
+    /// before its guest runs: a parked one when there is one, else restored
+    /// now. Call [`Sandbox::wait_ready`] next.
+    pub async fn create(&self, egress: &Egress) -> Result<Sandbox, NodeError> {
         let parked = self.shared.parked().pop_front();
         *self
             .shared
@@ -92,9 +94,19 @@ impl Pool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.shared.claimed.notify_one();
+        let node = &self.shared.node;
         match parked {
-            Some(sandbox) => Ok(sandbox),
-            None => Sandbox::from_snapshot(&self.shared.node, &self.shared.snapshot).await,
+            Some(sandbox) if egress.is_open() => Ok(sandbox),
+            Some(mut sandbox) => match sandbox.set_egress(egress).await {
+                Ok(()) => Ok(sandbox),
+                Err(e) => {
+                    if let Err(cleanup) = sandbox.destroy().await {
+                        tracing::warn!("removing a pooled sandbox: {cleanup}");
+                    }
+                    Err(e)
+                }
+            },
+            None => Sandbox::from_snapshot(node, &self.shared.snapshot, egress).await,
         }
     }
 
@@ -154,7 +166,8 @@ async fn fill(shared: Arc<Shared>) {
 }
 
 async fn park_one(shared: &Shared) -> Result<Sandbox, NodeError> {
-    let mut sandbox = Sandbox::from_snapshot(&shared.node, &shared.snapshot).await?;
+    let mut sandbox =
+        Sandbox::from_snapshot(&shared.node, &shared.snapshot, &Egress::open()).await?;
     match sandbox.park(PARK_TIMEOUT).await {
         Ok(()) => Ok(sandbox),
         Err(e) => {

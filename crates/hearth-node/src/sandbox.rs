@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
 
@@ -50,6 +51,10 @@ struct Origin {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Paused {
     origin: Origin,
+    /// Restored with the sandbox. Records written before egress policies
+    /// existed have none: open.
+    #[serde(default)]
+    egress: Egress,
     /// Unix seconds.
     paused_at: u64,
 }
@@ -63,6 +68,8 @@ pub struct Sandbox {
     lock: Option<File>,
     instance: Option<Instance>,
     origin: Origin,
+    /// The network policy of its slot; pause, resume and fork keep it.
+    egress: Egress,
     /// Restored and warmed up, vCPUs stopped: waiting in a [`crate::Pool`].
     parked: bool,
 }
@@ -74,11 +81,16 @@ impl Sandbox {
     /// far is removed.
     pub async fn create(node: &Node, spec: &SandboxSpec) -> Result<Self, NodeError> {
         let snapshot = node.snapshot(spec).await?;
-        Self::from_snapshot(node, &snapshot).await
+        Self::from_snapshot(node, &snapshot, &Egress::open()).await
     }
 
-    /// Restores a new sandbox from a template snapshot.
-    pub async fn from_snapshot(node: &Node, snapshot: &Snapshot) -> Result<Self, NodeError> {
+    /// Restores a new sandbox from a template snapshot, with `egress` in
+    /// force before the guest runs.
+    pub async fn from_snapshot(
+        node: &Node,
+        snapshot: &Snapshot,
+        egress: &Egress,
+    ) -> Result<Self, NodeError> {
         node.host
             .check(&snapshot.meta.host, "the template snapshot")?;
         let origin = Origin {
@@ -90,7 +102,7 @@ impl Sandbox {
             host: snapshot.meta.host.clone(),
         };
         let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
-        let mut sandbox = Self::claim(node, id, origin)?;
+        let mut sandbox = Self::claim(node, id, origin, egress.clone())?;
         let started = async {
             sandbox.create_dir()?;
             let disk = sandbox.dir.join("disk.qcow2");
@@ -103,7 +115,8 @@ impl Sandbox {
                 state: snapshot.state(),
                 saved: SavedMemory::InFile,
             };
-            sandbox.instance = Some(Instance::launch(node, &sandbox.dir, &machine, &launch).await?);
+            let instance = Instance::launch(node, &sandbox.dir, &machine, &launch, egress).await?;
+            sandbox.instance = Some(instance);
             Ok::<_, NodeError>(())
         }
         .await;
@@ -117,7 +130,7 @@ impl Sandbox {
     }
 
     /// Locks the id; the directory is not created yet.
-    fn claim(node: &Node, id: String, origin: Origin) -> Result<Self, NodeError> {
+    fn claim(node: &Node, id: String, origin: Origin, egress: Egress) -> Result<Self, NodeError> {
         let lock_path = node.layout.sandbox_locks().join(format!("{id}.lock"));
         let lock = try_lock(&lock_path)?.ok_or_else(|| NodeError::Busy(id.clone()))?;
         Ok(Self {
@@ -127,6 +140,7 @@ impl Sandbox {
             lock: Some(lock),
             instance: None,
             origin,
+            egress,
             parked: false,
         })
     }
@@ -178,6 +192,20 @@ impl Sandbox {
 
     fn instance_mut(&mut self) -> &mut Instance {
         self.instance.as_mut().expect("a live sandbox has a VM")
+    }
+
+    /// The network policy in force.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
+    }
+
+    /// Replaces the network policy; it applies to the guest's open
+    /// connections too. For a pooled sandbox, call it before
+    /// [`Sandbox::wait_ready`]: the guest runs only from then.
+    pub async fn set_egress(&mut self, egress: &Egress) -> Result<(), NodeError> {
+        self.instance_mut().set_egress(egress).await?;
+        self.egress = egress.clone();
+        Ok(())
     }
 
     /// Waits until the guest agent answers, then sends `POST /init` with
@@ -249,6 +277,7 @@ impl Sandbox {
         }
         let record = Paused {
             origin: self.origin.clone(),
+            egress: self.egress.clone(),
             paused_at: unix_now(),
         };
         write_json(&self.dir.join(PAUSED), &record)?;
@@ -268,14 +297,14 @@ impl Sandbox {
     pub async fn resume(node: &Node, id: &str) -> Result<Self, NodeError> {
         let paused = node.paused(id)?;
         node.host.check(&paused.origin.host, "the paused sandbox")?;
-        let mut sandbox = Self::claim(node, id.to_owned(), paused.origin)?;
+        let mut sandbox = Self::claim(node, id.to_owned(), paused.origin, paused.egress)?;
         let state = sandbox.dir.join(PAUSED_STATE);
         let machine = sandbox.machine(Memory::Anonymous);
         let launch = Launch::Restore {
             state: state.clone(),
             saved: SavedMemory::Included,
         };
-        match Instance::launch(node, &sandbox.dir, &machine, &launch).await {
+        match Instance::launch(node, &sandbox.dir, &machine, &launch, &sandbox.egress).await {
             Ok(instance) => sandbox.instance = Some(instance),
             Err(e) => {
                 // Keep the directory: the sandbox is still paused.
@@ -324,7 +353,7 @@ impl Sandbox {
         let mut copied = Ok(());
         for _ in 0..count {
             let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
-            let copy = Self::claim(node, id, self.origin.clone())?;
+            let copy = Self::claim(node, id, self.origin.clone(), self.egress.clone())?;
             copies.push(copy);
             let copy = copies.last().expect("just pushed");
             copied = copy.create_dir().and_then(|()| {
@@ -346,7 +375,9 @@ impl Sandbox {
                 state: state.to_owned(),
                 saved: SavedMemory::Included,
             };
-            copy.instance = Some(Instance::launch(node, &copy.dir, &machine, &launch).await?);
+            let instance =
+                Instance::launch(node, &copy.dir, &machine, &launch, &copy.egress).await?;
+            copy.instance = Some(instance);
         }
         Ok(())
     }
@@ -413,7 +444,7 @@ impl Node {
     /// Deletes a paused sandbox.
     pub fn delete_paused(&self, id: &str) -> Result<(), NodeError> {
         let paused = self.paused(id)?;
-        let sandbox = Sandbox::claim(self, id.to_owned(), paused.origin)?;
+        let sandbox = Sandbox::claim(self, id.to_owned(), paused.origin, paused.egress)?;
         drop(sandbox);
         Ok(())
     }

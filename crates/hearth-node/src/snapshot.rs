@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm};
 
@@ -254,7 +255,7 @@ impl Node {
         let launch = Launch::Boot {
             kernel_args: self.kernel_args(template, &template.name),
         };
-        let mut instance = Instance::launch(self, work, &machine, &launch).await?;
+        let mut instance = Instance::launch(self, work, &machine, &launch, &Egress::open()).await?;
         let saved = async {
             instance
                 .wait_ready(boot_timeout, InitRequest::default())

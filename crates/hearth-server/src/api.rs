@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
+use hearth_node::{Cidr, CidrError, Egress};
 
 const API_KEY_HEADER: &str = "x-api-key";
 /// Default sandbox lifetime when a request names none (E2B's).
@@ -139,6 +140,16 @@ const ROUTES: &[Route] = &[
         body: Some("RefreshRequest"),
         responses: &[(204, None)],
         handler: || post(refresh),
+    },
+    Route {
+        method: "put",
+        path: "/sandboxes/{id}/network",
+        operation: "updateSandboxNetwork",
+        summary: "Replace the egress policy of a running sandbox (omitted fields are cleared)",
+        query: &[],
+        body: Some("SandboxNetworkUpdate"),
+        responses: &[(204, None), (409, Some("Error"))],
+        handler: || put(update_network),
     },
     Route {
         method: "post",
@@ -311,12 +322,22 @@ pub fn openapi() -> Value {
 
 fn schemas() -> Value {
     let string_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    let blocks = json!({ "type": "array", "description": "IPv4 addresses or CIDR blocks",
+        "items": { "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" } });
+    let addresses = json!({ "type": "array", "items": { "type": "string", "format": "ipv4" } });
     json!({
         "Error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "integer" }, "message": { "type": "string" } } },
         "NewSandbox": { "type": "object", "required": ["templateID"], "properties": {
             "templateID": { "type": "string" }, "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS },
             "metadata": string_map, "envVars": string_map, "secure": { "type": "boolean" },
-            "allow_internet_access": { "type": "boolean" }, "autoPause": { "type": "boolean" } } },
+            "allow_internet_access": { "type": "boolean" }, "autoPause": { "type": "boolean" },
+            "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } },
+        "SandboxNetworkConfig": { "type": "object", "properties": {
+            "allowOut": blocks, "denyOut": blocks, "dnsServers": addresses,
+            "allowPublicTraffic": { "type": "boolean", "enum": [true] } } },
+        "SandboxNetworkUpdate": { "type": "object", "properties": {
+            "allowOut": blocks, "denyOut": blocks, "dnsServers": addresses,
+            "allow_internet_access": { "type": "boolean" } } },
         "Sandbox": { "type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
             "templateID": { "type": "string" }, "sandboxID": { "type": "string" }, "alias": { "type": "string" },
             "clientID": { "type": "string" }, "envdVersion": { "type": "string" }, "envdAccessToken": { "type": "string" },
@@ -327,7 +348,8 @@ fn schemas() -> Value {
             "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "diskSizeMB": { "type": "integer" },
             "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused"] }, "envdVersion": { "type": "string" } } },
         "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
-            "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" } } } ] },
+            "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" },
+            "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } } ] },
         "TimeoutRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "ForkRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS }, "count": { "type": "integer", "minimum": 1, "maximum": MAX_FORKS } } },
@@ -397,6 +419,91 @@ struct NewSandbox {
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
     auto_pause: Option<bool>,
+    network: Option<Network>,
+}
+
+/// `SandboxNetworkConfig` of a create, and `SandboxNetworkUpdate`: the
+/// egress lists Hearth enforces, and the E2B fields it does not, kept only
+/// to refuse them by name rather than ignore them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Network {
+    allow_out: Option<Vec<String>>,
+    deny_out: Option<Vec<String>>,
+    dns_servers: Option<Vec<String>>,
+    allow_public_traffic: Option<bool>,
+    mask_request_host: Option<String>,
+    egress_proxy: Option<Value>,
+    https_ports: Option<Vec<Value>>,
+    rules: Option<serde_json::Map<String, Value>>,
+    /// Only in an update.
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+}
+
+/// The policy that `allow_internet_access` and `network` ask for together:
+/// `false` denies every address, and `allowOut` wins over any denial.
+fn egress(allow_internet_access: Option<bool>, network: &Network) -> Result<Egress, ApiError> {
+    let unsupported = [
+        (
+            network.allow_public_traffic == Some(false),
+            "allowPublicTraffic=false",
+        ),
+        (network.mask_request_host.is_some(), "maskRequestHost"),
+        (
+            network.egress_proxy.as_ref().is_some_and(|p| !p.is_null()),
+            "egressProxy",
+        ),
+        (
+            network.https_ports.as_ref().is_some_and(|p| !p.is_empty()),
+            "httpsPorts",
+        ),
+        (
+            network.rules.as_ref().is_some_and(|r| !r.is_empty()),
+            "rules",
+        ),
+    ];
+    if let Some((_, field)) = unsupported.iter().find(|(given, _)| *given) {
+        return Err(ApiError::bad_request(format!(
+            "network.{field} is not supported by this server"
+        )));
+    }
+    for server in network.dns_servers.iter().flatten() {
+        if server.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(ApiError::bad_request(format!(
+                "network.dnsServers: {server:?} is not an IPv4 address"
+            )));
+        }
+    }
+    let blocks = |list: &Option<Vec<String>>, field: &str| -> Result<Vec<Cidr>, ApiError> {
+        let mut blocks = Vec::new();
+        for entry in list.iter().flatten() {
+            let block = entry.parse::<Cidr>().map_err(|e| {
+                let domain = matches!(e, CidrError::Malformed(_))
+                    && entry.chars().any(|c| c.is_ascii_alphabetic() || c == '*');
+                ApiError::bad_request(if domain {
+                    format!(
+                        "network.{field}: {entry:?}: domain names are not supported by this \
+                         server; give IPv4 addresses or CIDR blocks"
+                    )
+                } else {
+                    format!("network.{field}: {e}")
+                })
+            })?;
+            if !blocks.contains(&block) {
+                blocks.push(block);
+            }
+        }
+        Ok(blocks)
+    };
+    let mut egress = Egress {
+        allow: blocks(&network.allow_out, "allowOut")?,
+        deny: blocks(&network.deny_out, "denyOut")?,
+    };
+    if allow_internet_access == Some(false) && !egress.deny.contains(&Cidr::ANY) {
+        egress.deny.push(Cidr::ANY);
+    }
+    Ok(egress)
 }
 
 fn rfc3339_ms(ms: i64) -> String {
@@ -450,6 +557,9 @@ fn detail_json(api: &Api, r: &SandboxRecord) -> Value {
     if let Some(token) = &r.envd_access_token {
         v["envdAccessToken"] = json!(token);
     }
+    if !r.egress.is_open() || !r.egress.allow.is_empty() {
+        v["network"] = json!({ "allowOut": r.egress.allow, "denyOut": r.egress.deny });
+    }
     v
 }
 
@@ -483,15 +593,11 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         metadata: new.metadata.unwrap_or_default(),
         env_vars: new.env_vars.unwrap_or_default(),
         secure: new.secure.unwrap_or(false),
-        allow_internet_access: match new.allow_internet_access {
-            // Egress policy is not enforced yet: refuse rather than pretend.
-            Some(false) => {
-                return Err(ApiError::bad_request(
-                    "allow_internet_access=false is not supported yet: sandboxes always have internet access",
-                ));
-            }
-            _ => true,
-        },
+        allow_internet_access: new.allow_internet_access != Some(false),
+        egress: egress(
+            new.allow_internet_access,
+            new.network.as_ref().unwrap_or(&Network::default()),
+        )?,
         auto_pause: new.auto_pause.unwrap_or(false),
     };
     let record = api.manager.create(request).await?;
@@ -616,6 +722,21 @@ async fn detail(
 
 async fn kill(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     api.manager.kill(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /sandboxes/{id}/network`: the whole policy is replaced, so an
+/// omitted field is cleared.
+async fn update_network(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let network: Network = body(&bytes)?;
+    let egress = egress(network.allow_internet_access, &network)?;
+    api.manager
+        .set_network(&id, network.allow_internet_access != Some(false), egress)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -795,6 +916,62 @@ async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn network(json: Value) -> Network {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn egress_from_a_request() {
+        let none = Network::default();
+        assert_eq!(egress(None, &none).unwrap(), Egress::open());
+        assert_eq!(egress(Some(true), &none).unwrap(), Egress::open());
+        assert_eq!(egress(Some(false), &none).unwrap(), Egress::closed());
+        let lists = network(json!({
+            "allowOut": ["10.1.2.3", "10.1.2.3/32"],
+            "denyOut": ["0.0.0.0/0", "10.0.0.0/8"],
+            "dnsServers": ["8.8.8.8"],
+            "allowPublicTraffic": true,
+        }));
+        let got = egress(Some(false), &lists).unwrap();
+        assert_eq!(got.allow, ["10.1.2.3".parse().unwrap()]);
+        assert_eq!(got.deny, [Cidr::ANY, "10.0.0.0/8".parse().unwrap()]);
+    }
+
+    #[test]
+    fn egress_refusals_name_the_field() {
+        for (json, message) in [
+            (
+                json!({ "allowOut": ["api.example.com"] }),
+                "network.allowOut: \"api.example.com\": domain names are not supported",
+            ),
+            (
+                json!({ "denyOut": ["10.1.0.0/8"] }),
+                "network.denyOut: \"10.1.0.0/8\" has host bits set; the block is 10.0.0.0/8",
+            ),
+            (
+                json!({ "denyOut": ["::/0"] }),
+                "network.denyOut: \"::/0\" is an IPv6",
+            ),
+            (
+                json!({ "dnsServers": ["dns"] }),
+                "network.dnsServers: \"dns\"",
+            ),
+            (
+                json!({ "allowPublicTraffic": false }),
+                "network.allowPublicTraffic=false is not",
+            ),
+            (
+                json!({ "maskRequestHost": "x" }),
+                "network.maskRequestHost is not",
+            ),
+            (json!({ "rules": { "a.com": [] } }), "network.rules is not"),
+        ] {
+            let err = egress(None, &network(json.clone())).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(message), "{json}: {}", err.message);
+        }
+    }
 
     #[test]
     fn the_document_covers_every_route_and_schema() {

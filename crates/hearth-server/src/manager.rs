@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_node::{Node, NodeError, Pool, Sandbox, SandboxSpec};
+use hearth_node::{Egress, Node, NodeError, Pool, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
 use tokio::sync::Mutex;
 
@@ -40,6 +40,8 @@ pub struct CreateRequest {
     pub env_vars: BTreeMap<String, String>,
     pub secure: bool,
     pub allow_internet_access: bool,
+    /// Includes `allow_internet_access`.
+    pub egress: Egress,
     pub auto_pause: bool,
 }
 
@@ -145,7 +147,7 @@ impl Manager {
 
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
         let pool = self.pool(&request.template).await?;
-        let mut sandbox = pool.create().await?;
+        let mut sandbox = pool.create(&request.egress).await?;
         let token = if request.secure {
             Some(new_token().map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))?)
         } else {
@@ -177,6 +179,7 @@ impl Manager {
             envd_access_token: token,
             auto_pause: request.auto_pause,
             allow_internet_access: request.allow_internet_access,
+            egress: request.egress,
         };
         if let Err(e) = self.store.insert_sandbox(&record) {
             let _ = sandbox.destroy().await;
@@ -244,6 +247,29 @@ impl Manager {
         let record = self.get(id)?;
         let end = now_ms().saturating_add(secs_ms(secs)).max(record.end_at_ms);
         self.store.set_end_at(id, end)?;
+        Ok(())
+    }
+
+    /// Replaces the egress policy of a running sandbox; it applies to its
+    /// open connections too.
+    pub async fn set_network(
+        &self,
+        id: &str,
+        allow_internet_access: bool,
+        egress: Egress,
+    ) -> Result<(), ApiError> {
+        let record = self.get(id)?;
+        if record.state == SandboxState::Paused {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is paused; resume it to change its network"
+            )));
+        }
+        let entry = self.live.lock().await.get(id).cloned();
+        let entry = entry.ok_or_else(|| not_found(id))?;
+        let mut live = entry.lock().await;
+        let live = live.as_mut().ok_or_else(|| not_found(id))?;
+        live.sandbox.set_egress(&egress).await?;
+        self.store.set_egress(id, allow_internet_access, &egress)?;
         Ok(())
     }
 

@@ -21,10 +21,12 @@ use rusqlite::types::{ToSql, Value};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
+use hearth_node::Egress;
+
 use crate::keys;
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,9 +62,12 @@ CREATE INDEX sandboxes_by_start ON sandboxes (started_at_ms DESC, sandbox_id);
 CREATE INDEX sandboxes_by_end ON sandboxes (state, end_at_ms);
 ";
 
+/// Version 2: each sandbox's egress policy, as JSON.
+const SCHEMA_2: &str = "ALTER TABLE sandboxes ADD COLUMN egress TEXT NOT NULL DEFAULT '{}';";
+
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
-    auto_pause, allow_internet_access";
+    auto_pause, allow_internet_access, egress";
 
 const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked";
 
@@ -181,6 +186,9 @@ pub struct SandboxRecord {
     pub envd_access_token: Option<String>,
     pub auto_pause: bool,
     pub allow_internet_access: bool,
+    /// What the guest may connect to (`allow_internet_access` and the
+    /// request's `network` lists together).
+    pub egress: Egress,
 }
 
 /// Which sandboxes [`Store::list_sandboxes`] returns.
@@ -279,6 +287,9 @@ impl Store {
         }
         if version < 1 {
             tx.execute_batch(SCHEMA).map_err(self.query())?;
+        }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_2).map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
@@ -418,7 +429,7 @@ impl Store {
         let result = self.lock().execute(
             &format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             row.params(),
         );
@@ -454,12 +465,30 @@ impl Store {
                 "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
-                 auto_pause = ?14, allow_internet_access = ?15 \
+                 auto_pause = ?14, allow_internet_access = ?15, egress = ?16 \
                  WHERE sandbox_id = ?1",
                 row.params(),
             )
             .map_err(self.query())?;
         found(changed, &record.sandbox_id)
+    }
+
+    /// Sets the network fields of sandbox `id`.
+    pub fn set_egress(
+        &self,
+        id: &str,
+        allow_internet_access: bool,
+        egress: &Egress,
+    ) -> Result<(), StoreError> {
+        let egress = serde_json::to_string(egress).expect("a policy serialises");
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE sandboxes SET allow_internet_access = ?2, egress = ?3 WHERE sandbox_id = ?1",
+                params![id, allow_internet_access, egress],
+            )
+            .map_err(self.query())?;
+        found(changed, id)
     }
 
     /// Sets the state of sandbox `id`.
@@ -634,6 +663,7 @@ struct SandboxRow {
     envd_access_token: Option<String>,
     auto_pause: bool,
     allow_internet_access: bool,
+    egress: String,
 }
 
 impl SandboxRow {
@@ -654,11 +684,12 @@ impl SandboxRow {
             envd_access_token: r.envd_access_token.clone(),
             auto_pause: r.auto_pause,
             allow_internet_access: r.allow_internet_access,
+            egress: serde_json::to_string(&r.egress).expect("a policy serialises"),
         }
     }
 
-    /// The 15 values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 15] {
+    /// The 16 values in [`SANDBOX_COLUMNS`] order.
+    fn params(&self) -> [&dyn ToSql; 16] {
         [
             &self.sandbox_id,
             &self.template_id,
@@ -675,6 +706,7 @@ impl SandboxRow {
             &self.envd_access_token,
             &self.auto_pause,
             &self.allow_internet_access,
+            &self.egress,
         ]
     }
 
@@ -695,6 +727,7 @@ impl SandboxRow {
             envd_access_token: row.get(12)?,
             auto_pause: row.get(13)?,
             allow_internet_access: row.get(14)?,
+            egress: row.get(15)?,
         })
     }
 
@@ -710,6 +743,9 @@ impl SandboxRow {
             .map_err(|err| store.corrupt(format_args!("sandbox {}: {err}", self.sandbox_id)))?;
         let metadata = map(&self.metadata, "metadata")?;
         let env_vars = map(&self.env_vars, "env_vars")?;
+        let egress = serde_json::from_str(&self.egress).map_err(|err| {
+            store.corrupt(format_args!("sandbox {}: egress: {err}", self.sandbox_id))
+        })?;
         Ok(SandboxRecord {
             sandbox_id: self.sandbox_id,
             template_id: self.template_id,
@@ -726,6 +762,7 @@ impl SandboxRow {
             envd_access_token: self.envd_access_token,
             auto_pause: self.auto_pause,
             allow_internet_access: self.allow_internet_access,
+            egress,
         })
     }
 }
@@ -809,6 +846,7 @@ mod tests {
             envd_access_token: None,
             auto_pause: false,
             allow_internet_access: true,
+            egress: Egress::open(),
         }
     }
 
@@ -861,6 +899,32 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_store_is_upgraded_with_open_egress() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO sandboxes VALUES ('old', 'base', NULL, 'c', 'paused', '{}', '{}', \
+                 1, 2, 2, 512, 0, NULL, 0, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.get_sandbox("old").unwrap().unwrap();
+        assert_eq!(old.state, SandboxState::Paused);
+        assert_eq!(old.egress, Egress::open());
+        let version: i64 = store
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let (dir, store) = open_temp();
         store
@@ -869,7 +933,7 @@ mod tests {
             .unwrap();
         drop(store);
         let err = Store::open(&dir.path().join("state/hearth.db")).unwrap_err();
-        assert!(matches!(err, StoreError::TooNew { found: 2, .. }), "{err}");
+        assert!(matches!(err, StoreError::TooNew { found: 3, .. }), "{err}");
     }
 
     #[test]
@@ -953,6 +1017,7 @@ mod tests {
         rec.secure = true;
         rec.auto_pause = true;
         rec.allow_internet_access = false;
+        rec.egress = Egress::closed();
         store.update_sandbox(&rec).unwrap();
         assert_eq!(store.get_sandbox("sbx1").unwrap().unwrap(), rec);
 
@@ -960,6 +1025,15 @@ mod tests {
         store.set_end_at("sbx1", 42).unwrap();
         let got = store.get_sandbox("sbx1").unwrap().unwrap();
         assert_eq!(got.state, SandboxState::Running);
+        assert_eq!(got.end_at_ms, 42);
+        let only_host = Egress {
+            allow: vec!["10.0.0.1".parse().unwrap()],
+            deny: vec![hearth_node::Cidr::ANY],
+        };
+        store.set_egress("sbx1", true, &only_host).unwrap();
+        let got = store.get_sandbox("sbx1").unwrap().unwrap();
+        assert!(got.allow_internet_access);
+        assert_eq!(got.egress, only_host);
         assert_eq!(got.end_at_ms, 42);
 
         let missing = sandbox("ghost", 0);
@@ -969,6 +1043,10 @@ mod tests {
         ));
         assert!(matches!(
             store.set_state("ghost", SandboxState::Killed),
+            Err(StoreError::NoSandbox(_))
+        ));
+        assert!(matches!(
+            store.set_egress("ghost", true, &Egress::open()),
             Err(StoreError::NoSandbox(_))
         ));
         assert!(matches!(

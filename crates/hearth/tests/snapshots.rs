@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{assert_nothing_left, data_dir};
-use hearth_node::{Layout, Node, NodeOptions, Sandbox, SandboxSpec};
+use hearth_node::{Egress, Layout, Node, NodeOptions, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
 use hearth_proto::process::process_event::{Event, data_event::Output};
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -280,7 +280,10 @@ fn pooled_sandboxes_are_fresh_and_the_pool_refills_and_cleans_up() {
         assert_eq!(pool.len(), 2);
         // Parked VMs run no guest code: their clocks stand still.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut sandbox = pool.create().await.expect("a parked sandbox");
+        let mut sandbox = pool
+            .create(&Egress::open())
+            .await
+            .expect("a parked sandbox");
         let init = InitRequest {
             env_vars: Some(HashMap::from([("POOLED".into(), "yes".into())])),
             ..InitRequest::default()

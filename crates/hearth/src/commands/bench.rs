@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use futures_util::future::join_all;
-use hearth_node::{Layout, Node, NodeOptions, Pool, Sandbox, SandboxSpec};
+use hearth_node::{Egress, Layout, Node, NodeOptions, Pool, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
 use hearth_proto::process::process_event::Event;
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -184,7 +184,7 @@ async fn measure(args: &BenchArgs, layout: &Layout) -> anyhow::Result<Report> {
 
     note(args, "creates that restore the snapshot");
     let create_restore = creates(args, None, || async {
-        Ok(Sandbox::from_snapshot(&node, &snapshot).await?)
+        Ok(Sandbox::from_snapshot(&node, &snapshot, &Egress::open()).await?)
     })
     .await?;
 
@@ -194,7 +194,10 @@ async fn measure(args: &BenchArgs, layout: &Layout) -> anyhow::Result<Report> {
         snapshot.clone(),
         args.pool.max(args.concurrent),
     );
-    let create_pooled = creates(args, Some(&pool), || async { Ok(pool.create().await?) }).await;
+    let create_pooled = creates(args, Some(&pool), || async {
+        Ok(pool.create(&Egress::open()).await?)
+    })
+    .await;
     pool.close().await;
     let create_pooled = create_pooled?;
 

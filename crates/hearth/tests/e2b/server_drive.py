@@ -11,7 +11,10 @@ Prints `figure name=value` lines and ends with `all checks passed`.
 
 import json
 import os
+import socket
+import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,9 +62,11 @@ def api_routes():
     )
     check("unknown template → 404", status == 404, (status, body))
     status, _, body = http(
-        "POST", "/v2/sandboxes", {"templateID": "base", "allow_internet_access": False}, {"X-API-Key": KEY}
+        "POST", "/v2/sandboxes", {"templateID": "base", "network": {"allowOut": ["api.example.com"]}},
+        {"X-API-Key": KEY},
     )
-    check("closed egress is refused, not ignored", status == 400 and b"allow_internet_access" in body, (status, body))
+    check("a domain in allowOut is refused, not ignored", status == 400 and b"network.allowOut" in body,
+          (status, body))
     status, _, body = http("GET", "/sandboxes/doesnotexist", headers={"X-API-Key": KEY})
     check("unknown sandbox → 404", status == 404, (status, body))
     status, _, body = http("GET", "/templates", headers={"X-API-Key": KEY})
@@ -221,6 +226,107 @@ def timeouts():
     except (NotFoundException, SandboxException):
         check("timed-out sandbox is killed", True)
 
+    kept = Sandbox.create(timeout=60, lifecycle={"on_timeout": "pause"})
+    kept.files.write("/home/user/kept-on-timeout", "yes")
+    kept.set_timeout(2)
+    time.sleep(3.5)
+    state = kept.get_info().state
+    check("with autoPause a timed-out sandbox is paused", str(state).endswith("paused"), state)
+    again = Sandbox.connect(kept.sandbox_id)
+    check("and resumes with its files", again.files.read("/home/user/kept-on-timeout") == "yes")
+    again.kill()
+
+
+class Listener:
+    """A TCP server on every host address; records what each connection sends."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("0.0.0.0", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.seen = set()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while chunk := conn.recv(64):
+                    data += chunk
+                self.seen.add(data.decode().strip())
+
+    def got(self, tag):
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if tag in self.seen:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def host_address():
+    """A global IPv4 address of this host: outside every sandbox, as the
+    internet is. A guest reaches it through its slot like any destination."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        addr = line.split()[3].split("/")[0]
+        if not addr.startswith("10.200."):
+            return addr
+    raise SystemExit(f"FAILED: no global IPv4 address on this host to play the internet:\n{out}")
+
+
+def egress():
+    ip, listener = host_address(), Listener()
+
+    def reach(sbx, tag):
+        """Whether the guest's connection got through; the guest's error otherwise."""
+        out = sbx.commands.run(
+            f"timeout 10 bash -c 'echo {tag} > /dev/tcp/{ip}/{listener.port}' 2>&1; echo rc=$?"
+        )
+        return out.stdout.endswith("rc=0\n") and listener.got(tag), out.stdout
+
+    opened = Sandbox.create()
+    ok, out = reach(opened, "open")
+    check("an open sandbox connects out", ok, out)
+    opened.kill()
+
+    closed = Sandbox.create(allow_internet_access=False)
+    t = time.monotonic()
+    ok, out = reach(closed, "closed")
+    check("a closed sandbox cannot connect out, and fails at once",
+          not ok and "No route to host" in out and time.monotonic() - t < 5, out)
+    check("  nor did the connection arrive", "closed" not in listener.seen)
+    check("  while the proxy and its agent still work", closed.files.read("/etc/hostname").strip() == closed.sandbox_id)
+    status, _, body = http("GET", f"/sandboxes/{closed.sandbox_id}", headers={"X-API-Key": KEY})
+    detail = json.loads(body)
+    check("its detail reports the policy",
+          detail["allowInternetAccess"] is False and detail["network"]["denyOut"] == ["0.0.0.0/0"], detail)
+
+    only = Sandbox.create(network={"deny_out": ["0.0.0.0/0"], "allow_out": [ip]})
+    ok, out = reach(only, "allowed")
+    check("allowOut wins over denyOut", ok, out)
+    only.update_network({"deny_out": [f"{ip}/32"]})
+    ok, out = reach(only, "updated")
+    check("an update closes a running sandbox", not ok and "No route to host" in out, out)
+    only.update_network({})
+    ok, out = reach(only, "reopened")
+    check("an empty update opens it again", ok, out)
+    only.kill()
+
+    closed.pause()
+    again = Sandbox.connect(closed.sandbox_id)
+    ok, out = reach(again, "resumed")
+    check("a resumed sandbox keeps its policy", not ok and "No route to host" in out, out)
+    copy = again.fork(count=1)[0]
+    ok, out = reach(copy, "forked")
+    check("a fork keeps its parent's policy", not ok and "No route to host" in out, out)
+    copy.kill()
+    again.kill()
+
 
 def secure():
     """The SDK creates through POST /v2/sandboxes, which is always secure: the
@@ -296,6 +402,7 @@ def main():
         user_port(sbx)
         proxy_protocols(sbx)
         timeouts()
+        egress()
         secure()
         fork(sbx)
         pause(sbx)
