@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
-use hearth_proto::process::{ProcessEvent, StartRequest, StartResponse};
+use hearth_proto::process::process_event::Event;
+use hearth_proto::process::{ProcessConfig, ProcessEvent, StartRequest, StartResponse};
 
 /// Largest process event accepted from the agent (it sends chunks of at
 /// most tens of KiB).
@@ -192,6 +193,27 @@ impl AgentClient {
             });
         }
         Ok(())
+    }
+
+    /// Runs `cmd` with `args` as the default user, output discarded, and
+    /// returns its exit code.
+    pub async fn run(&self, cmd: &str, args: &[&str]) -> Result<i32, AgentError> {
+        let request = StartRequest {
+            process: Some(ProcessConfig {
+                cmd: cmd.to_owned(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                ..ProcessConfig::default()
+            }),
+            stdin: Some(false),
+            ..StartRequest::default()
+        };
+        let mut stream = self.start(&request).await?;
+        while let Some(event) = stream.next().await? {
+            if let Some(Event::End(end)) = event.event {
+                return Ok(end.exit_code);
+            }
+        }
+        Err(AgentError::Truncated)
     }
 
     /// `process.Process/Start`: starts a process and streams its events.

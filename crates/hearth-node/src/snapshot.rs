@@ -31,9 +31,9 @@ use crate::node::lock_wait;
 use crate::{Node, NodeError, SandboxSpec};
 
 const META: &str = "snapshot.json";
-/// Version of how a snapshot is made (the guest kernel arguments above
-/// all); part of the key, so a new recipe takes new snapshots.
-const RECIPE: &str = "2";
+/// Version of how a snapshot is made (the guest kernel arguments, the
+/// warm-up); part of the key, so a new recipe takes new snapshots.
+const RECIPE: &str = "3";
 
 /// What a saved VM state depends on besides its own files. A state loads only
 /// where all of it matches.
@@ -260,6 +260,7 @@ impl Node {
             instance
                 .wait_ready(boot_timeout, InitRequest::default())
                 .await?;
+            instance.warm_up().await;
             instance
                 .vm
                 .save(&work.join("state"), SavedMemory::InFile)

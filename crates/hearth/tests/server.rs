@@ -142,7 +142,8 @@ fn cli(server: &Server, data: &Path, args: &[&str]) -> String {
 }
 
 /// The CLI over the API: the paused sandbox is listed; a new one is
-/// created, listed, has logs and is killed.
+/// created without internet access, listed, runs commands, has logs and
+/// is killed.
 fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
     let listed: serde_json::Value =
         serde_json::from_str(&cli(server, data, &["list", "--json"])).unwrap();
@@ -158,9 +159,13 @@ fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
         })
         .collect();
     assert_eq!(states, [(paused, "paused")]);
-    let id = cli(server, data, &["create", "--metadata", "via=cli"])
-        .trim()
-        .to_owned();
+    let id = cli(
+        server,
+        data,
+        &["create", "--metadata", "via=cli", "--no-internet"],
+    )
+    .trim()
+    .to_owned();
     assert_eq!(id.len(), 20, "{id}");
     let table = cli(server, data, &["list"]);
     assert!(
@@ -185,6 +190,20 @@ fn cli_round_trip(server: &Server, data: &Path, paused: &str) {
     assert_eq!(exec.status.code(), Some(3), "{}", text(&exec.stderr));
     assert_eq!(text(&exec.stdout), "through the proxy\n");
     assert_eq!(text(&exec.stderr), "oops\n");
+    // --no-internet: a connection the guest starts is refused at once.
+    let refused = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["sandbox", "exec", &id, "--", "bash", "-c"])
+        .arg("timeout 5 bash -c 'echo > /dev/tcp/192.0.2.2/80'")
+        .env("HEARTH_DATA_DIR", data)
+        .env("HEARTH_API_URL", &server.url)
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        text(&refused.stderr).contains("No route to host"),
+        "{}",
+        text(&refused.stderr)
+    );
     let logs = cli(server, data, &["logs", &id]);
     assert!(logs.contains("applied /init"), "{logs}");
     assert_eq!(

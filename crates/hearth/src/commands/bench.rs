@@ -2,7 +2,6 @@
 //! measured on real sandboxes. A table for people, `--json` for machines.
 //! What each figure means is in docs/bench.md.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +11,6 @@ use clap::Args;
 use futures_util::future::join_all;
 use hearth_node::{Egress, Layout, Node, NodeOptions, Pool, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
-use hearth_proto::process::process_event::Event;
-use hearth_proto::process::{ProcessConfig, StartRequest};
 use hearth_vmm::AccelChoice;
 use serde::Serialize;
 
@@ -300,28 +297,12 @@ async fn create_ready(node: &Node, spec: &SandboxSpec) -> anyhow::Result<Sandbox
     Ok(sandbox)
 }
 
-/// Runs `true` and waits for its end event.
+/// Runs `true` and waits for its end.
 async fn run_true(sandbox: &Sandbox) -> anyhow::Result<()> {
-    let request = StartRequest {
-        process: Some(ProcessConfig {
-            cmd: "true".into(),
-            args: Vec::new(),
-            envs: HashMap::new(),
-            cwd: None,
-        }),
-        stdin: Some(false),
-        ..StartRequest::default()
-    };
-    let mut stream = sandbox.agent().start(&request).await?;
-    while let Some(event) = stream.next().await? {
-        if let Some(Event::End(end)) = event.event {
-            if end.exit_code != 0 {
-                bail!("`true` exited with {}", end.exit_code);
-            }
-            return Ok(());
-        }
+    match sandbox.agent().run("true", &[]).await? {
+        0 => Ok(()),
+        code => bail!("`true` exited with {code}"),
     }
-    bail!("the process stream ended without an end event")
 }
 
 async fn exec_round_trips(sandbox: &Sandbox, count: usize) -> anyhow::Result<Latency> {

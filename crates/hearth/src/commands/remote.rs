@@ -47,6 +47,16 @@ pub(crate) struct CreateArgs {
     /// Metadata entry (repeatable).
     #[arg(long = "metadata", short = 'm', value_name = "KEY=VALUE", value_parser = super::sandbox::parse_env)]
     metadata: Vec<(String, String)>,
+    /// Refuse every connection the sandbox starts (`--allow-out` still wins).
+    #[arg(long)]
+    no_internet: bool,
+    /// IPv4 address or CIDR block the sandbox may connect to even when
+    /// denied (repeatable).
+    #[arg(long = "allow-out", value_name = "CIDR")]
+    allow_out: Vec<String>,
+    /// IPv4 address or CIDR block the sandbox may not connect to (repeatable).
+    #[arg(long = "deny-out", value_name = "CIDR")]
+    deny_out: Vec<String>,
 }
 
 #[derive(Args)]
@@ -185,6 +195,8 @@ pub(crate) fn create(args: CreateArgs, layout: &Layout) -> CommandResult {
         "timeout": args.timeout,
         "envVars": args.envs.into_iter().collect::<BTreeMap<_, _>>(),
         "metadata": args.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        "allow_internet_access": !args.no_internet,
+        "network": { "allowOut": args.allow_out, "denyOut": args.deny_out },
     });
     run(
         &args.remote,
