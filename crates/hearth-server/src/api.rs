@@ -223,6 +223,16 @@ const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/sandboxes/{id}/logs",
+        operation: "getSandboxLogsV1",
+        summary: "The guest console since create or resume, as lines and as entries",
+        query: &[("limit", "the last this many lines")],
+        body: None,
+        responses: &[(200, Some("SandboxLogsV1"))],
+        handler: || get(logs_v1),
+    },
+    Route {
+        method: "get",
         path: "/v2/sandboxes/{id}/logs",
         operation: "getSandboxLogs",
         summary: "The guest console since create or resume",
@@ -233,6 +243,16 @@ const ROUTES: &[Route] = &[
         body: None,
         responses: &[(200, Some("SandboxLogs"))],
         handler: || get(logs),
+    },
+    Route {
+        method: "get",
+        path: "/templates/aliases/{alias}",
+        operation: "getTemplateByAlias",
+        summary: "The template an alias names",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("TemplateAlias"))],
+        handler: || get(template_alias),
     },
     Route {
         method: "get",
@@ -290,8 +310,12 @@ pub fn openapi() -> Value {
                 json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
             })
             .collect();
-        if route.path.contains("{id}") {
-            parameters.push(json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }));
+        let path_names = route
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'));
+        for name in path_names {
+            parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
         }
         let mut operation = json!({
             "operationId": route.operation,
@@ -360,8 +384,15 @@ fn schemas() -> Value {
             "cpuUsedPct": { "type": "number" }, "memUsed": { "type": "integer" }, "memTotal": { "type": "integer" }, "memCache": { "type": "integer" },
             "diskUsed": { "type": "integer" }, "diskTotal": { "type": "integer" } } },
         "SandboxesWithMetrics": { "type": "object", "properties": { "sandboxes": { "type": "object", "additionalProperties": { "$ref": "#/components/schemas/SandboxMetric" } } } },
-        "SandboxLogs": { "type": "object", "properties": { "logs": { "type": "array", "items": { "type": "object", "properties": {
-            "timestamp": { "type": "string", "format": "date-time" }, "level": { "type": "string" }, "message": { "type": "string" }, "fields": string_map } } } } },
+        "SandboxLogEntry": { "type": "object", "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "level": { "type": "string" }, "message": { "type": "string" }, "fields": string_map } },
+        "SandboxLogs": { "type": "object", "properties": { "logs": { "type": "array", "items": { "$ref": "#/components/schemas/SandboxLogEntry" } } } },
+        "SandboxLogsV1": { "type": "object", "properties": {
+            "logs": { "type": "array", "items": { "type": "object", "properties": {
+                "timestamp": { "type": "string", "format": "date-time" }, "line": { "type": "string" } } } },
+            "logEntries": { "type": "array", "items": { "$ref": "#/components/schemas/SandboxLogEntry" } } } },
+        "TemplateAlias": { "type": "object", "required": ["templateID", "public"], "properties": {
+            "templateID": { "type": "string" }, "public": { "type": "boolean" } } },
         "Template": { "type": "object", "properties": {
             "templateID": { "type": "string" }, "buildID": { "type": "string" }, "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" },
             "diskSizeMB": { "type": "integer" }, "public": { "type": "boolean" }, "aliases": { "type": "array", "items": { "type": "string" } },
@@ -850,6 +881,27 @@ struct LogParams {
     level: Option<String>,
 }
 
+/// `GET /sandboxes/{id}/logs`: the v2 entries, and the same as plain lines.
+async fn logs_v1(
+    state: State<Arc<Api>>,
+    id: Path<String>,
+    Query(params): Query<LogParams>,
+) -> Result<Json<Value>, ApiError> {
+    let params = LogParams {
+        level: None,
+        ..params
+    };
+    let Json(mut entries) = logs(state, id, Query(params)).await?;
+    let entries = entries["logs"].take();
+    let lines: Vec<Value> = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| json!({ "timestamp": e["timestamp"], "line": e["message"] }))
+        .collect();
+    Ok(Json(json!({ "logs": lines, "logEntries": entries })))
+}
+
 /// `GET /v2/sandboxes/{id}/logs`: the guest's console since create or resume.
 async fn logs(
     State(api): State<Arc<Api>>,
@@ -911,6 +963,27 @@ async fn fork(
 async fn templates(State(api): State<Arc<Api>>) -> Result<Json<Value>, ApiError> {
     let list = api.manager.templates()?;
     Ok(Json(Value::Array(list)))
+}
+
+async fn template_alias(
+    State(api): State<Arc<Api>>,
+    Path(alias): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let named = |t: &Value| {
+        t["templateID"] == alias.as_str()
+            || t["aliases"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == alias.as_str()))
+    };
+    let template = api
+        .manager
+        .templates()?
+        .into_iter()
+        .find(named)
+        .ok_or_else(|| ApiError::not_found(format!("template alias '{alias}' not found")))?;
+    Ok(Json(
+        json!({ "templateID": template["templateID"], "public": template["public"] }),
+    ))
 }
 
 #[cfg(test)]

@@ -94,13 +94,32 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
             ),
         ));
     }
-    let addr = api.manager.address(&target.sandbox, target.port).await?;
+    // E2B's proxy answers 502 for a sandbox that is gone or paused, and
+    // for a closed port; the SDKs tell the two apart by the message
+    // ("was not found", "port is not open"): `is_running()` is false on the
+    // first, and a command raises SandboxNotRunningException.
+    let id = &target.sandbox;
+    let addr = match api.manager.address(id, target.port).await {
+        Ok(addr) => addr,
+        Err(e) if matches!(e.status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) => {
+            let paused = if e.status == StatusCode::CONFLICT {
+                ": it is paused; connect to it to resume it"
+            } else {
+                ""
+            };
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("The sandbox {id} was not found{paused}"),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let stream = TcpStream::connect(addr).await.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             format!(
-                "port {} of sandbox {} is not open: {e}",
-                target.port, target.sandbox
+                "The sandbox {id} is running but port is not open: port {}: {e}",
+                target.port
             ),
         )
     })?;

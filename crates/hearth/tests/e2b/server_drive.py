@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 
 from e2b import PtySize, Sandbox, SandboxQuery
-from e2b.exceptions import NotFoundException, SandboxException
+from e2b.exceptions import NotFoundException, SandboxException, SandboxNotRunningException
 
 API = os.environ["E2B_API_URL"]
 KEY = os.environ["E2B_API_KEY"]
@@ -71,6 +71,10 @@ def api_routes():
     check("unknown sandbox → 404", status == 404, (status, body))
     status, _, body = http("GET", "/templates", headers={"X-API-Key": KEY})
     check("templates list base", status == 200 and any(t["templateID"] == "base" for t in json.loads(body)), body)
+    status, _, body = http("GET", "/templates/aliases/base", headers={"X-API-Key": KEY})
+    check("an alias names its template", status == 200 and json.loads(body)["templateID"] == "base", (status, body))
+    status, _, body = http("GET", "/templates/aliases/nope", headers={"X-API-Key": KEY})
+    check("an unknown alias → 404", status == 404, (status, body))
 
 
 def create_and_run():
@@ -120,6 +124,11 @@ def create_and_run():
     status, _, body = http("GET", f"/v2/sandboxes/{sbx.sandbox_id}/logs", headers={"X-API-Key": KEY})
     messages = [e["message"] for e in json.loads(body)["logs"]] if status == 200 else []
     check("logs hold the guest's console", any("applied /init" in m for m in messages), (status, body[:300]))
+    status, _, body = http("GET", f"/sandboxes/{sbx.sandbox_id}/logs?limit=5", headers={"X-API-Key": KEY})
+    v1 = json.loads(body) if status == 200 else {}
+    check("v1 logs give the same console as lines",
+          [l["line"] for l in v1.get("logs", [])] == messages[-5:] and len(v1.get("logEntries", [])) == 5,
+          (status, body[:300]))
     return sbx
 
 
@@ -138,6 +147,12 @@ def listing(sbx):
         check("killed sandbox is gone", False)
     except (NotFoundException, SandboxException):
         check("killed sandbox is gone", True)
+    check("a killed sandbox is not running", other.is_running() is False)
+    try:
+        other.commands.run("true")
+        check("a command in a killed sandbox raises SandboxNotRunningException", False)
+    except SandboxNotRunningException:
+        check("a command in a killed sandbox raises SandboxNotRunningException", True)
 
 
 def user_port(sbx):
@@ -150,6 +165,9 @@ def user_port(sbx):
             break
         time.sleep(0.2)
     check("a user port through the proxy (headers)", status == 200 and body == b"kept", (status, body))
+    status, _, body = http("GET", "/", headers={**headers, "E2b-Sandbox-Port": "8001"},
+                           base=os.environ["E2B_SANDBOX_URL"])
+    check("a closed port → 502 'port is not open'", status == 502 and b"port is not open" in body, (status, body))
     domain = os.environ.get("HEARTH_DOMAIN")
     if domain:
         status, _, body = http(
@@ -380,8 +398,9 @@ def pause(sbx):
     print(f"figure pause_ms={(time.monotonic() - t) * 1000:.0f}", flush=True)
     status, _, body = http("GET", f"/sandboxes/{sbx.sandbox_id}", headers={"X-API-Key": KEY})
     check("paused state", status == 200 and json.loads(body)["state"] == "paused", body)
-    status, _, _ = http("GET", "/envs", headers={"E2b-Sandbox-Id": sbx.sandbox_id}, base=os.environ["E2B_SANDBOX_URL"])
-    check("proxy to a paused sandbox → 409", status == 409, status)
+    status, _, body = http("GET", "/envs", headers={"E2b-Sandbox-Id": sbx.sandbox_id}, base=os.environ["E2B_SANDBOX_URL"])
+    check("proxy to a paused sandbox → 502 'was not found'", status == 502 and b"was not found" in body, (status, body))
+    check("a paused sandbox is not running", sbx.is_running() is False)
     t = time.monotonic()
     again = Sandbox.connect(sbx.sandbox_id)
     print(f"figure resume_via_connect_ms={(time.monotonic() - t) * 1000:.0f}", flush=True)
