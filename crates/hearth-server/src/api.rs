@@ -451,6 +451,38 @@ struct NewSandbox {
     allow_internet_access: Option<bool>,
     auto_pause: Option<bool>,
     network: Option<Network>,
+    /// E2B features Hearth does not have, kept to refuse them by name.
+    auto_resume: Option<Value>,
+    mcp: Option<Value>,
+    iam: Option<Value>,
+    volume_mounts: Option<Vec<Value>>,
+}
+
+impl NewSandbox {
+    /// A 400 naming the first feature asked for that this server lacks: a
+    /// sandbox without it would fail later and less clearly.
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        let unsupported = [
+            (
+                self.auto_resume
+                    .as_ref()
+                    .is_some_and(|r| r["enabled"] == true),
+                "autoResume (connect to a paused sandbox to resume it)",
+            ),
+            (self.mcp.as_ref().is_some_and(|m| !m.is_null()), "mcp"),
+            (self.iam.as_ref().is_some_and(|i| !i.is_null()), "iam"),
+            (
+                self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()),
+                "volumeMounts",
+            ),
+        ];
+        match unsupported.iter().find(|(asked, _)| *asked) {
+            Some((_, field)) => Err(ApiError::bad_request(format!(
+                "{field} is not supported by this server"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `SandboxNetworkConfig` of a create, and `SandboxNetworkUpdate`: the
@@ -614,6 +646,7 @@ async fn create_v2(
 }
 
 async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
+    new.refuse_unsupported()?;
     let template = new
         .template_id
         .filter(|t| !t.is_empty())
@@ -1009,6 +1042,30 @@ mod tests {
         let got = egress(Some(false), &lists).unwrap();
         assert_eq!(got.allow, ["10.1.2.3".parse().unwrap()]);
         assert_eq!(got.deny, [Cidr::ANY, "10.0.0.0/8".parse().unwrap()]);
+    }
+
+    #[test]
+    fn features_this_server_lacks_are_refused_by_name() {
+        let new = |json: Value| serde_json::from_value::<NewSandbox>(json).unwrap();
+        for json in [
+            json!({ "templateID": "base" }),
+            json!({ "autoResume": { "enabled": false }, "mcp": null, "volumeMounts": [] }),
+        ] {
+            assert!(new(json.clone()).refuse_unsupported().is_ok(), "{json}");
+        }
+        for (json, field) in [
+            (json!({ "autoResume": { "enabled": true } }), "autoResume"),
+            (json!({ "mcp": { "github": {} } }), "mcp"),
+            (json!({ "iam": { "tokens": {} } }), "iam"),
+            (
+                json!({ "volumeMounts": [{ "name": "v", "path": "/data" }] }),
+                "volumeMounts",
+            ),
+        ] {
+            let err = new(json.clone()).refuse_unsupported().unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(field), "{json}: {}", err.message);
+        }
     }
 
     #[test]

@@ -67,6 +67,11 @@ def api_routes():
     )
     check("a domain in allowOut is refused, not ignored", status == 400 and b"network.allowOut" in body,
           (status, body))
+    status, _, body = http(
+        "POST", "/v2/sandboxes", {"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]},
+        {"X-API-Key": KEY},
+    )
+    check("volumeMounts are refused, not ignored", status == 400 and b"volumeMounts" in body, (status, body))
     status, _, body = http("GET", "/sandboxes/doesnotexist", headers={"X-API-Key": KEY})
     check("unknown sandbox → 404", status == 404, (status, body))
     status, _, body = http("GET", "/templates", headers={"X-API-Key": KEY})
