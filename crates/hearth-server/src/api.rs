@@ -476,12 +476,18 @@ impl NewSandbox {
                 "volumeMounts",
             ),
         ];
-        match unsupported.iter().find(|(asked, _)| *asked) {
-            Some((_, field)) => Err(ApiError::bad_request(format!(
-                "{field} is not supported by this server"
-            ))),
-            None => Ok(()),
-        }
+        refuse_first(&unsupported, "")
+    }
+}
+
+/// A 400 naming the first `(asked, field)` asked for, if any: features this
+/// server lacks are refused by name rather than ignored.
+fn refuse_first(unsupported: &[(bool, &str)], prefix: &str) -> Result<(), ApiError> {
+    match unsupported.iter().find(|(asked, _)| *asked) {
+        Some((_, field)) => Err(ApiError::bad_request(format!(
+            "{prefix}{field} is not supported by this server"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -526,11 +532,7 @@ fn egress(allow_internet_access: Option<bool>, network: &Network) -> Result<Egre
             "rules",
         ),
     ];
-    if let Some((_, field)) = unsupported.iter().find(|(given, _)| *given) {
-        return Err(ApiError::bad_request(format!(
-            "network.{field} is not supported by this server"
-        )));
-    }
+    refuse_first(&unsupported, "network.")?;
     for server in network.dns_servers.iter().flatten() {
         if server.parse::<std::net::Ipv4Addr>().is_err() {
             return Err(ApiError::bad_request(format!(
