@@ -6,6 +6,8 @@ use std::path::Path;
 use hearth_proto::agent::AGENT_PORT;
 use nix::sys::signal::Signal;
 
+use crate::unpack::UnpackArgs;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Invocation {
     /// PID 1 of a guest.
@@ -14,13 +16,17 @@ pub(crate) enum Invocation {
     Agent { listen: SocketAddr },
     /// Invoked as `reboot`, `poweroff` or `halt`: ask PID 1 with this signal.
     RequestShutdown(Signal),
+    /// `unpack --dest DIR [--owner USER[:GROUP]] [--file TAR]`: a template
+    /// build's `COPY`, inside the build VM.
+    Unpack(UnpackArgs),
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum UsageError {
     #[error(
         "Usage: hearth-init runs as PID 1 of a guest; `hearth-init agent [--listen ADDR:PORT]` \
-         runs only the agent"
+         runs only the agent; `hearth-init unpack --dest DIR [--owner USER[:GROUP]] [--file TAR]` \
+         unpacks a build's files"
     )]
     Usage,
     #[error("Invalid --listen address '{0}': expected ADDR:PORT, like 127.0.0.1:49983")]
@@ -46,6 +52,9 @@ pub(crate) fn parse(args: &[String], is_pid1: bool) -> Result<Invocation, UsageE
         _ => {}
     }
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if let ["unpack", flags @ ..] = rest.as_slice() {
+        return parse_unpack(flags).map(Invocation::Unpack);
+    }
     let listen = match rest.as_slice() {
         ["agent"] => {
             return Ok(Invocation::Agent {
@@ -60,6 +69,25 @@ pub(crate) fn parse(args: &[String], is_pid1: bool) -> Result<Invocation, UsageE
         .parse()
         .map_err(|_| UsageError::Listen(listen.to_owned()))?;
     Ok(Invocation::Agent { listen })
+}
+
+fn parse_unpack(flags: &[&str]) -> Result<UnpackArgs, UsageError> {
+    let (mut dest, mut owner, mut file) = (None, None, None);
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        let value = flags.next().ok_or(UsageError::Usage)?;
+        match *flag {
+            "--dest" => dest = Some(value.into()),
+            "--owner" => owner = Some((*value).to_owned()),
+            "--file" => file = Some(value.into()),
+            _ => return Err(UsageError::Usage),
+        }
+    }
+    Ok(UnpackArgs {
+        dest: dest.ok_or(UsageError::Usage)?,
+        owner,
+        file,
+    })
 }
 
 #[cfg(test)]
@@ -117,6 +145,32 @@ mod tests {
             Err(UsageError::Listen("nope".into()))
         );
         assert_eq!(parse(&args(&["x"]), false), Err(UsageError::Usage));
+        assert_eq!(
+            parse(
+                &args(&["x", "unpack", "--dest", "/app", "--file", "/tmp/f.tar"]),
+                false
+            ),
+            Ok(Invocation::Unpack(UnpackArgs {
+                dest: "/app".into(),
+                owner: None,
+                file: Some("/tmp/f.tar".into()),
+            }))
+        );
+        assert_eq!(
+            parse(
+                &args(&["x", "unpack", "--owner", "a:b", "--dest", "/"]),
+                false
+            ),
+            Ok(Invocation::Unpack(UnpackArgs {
+                dest: "/".into(),
+                owner: Some("a:b".into()),
+                file: None,
+            }))
+        );
+        assert_eq!(
+            parse(&args(&["x", "unpack", "--file", "f"]), false),
+            Err(UsageError::Usage)
+        );
         assert_eq!(
             parse(&args(&["x", "agent", "--verbose"]), false),
             Err(UsageError::Usage)

@@ -12,6 +12,7 @@ mod passwd;
 mod pid1;
 mod reaper;
 mod standalone;
+mod unpack;
 
 use std::error::Error;
 use std::process::ExitCode;
@@ -58,6 +59,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hearth-init: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+        Invocation::Unpack(args) => match unpack::run(&args, std::path::Path::new("/etc")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hearth-init unpack: {}", error_chain(&e));
                 ExitCode::FAILURE
             }
         },

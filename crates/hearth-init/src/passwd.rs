@@ -45,6 +45,21 @@ pub(crate) fn lookup_uid(etc: &Path, uid: u32) -> Result<User, PasswdError> {
     finish(etc, entry)
 }
 
+/// The gid of group `name` in `etc/group`.
+pub(crate) fn lookup_group(etc: &Path, name: &str) -> Result<Option<u32>, PasswdError> {
+    let group = read(&etc.join("group"))?;
+    Ok(group
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            match f.as_slice() {
+                [n, _pw, gid, _members] if *n == name => gid.parse().ok(),
+                _ => None,
+            }
+        }))
+}
+
 fn finish(etc: &Path, entry: PasswdEntry<'_>) -> Result<User, PasswdError> {
     // A missing /etc/group only costs the supplementary groups.
     let group = match fs::read_to_string(etc.join("group")) {

@@ -297,6 +297,7 @@ fn prepare(
     }
     let path = env.get("PATH").map_or("", String::as_str);
     let exe = spawn::resolve_executable(&config.cmd, path, &cwd)
+        .or_else(|| spawn::shell_stand_in(&config.cmd))
         .ok_or_else(|| SpawnError::NotFound(config.cmd.clone()))?;
     let plan = Plan {
         cmd: config.cmd.clone(),

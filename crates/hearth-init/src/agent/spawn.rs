@@ -79,6 +79,13 @@ pub(crate) fn resolve_executable(cmd: &str, path: &str, cwd: &Path) -> Option<Pa
         .find(|candidate| is_executable(candidate))
 }
 
+/// The SDKs run every command with `/bin/bash -l -c`. In an image without
+/// bash (busybox, alpine) `/bin/sh` stands in: it takes the same `-l -c`.
+pub(crate) fn shell_stand_in(cmd: &str) -> Option<PathBuf> {
+    let sh = Path::new("/bin/sh");
+    (cmd == "/bin/bash" && is_executable(sh)).then(|| sh.to_owned())
+}
+
 fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
