@@ -75,6 +75,24 @@ pub fn create_overlay(
     Ok(())
 }
 
+/// Writes the whole chain of `overlay` (its blocks over its backing files)
+/// as one sparse raw image `out`: a template's root filesystem after a
+/// build's last layer.
+pub fn flatten(overlay: &Path, out: &Path) -> Result<(), DiskError> {
+    tool::run(
+        Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
+            .arg(overlay)
+            .arg(out),
+        "qemu-utils",
+    )
+    .map_err(|source| DiskError::Create {
+        path: out.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

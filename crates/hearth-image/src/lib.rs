@@ -5,16 +5,31 @@
 //! `mmdebstrap`, `mkfs.ext4`, `qemu-img`); callers report progress through
 //! [`Progress`].
 
+mod account;
+mod context;
 mod disk;
+mod dockerfile;
 mod kernel;
+mod oci;
 mod progress;
+mod recipe;
 mod template;
 mod tool;
 
-pub use disk::{DiskError, ImageFormat, create_overlay};
-pub use kernel::{Kernel, KernelError, KernelOptions, build_kernel, current_kernel, list_kernels};
-pub use progress::{NoProgress, Progress};
-pub use template::{
-    Template, TemplateError, TemplateOptions, build_base_template, find_template, list_templates,
+pub use context::{
+    ContextError, Entry, EntryKind, Ignore, files_hash, select, unpack_upload, write_tar,
 };
-pub use tool::ToolError;
+pub use disk::{DiskError, ImageFormat, create_overlay, flatten};
+pub use dockerfile::{DockerfileError, parse_dockerfile, parse_dockerfile_for_image};
+pub use kernel::{Kernel, KernelError, KernelOptions, build_kernel, current_kernel, list_kernels};
+pub use oci::{
+    ImageSource, LayerBlob, OciError, PullOptions, PulledImage, RegistryAuth, UnpackError, pull,
+    unpack,
+};
+pub use progress::{NoProgress, Progress};
+pub use recipe::{Base, CommandLine, Recipe, RunConfig, SourcedStep, Step};
+pub use template::{
+    NewBuild, Template, TemplateError, TemplateOptions, TemplateRun, build_base_template,
+    find_template, list_templates, make_ext4, prepare_tree, publish_build, set_current_build,
+};
+pub use tool::{ToolError, sha256_file};

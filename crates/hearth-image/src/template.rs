@@ -13,6 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
+use crate::recipe::RunConfig;
 use crate::tool::{self, ToolError};
 
 const BASE_NAME: &str = "base";
@@ -85,6 +86,27 @@ pub struct Template {
     pub created_at: u64,
     /// Size of the root filesystem image in bytes.
     pub size: u64,
+    /// What it was built from, for people: `debian:bookworm (mmdebstrap)`,
+    /// an image reference, `Dockerfile`, `e2b build`.
+    pub source: String,
+    /// How its sandboxes run: environment, user, start and ready commands.
+    pub run: TemplateRun,
+    /// Seconds the build took (0 when unknown).
+    pub build_secs: u64,
+}
+
+/// How a template's sandboxes start: the state at the end of its build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRun {
+    /// Environment, working directory, user, stop signal, ports, labels.
+    #[serde(default)]
+    pub config: RunConfig,
+    /// Started as a service before the snapshot is taken.
+    #[serde(default)]
+    pub start_cmd: Option<Vec<String>>,
+    /// Retried until it exits 0; then the snapshot is taken.
+    #[serde(default)]
+    pub ready_cmd: Option<Vec<String>>,
 }
 
 /// A template's `meta.json`.
@@ -95,8 +117,27 @@ struct Meta {
     created_at: u64,
     size: u64,
     init_path: String,
+    /// What identifies the inputs: the base hash, or a build's last step key.
     base_hash: String,
     init_sha256: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    run: TemplateRun,
+    #[serde(default)]
+    build_secs: u64,
+}
+
+/// A template build ready to publish: a directory holding `rootfs.ext4`.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub name: String,
+    pub build_id: String,
+    /// Identifies the inputs (recorded only).
+    pub inputs_hash: String,
+    pub source: String,
+    pub run: TemplateRun,
+    pub build_secs: u64,
 }
 
 /// Why a template could not be built or found.
@@ -112,6 +153,11 @@ pub enum TemplateError {
         path.display()
     )]
     InitMissing { path: PathBuf },
+    #[error(
+        "the image's {path} is a symbolic link; Hearth writes its init and the account \
+         'user' there and does not follow links out of an image: make it a directory"
+    )]
+    SymlinkedDir { path: String },
     #[error("template name {name:?} is invalid; use a plain name such as \"base\"")]
     InvalidName { name: String },
     #[error("bootstrapping the Debian base failed")]
@@ -204,29 +250,13 @@ pub fn build_base_template(
     .map_err(TemplateError::Unpack)?;
     customize(&root, &opts.init_binary)?;
 
-    progress.stage("formatting");
-    let used = tree_bytes(&root).map_err(io_err("measure", &root))?;
-    let size = image_size(used);
     let rootfs = staged.join("rootfs.ext4");
-    File::create(&rootfs)
-        .and_then(|f| f.set_len(size))
-        .map_err(io_err("create", &rootfs))?;
-    tool::run(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "rootfs", "-d"])
-            .arg(&root)
-            .arg(&rootfs)
-            .arg(format!("{}M", size / MIB)),
-        "e2fsprogs",
-    )
-    .map_err(TemplateError::Mkfs)?;
-
-    progress.stage("checking");
-    tool::run(Command::new("e2fsck").arg("-fn").arg(&rootfs), "e2fsprogs").map_err(|source| {
-        TemplateError::Fsck {
+    let size = make_ext4(&root, &rootfs, progress).map_err(|e| match e {
+        TemplateError::Fsck { source, .. } => TemplateError::Fsck {
             cache: tarball.clone(),
             source,
-        }
+        },
+        e => e,
     })?;
 
     let meta = Meta {
@@ -237,14 +267,11 @@ pub fn build_base_template(
         init_path: INIT_PATH.to_owned(),
         base_hash,
         init_sha256,
+        source: format!("debian:{SUITE} (mmdebstrap)"),
+        run: TemplateRun::default(),
+        build_secs: started.elapsed().as_secs(),
     };
-    write_meta(&staged.join("meta.json"), &meta)?;
-    if let Err(e) = fs::rename(&staged, &out_dir) {
-        // A concurrent build of the same inputs may have published first.
-        if load_template(&out_dir)?.is_none() {
-            return Err(io_err("publish", &out_dir)(e));
-        }
-    }
+    publish_meta(&staged, &out_dir, &meta)?;
     fs::remove_dir_all(&work).map_err(io_err("remove", &work))?;
     set_current(&name_dir, &build_id)?;
     tracing::info!(
@@ -254,6 +281,162 @@ pub fn build_base_template(
     );
     load_template(&out_dir)?.ok_or_else(|| {
         io_err("read", &out_dir)(io::Error::new(io::ErrorKind::NotFound, "template vanished"))
+    })
+}
+
+/// Turns the directory tree `root` into the ext4 image `rootfs` (sized for
+/// the tree plus the sandbox's free space) and checks it; returns its size.
+pub fn make_ext4(
+    root: &Path,
+    rootfs: &Path,
+    progress: &dyn Progress,
+) -> Result<u64, TemplateError> {
+    progress.stage("formatting");
+    let used = tree_bytes(root).map_err(io_err("measure", root))?;
+    let size = image_size(used);
+    File::create(rootfs)
+        .and_then(|f| f.set_len(size))
+        .map_err(io_err("create", rootfs))?;
+    tool::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "rootfs", "-d"])
+            .arg(root)
+            .arg(rootfs)
+            .arg(format!("{}M", size / MIB)),
+        "e2fsprogs",
+    )
+    .map_err(TemplateError::Mkfs)?;
+    progress.stage("checking");
+    tool::run(Command::new("e2fsck").arg("-fn").arg(rootfs), "e2fsprogs").map_err(|source| {
+        TemplateError::Fsck {
+            cache: rootfs.to_owned(),
+            source,
+        }
+    })?;
+    Ok(size)
+}
+
+/// Publishes `staged` (a directory holding `rootfs.ext4`) as build
+/// `build.build_id` of template `build.name`, without making it current:
+/// see [`set_current_build`]. Returns the existing build if one with this
+/// id is there already (and removes `staged`).
+pub fn publish_build(
+    templates_dir: &Path,
+    staged: &Path,
+    build: NewBuild,
+) -> Result<Template, TemplateError> {
+    if !is_plain_name(&build.name) || !is_plain_name(&build.build_id) {
+        return Err(TemplateError::InvalidName { name: build.name });
+    }
+    let rootfs = staged.join("rootfs.ext4");
+    let size = rootfs.metadata().map_err(io_err("read", &rootfs))?.len();
+    let out_dir = templates_dir.join(&build.name).join(&build.build_id);
+    let meta = Meta {
+        name: build.name,
+        build_id: build.build_id,
+        created_at: tool::unix_now(),
+        size,
+        init_path: INIT_PATH.to_owned(),
+        base_hash: build.inputs_hash,
+        init_sha256: String::new(),
+        source: build.source,
+        run: build.run,
+        build_secs: build.build_secs,
+    };
+    fs::create_dir_all(templates_dir.join(&meta.name))
+        .map_err(io_err("create", &templates_dir.join(&meta.name)))?;
+    publish_meta(staged, &out_dir, &meta)?;
+    if staged.exists() {
+        fs::remove_dir_all(staged).map_err(io_err("remove", staged))?;
+    }
+    load_template(&out_dir)?.ok_or_else(|| {
+        io_err("read", &out_dir)(io::Error::new(io::ErrorKind::NotFound, "template vanished"))
+    })
+}
+
+/// Makes `build_id` the build of template `name` that new sandboxes get.
+pub fn set_current_build(
+    templates_dir: &Path,
+    name: &str,
+    build_id: &str,
+) -> Result<(), TemplateError> {
+    if !is_plain_name(name) || !is_plain_name(build_id) {
+        return Err(TemplateError::InvalidName {
+            name: name.to_owned(),
+        });
+    }
+    set_current(&templates_dir.join(name), build_id)
+}
+
+/// Writes `meta.json` into `staged` and renames it to `out_dir`; a build
+/// of the same inputs published first by someone else wins.
+fn publish_meta(staged: &Path, out_dir: &Path, meta: &Meta) -> Result<(), TemplateError> {
+    write_meta(&staged.join("meta.json"), meta)?;
+    if let Err(e) = fs::rename(staged, out_dir)
+        && load_template(out_dir)?.is_none()
+    {
+        return Err(io_err("publish", out_dir)(e));
+    }
+    Ok(())
+}
+
+/// What every template's tree gets, whatever its source: our init and its
+/// `reboot`/`poweroff`/`halt` names, the mount points it needs, regular
+/// `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` (the init rewrites
+/// them), and the account `user` the SDKs run commands as: uid 1000 (or
+/// the first free uid above it), home `/home/user`, passwordless sudo when
+/// the image has sudo. Needs root for the ownership of the home directory.
+pub fn prepare_tree(root: &Path, init_binary: &Path) -> Result<(), TemplateError> {
+    // An image's symlink is the guest's business; writing through one here
+    // could land on the host.
+    for dir in [
+        "etc",
+        "etc/sudoers.d",
+        "usr",
+        "usr/sbin",
+        "usr/local",
+        "usr/local/sbin",
+        "home",
+        "home/user",
+    ] {
+        let path = root.join(dir);
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(TemplateError::SymlinkedDir {
+                path: format!("/{dir}"),
+            });
+        }
+    }
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("etc", 0o755),
+        ("usr/sbin", 0o755),
+        ("home", 0o755),
+    ] {
+        let path = root.join(dir);
+        if path.symlink_metadata().is_err() {
+            fs::create_dir_all(&path).map_err(io_err("create", &path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .map_err(io_err("set the mode of", &path))?;
+        }
+    }
+    customize(root, init_binary)?;
+    replace_with(&root.join("etc/hosts"), |p| {
+        fs::write(
+            p,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        )
+    })?;
+    crate::account::ensure_user(root).map_err(|source| TemplateError::Io {
+        action: "add the account 'user' to",
+        path: root.join("etc/passwd"),
+        source,
     })
 }
 
@@ -477,6 +660,9 @@ fn load_template(dir: &Path) -> Result<Option<Template>, TemplateError> {
         init_path: meta.init_path,
         created_at: meta.created_at,
         size: meta.size,
+        source: meta.source,
+        run: meta.run,
+        build_secs: meta.build_secs,
     }))
 }
 
@@ -521,6 +707,9 @@ mod tests {
             init_path: INIT_PATH.into(),
             base_hash: "b".repeat(64),
             init_sha256: "c".repeat(64),
+            source: "test".into(),
+            run: TemplateRun::default(),
+            build_secs: 1,
         };
         write_meta(&dir.join("meta.json"), &meta).unwrap();
         let json = fs::read_to_string(dir.join("meta.json")).unwrap();

@@ -186,7 +186,8 @@ pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
 }
 
 /// Lower-case hex of the SHA-256 of a file's contents.
-pub(crate) fn sha256_file(path: &Path) -> io::Result<String> {
+/// The SHA-256 of a file's contents, as hex.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut hasher = Sha256::new();
     io::copy(&mut File::open(path)?, &mut hasher)?;
     Ok(hex(&hasher.finalize()))
