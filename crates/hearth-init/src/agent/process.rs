@@ -296,11 +296,15 @@ fn prepare(
             .or_insert_with(|| "xterm-256color".to_owned());
     }
     let path = env.get("PATH").map_or("", String::as_str);
-    let exe = spawn::resolve_executable(&config.cmd, path, &cwd)
-        .or_else(|| spawn::shell_stand_in(&config.cmd))
-        .ok_or_else(|| SpawnError::NotFound(config.cmd.clone()))?;
+    let (cmd, exe) = match spawn::resolve_executable(&config.cmd, path, &cwd) {
+        Some(exe) => (config.cmd.clone(), exe),
+        // argv[0] names the stand-in too: busybox picks its applet by it.
+        None => spawn::shell_stand_in(&config.cmd)
+            .map(|sh| (sh.to_string_lossy().into_owned(), sh))
+            .ok_or_else(|| SpawnError::NotFound(config.cmd.clone()))?,
+    };
     let plan = Plan {
-        cmd: config.cmd.clone(),
+        cmd,
         exe,
         args: config.args.clone(),
         env,

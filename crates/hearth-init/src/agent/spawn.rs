@@ -313,6 +313,15 @@ mod tests {
     }
 
     #[test]
+    fn sh_stands_in_for_bash_only() {
+        let sh = Path::new("/bin/sh");
+        let expected = is_executable(sh).then(|| sh.to_owned());
+        assert_eq!(shell_stand_in("/bin/bash"), expected);
+        assert_eq!(shell_stand_in("/bin/zsh"), None);
+        assert_eq!(shell_stand_in("bash"), None);
+    }
+
+    #[test]
     fn env_layers_override_in_order() {
         let defaults = HashMap::from([("A".into(), "init".into()), ("B".into(), "init".into())]);
         let request = HashMap::from([("B".into(), "req".into()), ("PATH".into(), "/x".into())]);
