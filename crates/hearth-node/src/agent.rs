@@ -195,6 +195,30 @@ impl AgentClient {
         Ok(())
     }
 
+    /// `POST /files?path=PATH` with `body` as the file's contents, written
+    /// as `user`.
+    pub async fn upload(&self, path: &str, user: &str, body: Bytes) -> Result<(), AgentError> {
+        let mut sender = self.connect(Duration::from_secs(5)).await?;
+        let query = format!(
+            "/files?path={}&username={}",
+            query_escape(path),
+            query_escape(user)
+        );
+        let resp = sender
+            .send_request(self.request(&query, "application/octet-stream", body))
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Err(AgentError::Status {
+                path: "/files",
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `cmd` with `args` as the default user, output discarded, and
     /// returns its exit code.
     pub async fn run(&self, cmd: &str, args: &[&str]) -> Result<i32, AgentError> {
@@ -218,15 +242,27 @@ impl AgentClient {
 
     /// `process.Process/Start`: starts a process and streams its events.
     pub async fn start(&self, request: &StartRequest) -> Result<ProcessStream, AgentError> {
+        self.start_as(request, None).await
+    }
+
+    /// [`AgentClient::start`] as `user` (else the agent's default user).
+    pub async fn start_as(
+        &self,
+        request: &StartRequest,
+        user: Option<&str>,
+    ) -> Result<ProcessStream, AgentError> {
         let mut sender = self.connect(Duration::from_secs(5)).await?;
         let body = connect::envelope(0, &request.encode_to_vec());
-        let resp = sender
-            .send_request(self.request(
-                "/process.Process/Start",
-                connect::CONTENT_TYPE_CONNECT_PROTO,
-                body,
-            ))
-            .await?;
+        let mut http = self.request(
+            "/process.Process/Start",
+            connect::CONTENT_TYPE_CONNECT_PROTO,
+            body,
+        );
+        if let Some(user) = user {
+            http.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, basic(user)?);
+        }
+        let resp = sender.send_request(http).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.into_body().collect().await?.to_bytes();
@@ -241,6 +277,29 @@ impl AgentClient {
             _sender: sender,
         })
     }
+}
+
+/// `s` with everything but unreserved characters percent-encoded.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `Authorization: Basic base64("<user>:")`, how envd is told the user.
+fn basic(user: &str) -> Result<hyper::header::HeaderValue, AgentError> {
+    let value = format!(
+        "Basic {}",
+        connect::base64_encode(format!("{user}:").as_bytes())
+    );
+    hyper::header::HeaderValue::from_str(&value)
+        .map_err(|_| AgentError::Protocol(format!("'{user}' cannot be a user name")))
 }
 
 /// The events of one started process, in order.

@@ -46,6 +46,16 @@ pub enum NodeError {
         saved: String,
         host: String,
     },
+    #[error(
+        "the template's ready command `{command}` still failed after {} s (last exit status {code}); its last output:{tail}",
+        timeout.as_secs()
+    )]
+    NotReady {
+        command: String,
+        timeout: Duration,
+        code: i32,
+        tail: String,
+    },
     #[error("{path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("I/O error on {path}")]

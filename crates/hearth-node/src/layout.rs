@@ -43,6 +43,15 @@ impl Layout {
         self.data_dir.join("cache")
     }
 
+    /// Work directories of build VMs, while a build step runs.
+    pub fn builds(&self) -> PathBuf {
+        self.data_dir.join("builds")
+    }
+
+    pub fn build_locks(&self) -> PathBuf {
+        self.run_dir.join("builds")
+    }
+
     pub fn slot_locks(&self) -> PathBuf {
         self.run_dir.join("slots")
     }

@@ -8,6 +8,7 @@
 //! removed by [`Node::open`].
 
 mod agent;
+mod build;
 mod error;
 mod id;
 mod instance;
@@ -20,6 +21,7 @@ mod snapshot;
 mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
+pub use build::{BuildError, BuildLog, BuildOptions, Built, RegistryOptions};
 pub use error::NodeError;
 pub use hearth_net::{Cidr, CidrError, Egress};
 pub use instance::last_console_line;
@@ -28,4 +30,4 @@ pub use node::{Node, NodeOptions};
 pub use pool::Pool;
 pub use sandbox::{Sandbox, SandboxSpec};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
-pub use templates::{Pruned, prune_template, remove_template};
+pub use templates::{Pruned, prune_build_cache, prune_template, remove_template};

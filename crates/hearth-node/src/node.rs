@@ -48,7 +48,12 @@ impl Node {
         let qemu = Qemu::from_path()?;
         let accel = hearth_vmm::detect_accel(options.accel)?;
         tracing::info!(accel = %accel.accel, "accelerator: {} ({})", accel.accel, accel.reason);
-        for dir in [layout.sandboxes(), layout.sandbox_locks()] {
+        for dir in [
+            layout.sandboxes(),
+            layout.sandbox_locks(),
+            layout.builds(),
+            layout.build_locks(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(NodeError::io(&dir))?;
         }
         let slots = Slots::new(layout.slot_locks(), options.slot_capacity);
@@ -56,7 +61,9 @@ impl Node {
         if !cleaned.is_empty() {
             tracing::info!("removed leftover network slots {cleaned:?}");
         }
-        remove_leftover_sandboxes(&layout)?;
+        remove_leftovers(&layout.sandboxes(), &layout.sandbox_locks(), "sandbox")?;
+        // A build step's VM dies with its build.
+        remove_leftovers(&layout.builds(), &layout.build_locks(), "build VM")?;
         let host = HostProfile {
             vmm: qemu.version()?,
             tsc_khz: tsc_khz(&layout)?,
@@ -91,14 +98,14 @@ impl Node {
     /// host TSC) and to trust it, the guest uses the TSC, and an idle guest
     /// stops ticking: idle CPU per sandbox falls about threefold. A change here must bump
     /// `snapshot::RECIPE`: snapshots keep the arguments they booted with.
-    pub(crate) fn kernel_args(&self, template: &Template, hostname: &str) -> String {
+    pub(crate) fn kernel_args(&self, init_path: &str, hostname: &str) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let mut args = format!(
             "root=/dev/vda rw rootfstype=ext4 init={} quiet tsc=reliable tsc_early_khz={} \
              hearth.hostname={hostname} hearth.ip={}/{} hearth.gw={} hearth.time={}.{:06}",
-            template.init_path,
+            init_path,
             self.host.tsc_khz,
             hearth_net::GUEST_IP,
             hearth_net::GUEST_PREFIX_LEN,
@@ -146,18 +153,18 @@ impl Node {
     }
 }
 
-/// Removes sandbox directories whose owner is gone, killing their VMM first.
+/// Removes the directories under `dir` whose owner is gone, killing their
+/// VMM first; paused sandboxes stay.
 ///
-/// An owner holds `<run>/sandboxes/<id>.lock` from before it creates the
-/// directory until after it has removed it, so a directory whose lock can be
-/// taken is a leftover.
-fn remove_leftover_sandboxes(layout: &Layout) -> Result<(), NodeError> {
-    let dir = layout.sandboxes();
-    let entries = std::fs::read_dir(&dir).map_err(NodeError::io(&dir))?;
+/// An owner holds `<locks>/<id>.lock` from before it creates the directory
+/// until after it has removed it, so a directory whose lock can be taken is
+/// a leftover.
+fn remove_leftovers(dir: &Path, locks: &Path, what: &str) -> Result<(), NodeError> {
+    let entries = std::fs::read_dir(dir).map_err(NodeError::io(dir))?;
     for entry in entries {
-        let entry = entry.map_err(NodeError::io(&dir))?;
+        let entry = entry.map_err(NodeError::io(dir))?;
         let id = entry.file_name().to_string_lossy().into_owned();
-        let lock_path = layout.sandbox_locks().join(format!("{id}.lock"));
+        let lock_path = locks.join(format!("{id}.lock"));
         let path = entry.path();
         if crate::sandbox::is_paused(&path) {
             continue;
@@ -165,7 +172,7 @@ fn remove_leftover_sandboxes(layout: &Layout) -> Result<(), NodeError> {
         let Some(lock) = try_lock(&lock_path)? else {
             continue;
         };
-        tracing::info!("removing leftover sandbox {id}");
+        tracing::info!("removing leftover {what} {id}");
         kill_leftover_vmm(&path);
         std::fs::remove_dir_all(&path).map_err(NodeError::io(&path))?;
         let _ = std::fs::remove_file(&lock_path);

@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,8 +24,10 @@ use sha2::{Digest, Sha256};
 use hearth_image::{ImageFormat, Kernel, Template};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
+use hearth_proto::process::{ProcessConfig, StartRequest};
 use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm};
 
+use crate::build::BuildLog;
 use crate::instance::{Instance, Launch, Machine};
 use crate::node::lock_wait;
 use crate::{Node, NodeError, SandboxSpec};
@@ -162,10 +164,28 @@ fn key(
         .collect()
 }
 
+/// How long a template's ready command may keep failing when a snapshot is
+/// taken outside a build (a new machine shape).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Between two tries of the ready command.
+const READY_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Node {
     /// The snapshot of `template` for this machine shape and host, taken now
     /// (one boot, tens of seconds under TCG) if it does not exist yet.
     pub async fn snapshot(&self, spec: &SandboxSpec) -> Result<Snapshot, NodeError> {
+        self.snapshot_with_ready(spec, READY_TIMEOUT, &crate::build::NoLog)
+            .await
+    }
+
+    /// [`Node::snapshot`], giving the template's ready command up to
+    /// `ready_timeout` and its start command's output to `log`.
+    pub async fn snapshot_with_ready(
+        &self,
+        spec: &SandboxSpec,
+        ready_timeout: Duration,
+        log: &dyn BuildLog,
+    ) -> Result<Snapshot, NodeError> {
         let root = spec.template.dir.join("snapshots");
         let key = key(
             &spec.template,
@@ -197,7 +217,7 @@ impl Node {
             std::fs::remove_dir_all(&work).map_err(NodeError::io(&work))?;
         }
         std::fs::create_dir(&work).map_err(NodeError::io(&work))?;
-        let taken = self.take_snapshot(&work, spec).await;
+        let taken = self.take_snapshot(&work, spec, ready_timeout, log).await;
         let meta = match taken {
             Ok(meta) => meta,
             Err(e) => {
@@ -224,6 +244,8 @@ impl Node {
         &self,
         work: &Path,
         spec: &SandboxSpec,
+        ready_timeout: Duration,
+        log: &dyn BuildLog,
     ) -> Result<SnapshotMeta, NodeError> {
         let &SandboxSpec {
             ref template,
@@ -253,13 +275,29 @@ impl Node {
             },
         };
         let launch = Launch::Boot {
-            kernel_args: self.kernel_args(template, &template.name),
+            kernel_args: self.kernel_args(&template.init_path, &template.name),
         };
         let mut instance = Instance::launch(self, work, &machine, &launch, &Egress::open()).await?;
+        let run = &template.run;
+        let init = InitRequest {
+            env_vars: (!run.config.env.is_empty())
+                .then(|| run.config.env.iter().cloned().collect()),
+            default_user: run.config.user.clone(),
+            default_workdir: run.config.workdir.clone(),
+            ..InitRequest::default()
+        };
+        let mut service = None;
         let saved = async {
-            instance
-                .wait_ready(boot_timeout, InitRequest::default())
-                .await?;
+            instance.wait_ready(boot_timeout, init).await?;
+            if let Some(argv) = &run.start_cmd {
+                service = Some(start_service(&instance, argv, log).await?);
+            }
+            if let Some(argv) = &run.ready_cmd {
+                wait_until_ready(&instance, argv, ready_timeout, service.as_mut(), log).await?;
+            }
+            if let Some(service) = service.as_mut() {
+                service.drain(log);
+            }
             instance.warm_up().await;
             instance
                 .vm
@@ -269,6 +307,9 @@ impl Node {
         }
         .await;
         let released = instance.release().await;
+        if let Some(service) = service {
+            service.task.abort();
+        }
         saved?;
         released?;
         Ok(SnapshotMeta {
@@ -282,6 +323,106 @@ impl Node {
             created_at: unix_now(),
             boot_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
+    }
+}
+
+/// The template's start command, running in the guest, and its output.
+struct Service {
+    task: tokio::task::JoinHandle<()>,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Service {
+    /// Passes what the service printed so far to `log`.
+    fn drain(&mut self, log: &dyn BuildLog) {
+        while let Ok(line) = self.lines.try_recv() {
+            log.line(&line);
+        }
+    }
+}
+
+/// Starts the template's start command as a service of the guest, its
+/// output (with a `start:` prefix) collected until the VM stops.
+async fn start_service(
+    instance: &Instance,
+    argv: &[String],
+    log: &dyn BuildLog,
+) -> Result<Service, NodeError> {
+    log.line(&format!("start command: {}", argv.join(" ")));
+    let request = command_request(argv);
+    let mut stream = instance.agent.start(&request).await?;
+    // Lines reach the log through a channel: the task outlives `log`'s borrow.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.next().await {
+            use hearth_proto::process::process_event::{Event, data_event::Output};
+            match event.event {
+                Some(Event::Data(data)) => {
+                    if let Some(Output::Stdout(b) | Output::Stderr(b)) = data.output {
+                        for line in String::from_utf8_lossy(&b).lines() {
+                            let _ = tx.send(format!("start: {line}"));
+                        }
+                    }
+                }
+                Some(Event::End(end)) => {
+                    let _ = tx.send(format!("start: exited with status {}", end.exit_code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(Service { task, lines: rx })
+}
+
+/// Tries the ready command until it exits 0 or `timeout` passes.
+async fn wait_until_ready(
+    instance: &Instance,
+    argv: &[String],
+    timeout: Duration,
+    mut service: Option<&mut Service>,
+    log: &dyn BuildLog,
+) -> Result<(), NodeError> {
+    let started = Instant::now();
+    let request = command_request(argv);
+    log.line(&format!("ready command: {}", argv.join(" ")));
+    loop {
+        let mut tail = crate::build::Tail::default();
+        let code = crate::build::stream_to_end(&instance.agent, &request, None, &mut |l| {
+            tail.push(l);
+        })
+        .await?;
+        if let Some(service) = service.as_deref_mut() {
+            service.drain(log);
+        }
+        if code == 0 {
+            log.line(&format!(
+                "ready after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(NodeError::NotReady {
+                command: argv.join(" "),
+                timeout,
+                code,
+                tail: tail.text(),
+            });
+        }
+        tokio::time::sleep(READY_INTERVAL).await;
+    }
+}
+
+fn command_request(argv: &[String]) -> StartRequest {
+    StartRequest {
+        process: Some(ProcessConfig {
+            cmd: argv.first().cloned().unwrap_or_default(),
+            args: argv.iter().skip(1).cloned().collect(),
+            ..ProcessConfig::default()
+        }),
+        stdin: Some(false),
+        ..StartRequest::default()
     }
 }
 
@@ -339,6 +480,9 @@ mod tests {
             init_path: "/usr/sbin/hearth-init".into(),
             created_at: 0,
             size: 0,
+            source: String::new(),
+            run: Default::default(),
+            build_secs: 0,
         };
         let kernel = Kernel {
             key: "k1".into(),

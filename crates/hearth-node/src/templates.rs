@@ -86,6 +86,53 @@ pub fn remove_template(layout: &Layout, name: &str) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Deletes the build caches (pulled image blobs, image bases, step layers)
+/// and returns the bytes freed. Templates keep working: their root file
+/// systems are whole files. Refused while a build step runs.
+pub fn prune_build_cache(layout: &Layout) -> Result<u64, NodeError> {
+    let builds = layout.builds();
+    let running = std::fs::read_dir(&builds)
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    if running > 0 {
+        return Err(NodeError::Busy(format!(
+            "the build cache ({running} build step(s) running)"
+        )));
+    }
+    let mut freed = 0;
+    for name in ["blobs", "images", "layers"] {
+        let dir = layout.cache().join(name);
+        if !dir.exists() {
+            continue;
+        }
+        freed += disk_usage(&dir);
+        std::fs::remove_dir_all(&dir).map_err(NodeError::io(&dir))?;
+    }
+    Ok(freed)
+}
+
+/// Bytes allocated under `dir`.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
