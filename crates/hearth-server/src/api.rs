@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -14,9 +13,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::builds::Builds;
 use crate::error::ApiError;
-use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager};
+use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
+use crate::template_api;
 use hearth_node::{Cidr, CidrError, Egress};
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -28,8 +29,12 @@ const DISK_SIZE_MB: u64 = 1280;
 /// Shared state of the handlers.
 pub struct Api {
     pub manager: Arc<Manager>,
+    pub builds: Arc<Builds>,
     /// Domain reported to clients for sandbox host names, if any.
     pub domain: Option<String>,
+    /// Where the server listens: the host of upload URLs when a request
+    /// names none.
+    pub listen: std::net::SocketAddr,
 }
 
 /// One route: how it is served and how it is documented. [`ROUTES`] is the
@@ -41,12 +46,16 @@ struct Route {
     summary: &'static str,
     /// Query parameters: (name, description).
     query: &'static [(&'static str, &'static str)],
-    /// Request body schema, in `#/components/schemas`.
+    /// Request body schema, in `#/components/schemas`; `binary` for raw
+    /// bytes.
     body: Option<&'static str>,
     /// (status, response schema); `[Name]` is an array of `Name`.
     responses: &'static [(u16, Option<&'static str>)],
     handler: fn() -> MethodRouter<Arc<Api>>,
 }
+
+/// What a template name (its id) may be; see [`crate::builds::valid_name`].
+const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
 
 const ERRORS: &[(u16, Option<&str>)] = &[
     (400, Some("Error")),
@@ -259,22 +268,144 @@ const ROUTES: &[Route] = &[
         path: "/templates",
         operation: "listTemplates",
         summary: "The current build of every template",
-        query: &[],
+        query: &[("teamID", "ignored: Hearth has no teams")],
         body: None,
         responses: &[(200, Some("[Template]"))],
         handler: || get(templates),
     },
+    Route {
+        method: "get",
+        path: "/v2/templates",
+        operation: "listTemplatesV2",
+        summary: "The current build of every template",
+        query: &[("teamID", "ignored: Hearth has no teams")],
+        body: None,
+        responses: &[(200, Some("[Template]"))],
+        handler: || get(template_api::templates_v2),
+    },
+    Route {
+        method: "post",
+        path: "/v3/templates",
+        operation: "requestTemplateBuild",
+        summary: "Request a template build (name or name:tag); start it with its steps",
+        query: &[],
+        body: Some("TemplateBuildRequestV3"),
+        responses: &[(202, Some("TemplateRequestResponseV3"))],
+        handler: || post(template_api::request_build),
+    },
+    Route {
+        method: "get",
+        path: "/templates/{templateID}/files/{hash}",
+        operation: "getTemplateFileUpload",
+        summary: "Whether a COPY step's files are uploaded, and a one-time URL to upload them to",
+        query: &[],
+        body: None,
+        responses: &[(201, Some("TemplateBuildFileUpload"))],
+        handler: || get(template_api::file_upload_link),
+    },
+    Route {
+        method: "post",
+        path: "/v2/templates/{templateID}/builds/{buildID}",
+        operation: "startTemplateBuild",
+        summary: "Start a requested build with its base, steps and start and ready commands",
+        query: &[],
+        body: Some("TemplateBuildStartV2"),
+        responses: &[(202, None), (409, Some("Error"))],
+        handler: || post(template_api::start_build),
+    },
+    Route {
+        method: "get",
+        path: "/templates/{templateID}/builds/{buildID}/status",
+        operation: "getTemplateBuildStatus",
+        summary: "A build's status, a page of its log, and why it failed",
+        query: &[
+            ("logsOffset", "log entries to skip"),
+            ("limit", "most log entries to return (at most 100)"),
+            ("level", "debug, info, warn or error: this level and above"),
+        ],
+        body: None,
+        responses: &[(200, Some("TemplateBuildInfo"))],
+        handler: || get(template_api::build_status),
+    },
+    Route {
+        method: "get",
+        path: "/templates/{templateID}",
+        operation: "getTemplate",
+        summary: "A template with its builds, newest first",
+        query: &[
+            ("limit", "most builds to list"),
+            ("nextToken", "ignored: every build is on the first page"),
+        ],
+        body: None,
+        responses: &[(200, Some("TemplateWithBuilds"))],
+        handler: || get(template_api::template_detail),
+    },
+    Route {
+        method: "delete",
+        path: "/templates/{templateID}",
+        operation: "deleteTemplate",
+        summary: "Delete a template and its builds (refused while sandboxes use it)",
+        query: &[],
+        body: None,
+        responses: &[(204, None), (409, Some("Error"))],
+        handler: || delete(template_api::delete_template),
+    },
+    Route {
+        method: "post",
+        path: "/templates/tags",
+        operation: "assignTemplateTags",
+        summary: "Give tags to the build a name:tag names",
+        query: &[],
+        body: Some("AssignTemplateTagsRequest"),
+        responses: &[(201, Some("AssignedTemplateTags"))],
+        handler: || post(template_api::assign_tags),
+    },
+    Route {
+        method: "delete",
+        path: "/templates/tags",
+        operation: "deleteTemplateTags",
+        summary: "Remove tags of a template",
+        query: &[],
+        body: Some("DeleteTemplateTagsRequest"),
+        responses: &[(204, None)],
+        handler: || delete(template_api::remove_tags),
+    },
+    Route {
+        method: "get",
+        path: "/templates/{templateID}/tags",
+        operation: "getTemplateTags",
+        summary: "The tags of a template",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[TemplateTag]"))],
+        handler: || get(template_api::template_tags),
+    },
 ];
 
-/// The API routes; every one but `/health` and `/openapi.json` needs
-/// `X-API-Key`.
+/// Routes that need no API key: they carry their own authorization.
+const OPEN_ROUTES: &[Route] = &[Route {
+    method: "put",
+    path: "/templates/{templateID}/files/{hash}",
+    operation: "uploadTemplateFiles",
+    summary: "Upload a COPY step's files (a tar, gzipped or not) to the URL getTemplateFileUpload gave; its token authorizes it",
+    query: &[("token", "the one-time token of the upload URL")],
+    body: Some("binary"),
+    responses: &[(201, None)],
+    handler: || put(template_api::upload_file),
+}];
+
+/// The API routes; every one but `/health`, `/openapi.json` and
+/// [`OPEN_ROUTES`] needs `X-API-Key`.
 pub fn router(api: Arc<Api>) -> Router {
     let mut routes = Router::new();
     for route in ROUTES {
         routes = routes.route(route.path, (route.handler)());
     }
+    routes = routes.layer(middleware::from_fn_with_state(api.clone(), require_key));
+    for route in OPEN_ROUTES {
+        routes = routes.route(route.path, (route.handler)());
+    }
     routes
-        .layer(middleware::from_fn_with_state(api.clone(), require_key))
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .with_state(api)
@@ -292,7 +423,8 @@ fn schema_ref(name: &str) -> Value {
 /// The OpenAPI 3.0 document of what this server implements, from [`ROUTES`].
 pub fn openapi() -> Value {
     let mut paths = serde_json::Map::new();
-    for route in ROUTES {
+    let keyed = ROUTES.iter().map(|route| (route, false));
+    for (route, open) in keyed.chain(OPEN_ROUTES.iter().map(|route| (route, true))) {
         let mut responses = serde_json::Map::new();
         for (status, schema) in route.responses.iter().chain(ERRORS) {
             let mut response = json!({ "description": StatusCode::from_u16(*status).map_or("", |s| s.canonical_reason().unwrap_or("")) });
@@ -306,7 +438,12 @@ pub fn openapi() -> Value {
             .query
             .iter()
             .map(|(name, description)| {
-                let schema = if *name == "limit" { json!({ "type": "integer", "minimum": 1 }) } else { json!({ "type": "string" }) };
+                let schema = match *name {
+                    "limit" => json!({ "type": "integer", "minimum": 1 }),
+                    "logsOffset" => json!({ "type": "integer", "minimum": 0 }),
+                    "level" => json!({ "type": "string", "enum": ["debug", "info", "warn", "error"] }),
+                    _ => json!({ "type": "string" }),
+                };
                 json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
             })
             .collect();
@@ -315,7 +452,14 @@ pub fn openapi() -> Value {
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'));
         for name in path_names {
-            parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
+            let schema = match name {
+                "templateID" => json!({ "type": "string", "pattern": NAME_PATTERN }),
+                "hash" => json!({ "type": "string", "pattern": "^[0-9a-f]{1,128}$" }),
+                "buildID" => json!({ "type": "string", "format": "uuid" }),
+                _ => json!({ "type": "string" }),
+            };
+            parameters
+                .push(json!({ "name": name, "in": "path", "required": true, "schema": schema }));
         }
         let mut operation = json!({
             "operationId": route.operation,
@@ -323,8 +467,18 @@ pub fn openapi() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
-        if let Some(body) = route.body {
-            operation["requestBody"] = json!({ "required": route.method == "post" && body == "NewSandbox", "content": { "application/json": { "schema": schema_ref(body) } } });
+        match route.body {
+            Some("binary") => {
+                operation["requestBody"] = json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } });
+            }
+            Some(body) => {
+                let required = route.method == "post" && body == "NewSandbox";
+                operation["requestBody"] = json!({ "required": required, "content": { "application/json": { "schema": schema_ref(body) } } });
+            }
+            None => {}
+        }
+        if open {
+            operation["security"] = json!([]);
         }
         let entry = paths
             .entry(route.path.to_owned())
@@ -345,6 +499,73 @@ pub fn openapi() -> Value {
 }
 
 fn schemas() -> Value {
+    let mut all = sandbox_schemas();
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), template_schemas()) {
+        all.extend(more);
+    }
+    all
+}
+
+/// The schemas of the template routes.
+fn template_schemas() -> Value {
+    let strings = json!({ "type": "array", "items": { "type": "string" } });
+    let build_status =
+        json!({ "type": "string", "enum": ["waiting", "building", "ready", "error"] });
+    let template = json!({ "type": "object", "properties": {
+        "templateID": { "type": "string" }, "buildID": { "type": "string" }, "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" },
+        "diskSizeMB": { "type": "integer" }, "public": { "type": "boolean" }, "aliases": strings, "names": strings,
+        "createdAt": { "type": "string", "format": "date-time" }, "updatedAt": { "type": "string", "format": "date-time" },
+        "createdBy": { "type": "object", "nullable": true }, "lastSpawnedAt": { "type": "string", "format": "date-time", "nullable": true },
+        "spawnCount": { "type": "integer" }, "buildCount": { "type": "integer" },
+        "envdVersion": { "type": "string" }, "buildStatus": build_status } });
+    json!({
+        "Template": template,
+        "TemplateWithBuilds": { "allOf": [ { "$ref": "#/components/schemas/Template" }, { "type": "object", "properties": {
+            "builds": { "type": "array", "items": { "$ref": "#/components/schemas/TemplateBuild" } } } } ] },
+        "TemplateBuild": { "type": "object", "required": ["buildID", "status", "createdAt", "updatedAt", "cpuCount", "memoryMB"], "properties": {
+            "buildID": { "type": "string", "format": "uuid" }, "status": build_status, "createdAt": { "type": "string", "format": "date-time" },
+            "updatedAt": { "type": "string", "format": "date-time" }, "finishedAt": { "type": "string", "format": "date-time" },
+            "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "envdVersion": { "type": "string" } } },
+        "TemplateBuildRequestV3": { "type": "object", "properties": {
+            "name": { "type": "string", "description": "name or name:tag", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(:[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$" }, "tags": strings, "alias": { "type": "string", "description": "deprecated: name" },
+            "teamID": { "type": "string" }, "cpuCount": { "type": "integer", "minimum": 1, "maximum": 64 },
+            "memoryMB": { "type": "integer", "minimum": 128, "maximum": 262_144 }, "minFreeDiskMb": { "type": "integer" } } },
+        "TemplateRequestResponseV3": { "type": "object", "required": ["templateID", "buildID", "public", "aliases", "names", "tags"], "properties": {
+            "templateID": { "type": "string" }, "buildID": { "type": "string" }, "public": { "type": "boolean" },
+            "aliases": strings, "names": strings, "tags": strings } },
+        "TemplateBuildFileUpload": { "type": "object", "required": ["present"], "properties": {
+            "present": { "type": "boolean" }, "url": { "type": "string" } } },
+        "TemplateStep": { "type": "object", "required": ["type"], "properties": {
+            "type": { "type": "string", "enum": ["COPY", "ENV", "RUN", "USER", "WORKDIR"] }, "args": strings,
+            "filesHash": { "type": "string", "pattern": "^[0-9a-f]{1,128}$" }, "force": { "type": "boolean" } } },
+        "TemplateBuildStartV2": { "type": "object", "properties": {
+            "fromImage": { "type": "string" }, "fromTemplate": { "type": "string" },
+            "fromImageRegistry": { "type": "object", "description": "type registry with username and password; aws and gcp are refused",
+                "properties": { "type": { "type": "string" }, "username": { "type": "string" }, "password": { "type": "string" } } },
+            "force": { "type": "boolean" }, "steps": { "type": "array", "items": { "$ref": "#/components/schemas/TemplateStep" } },
+            "startCmd": { "type": "string" }, "readyCmd": { "type": "string" } } },
+        "BuildLogEntry": { "type": "object", "required": ["timestamp", "message", "level"], "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "message": { "type": "string" },
+            "level": { "type": "string", "enum": ["debug", "info", "warn", "error"] }, "step": { "type": "string" } } },
+        "BuildStatusReason": { "type": "object", "required": ["message"], "properties": {
+            "message": { "type": "string" }, "step": { "type": "string" },
+            "logEntries": { "type": "array", "items": { "$ref": "#/components/schemas/BuildLogEntry" } } } },
+        "TemplateBuildInfo": { "type": "object", "required": ["templateID", "buildID", "status", "logs", "logEntries"], "properties": {
+            "templateID": { "type": "string" }, "buildID": { "type": "string" }, "status": build_status, "logs": strings,
+            "logEntries": { "type": "array", "items": { "$ref": "#/components/schemas/BuildLogEntry" } },
+            "reason": { "$ref": "#/components/schemas/BuildStatusReason" } } },
+        "AssignTemplateTagsRequest": { "type": "object", "required": ["target", "tags"], "properties": {
+            "target": { "type": "string", "description": "name:tag of the build to tag" }, "tags": strings } },
+        "AssignedTemplateTags": { "type": "object", "required": ["buildID", "tags"], "properties": {
+            "buildID": { "type": "string", "format": "uuid" }, "tags": strings } },
+        "DeleteTemplateTagsRequest": { "type": "object", "required": ["name", "tags"], "properties": {
+            "name": { "type": "string" }, "tags": strings } },
+        "TemplateTag": { "type": "object", "required": ["tag", "buildID", "createdAt"], "properties": {
+            "tag": { "type": "string" }, "buildID": { "type": "string", "format": "uuid" }, "createdAt": { "type": "string", "format": "date-time" } } },
+    })
+}
+
+fn sandbox_schemas() -> Value {
     let string_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
     let blocks = json!({ "type": "array", "description": "IPv4 addresses or CIDR blocks",
         "items": { "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" } });
@@ -393,10 +614,6 @@ fn schemas() -> Value {
             "logEntries": { "type": "array", "items": { "$ref": "#/components/schemas/SandboxLogEntry" } } } },
         "TemplateAlias": { "type": "object", "required": ["templateID", "public"], "properties": {
             "templateID": { "type": "string" }, "public": { "type": "boolean" } } },
-        "Template": { "type": "object", "properties": {
-            "templateID": { "type": "string" }, "buildID": { "type": "string" }, "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" },
-            "diskSizeMB": { "type": "integer" }, "public": { "type": "boolean" }, "aliases": { "type": "array", "items": { "type": "string" } },
-            "createdAt": { "type": "string" }, "updatedAt": { "type": "string" }, "envdVersion": { "type": "string" }, "buildStatus": { "type": "string" } } },
     })
 }
 
@@ -416,7 +633,7 @@ async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) 
 }
 
 /// A JSON body, with E2B's 400 for a malformed one.
-fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -571,10 +788,6 @@ fn egress(allow_internet_access: Option<bool>, network: &Network) -> Result<Egre
     Ok(egress)
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    hearth_proto::time::format_since_epoch(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-}
-
 /// `Sandbox`: what create, connect and resume answer.
 fn sandbox_json(api: &Api, r: &SandboxRecord) -> Value {
     let mut v = json!({
@@ -653,6 +866,8 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         .template_id
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::bad_request("templateID is required"))?;
+    // `name:tag` names a build; sandboxes start from current builds.
+    let template = api.builds.resolve(&template)?;
     let request = CreateRequest {
         template,
         timeout_secs: timeout_secs(new.timeout, "timeout")?,
@@ -1109,7 +1324,7 @@ mod tests {
     fn the_document_covers_every_route_and_schema() {
         let doc = openapi();
         let paths = doc["paths"].as_object().unwrap();
-        for route in ROUTES {
+        for route in ROUTES.iter().chain(OPEN_ROUTES) {
             assert!(
                 paths[route.path][route.method].is_object(),
                 "{} {}",
@@ -1122,8 +1337,17 @@ mod tests {
                 .values()
                 .map(|p| p.as_object().unwrap().len())
                 .sum::<usize>(),
-            ROUTES.len() + 1
+            ROUTES.len() + OPEN_ROUTES.len() + 1
         );
+        // Only the upload and the health check go without a key.
+        let open: Vec<&str> = paths
+            .values()
+            .flat_map(|p| p.as_object().unwrap().values())
+            .filter(|op| op["security"] == json!([]))
+            .map(|op| op["operationId"].as_str().unwrap())
+            .collect();
+        assert_eq!(open.len(), 2, "{open:?}");
+        assert!(open.contains(&"uploadTemplateFiles") && open.contains(&"health"));
         // Every referenced schema exists.
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
@@ -1134,6 +1358,16 @@ mod tests {
                 .collect();
             assert!(schemas.contains_key(&name), "missing schema {name}");
         }
+    }
+
+    #[test]
+    fn the_routes_fit_one_router() {
+        // Overlapping paths would panic here rather than at server start.
+        let mut routes: Router<Arc<Api>> = Router::new();
+        for route in ROUTES.iter().chain(OPEN_ROUTES) {
+            routes = routes.route(route.path, (route.handler)());
+        }
+        drop(routes);
     }
 
     #[test]

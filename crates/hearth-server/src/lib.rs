@@ -3,13 +3,16 @@
 //! [`store`] keeps API keys and sandbox records in an embedded SQLite file
 //! so the server survives restarts; [`keys`] holds the API key format and
 //! the first-start key bootstrap; [`manager`] keeps the live sandboxes and
-//! their timeouts; [`api`] is the REST API and [`proxy`] the sandbox proxy,
-//! both served on one port by [`server`].
+//! their timeouts; [`builds`] runs template builds of E2B's build API;
+//! [`api`] is the REST API and [`proxy`] the sandbox proxy, both served on
+//! one port by [`server`].
 
 pub mod api;
+pub mod builds;
 pub mod error;
 pub mod keys;
 pub mod manager;
 pub mod proxy;
 pub mod server;
 pub mod store;
+mod template_api;

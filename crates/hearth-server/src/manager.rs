@@ -50,12 +50,20 @@ struct Live {
     sandbox: Sandbox,
 }
 
+/// The pool of a template's current build, and the machine shape its
+/// snapshot has.
+#[derive(Clone)]
+struct TemplatePool {
+    pool: Arc<Pool>,
+    shape: Shape,
+}
+
 pub struct Manager {
     node: Arc<Node>,
     store: Arc<Store>,
     shape: Shape,
     pool_size: usize,
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    pools: Mutex<HashMap<String, TemplatePool>>,
     live: Mutex<HashMap<String, Arc<Mutex<Option<Live>>>>>,
 }
 
@@ -105,11 +113,34 @@ impl Manager {
         &self.store
     }
 
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The machine shape of a template build: what its build asked for
+    /// when the build API made it, else the server's.
+    fn shape_of(&self, template: &hearth_image::Template) -> Shape {
+        match self
+            .store
+            .build_of_node_build(&template.name, &template.build_id)
+        {
+            Ok(Some(build)) => Shape {
+                vcpus: build.cpu_count,
+                memory_mib: build.memory_mb,
+            },
+            Ok(None) => self.shape,
+            Err(e) => {
+                tracing::warn!(template = template.name, "reading a template's shape: {e}");
+                self.shape
+            }
+        }
+    }
+
     /// The pool of `template`, started (and its snapshot taken) on first use.
-    async fn pool(&self, template: &str) -> Result<Arc<Pool>, ApiError> {
+    async fn pool(&self, template: &str) -> Result<TemplatePool, ApiError> {
         let mut pools = self.pools.lock().await;
         if let Some(pool) = pools.get(template) {
-            return Ok(Arc::clone(pool));
+            return Ok(pool.clone());
         }
         let found = match self.node.template(template) {
             Ok(found) => found,
@@ -120,21 +151,55 @@ impl Manager {
             }
             Err(e) => return Err(e.into()),
         };
+        let shape = self.shape_of(&found);
         let spec = SandboxSpec {
             template: found,
             kernel: self.node.kernel()?,
-            vcpus: self.shape.vcpus,
-            memory_mib: self.shape.memory_mib,
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
             boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
         };
         let snapshot = self.node.snapshot(&spec).await?;
-        let pool = Arc::new(Pool::start(
-            Arc::clone(&self.node),
-            snapshot,
-            self.pool_size,
-        ));
-        pools.insert(template.to_owned(), Arc::clone(&pool));
+        let pool = TemplatePool {
+            pool: Arc::new(Pool::start(
+                Arc::clone(&self.node),
+                snapshot,
+                self.pool_size,
+            )),
+            shape,
+        };
+        pools.insert(template.to_owned(), pool.clone());
         Ok(pool)
+    }
+
+    /// Stops the pool of `template` if it restores an older build than the
+    /// current one (after a build): the next create starts a pool of the
+    /// current build, and the old build is no longer in use by the pool.
+    pub async fn refresh_pool(&self, template: &str) {
+        let current = match self.node.template(template) {
+            Ok(t) => Some(t.build_id),
+            Err(_) => None,
+        };
+        let mut pools = self.pools.lock().await;
+        let stale = pools.get(template).is_some_and(|p| {
+            // <templates>/<name>/<build>/snapshots/<key>
+            let build = p.pool.snapshot().dir.parent().and_then(|d| d.parent());
+            build.and_then(|b| b.file_name()).and_then(|b| b.to_str()) != current.as_deref()
+        });
+        let old = if stale { pools.remove(template) } else { None };
+        drop(pools);
+        if let Some(old) = old {
+            close_pool(old.pool).await;
+        }
+    }
+
+    /// Stops the pool of `template`, if it has one, and waits for its
+    /// parked sandboxes to go (before the template is deleted).
+    pub async fn drop_pool(&self, template: &str) {
+        let old = self.pools.lock().await.remove(template);
+        if let Some(old) = old {
+            close_pool(old.pool).await;
+        }
     }
 
     /// Starts the pools of these templates ahead of the first request.
@@ -146,8 +211,9 @@ impl Manager {
     }
 
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
-        let pool = self.pool(&request.template).await?;
+        let TemplatePool { pool, shape } = self.pool(&request.template).await?;
         let mut sandbox = pool.create(&request.egress).await?;
+        drop(pool);
         let token = if request.secure {
             Some(new_token().map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))?)
         } else {
@@ -173,8 +239,8 @@ impl Manager {
             env_vars: request.env_vars,
             started_at_ms: now,
             end_at_ms: now.saturating_add(secs_ms(request.timeout_secs)),
-            cpu_count: self.shape.vcpus,
-            memory_mb: self.shape.memory_mib,
+            cpu_count: shape.vcpus,
+            memory_mb: shape.memory_mib,
             secure: request.secure,
             envd_access_token: token,
             auto_pause: request.auto_pause,
@@ -420,7 +486,13 @@ impl Manager {
                 tracing::warn!(sandbox = id, "killing at shutdown: {e}");
             }
         }
-        let pools: Vec<Arc<Pool>> = self.pools.lock().await.drain().map(|(_, p)| p).collect();
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .await
+            .drain()
+            .map(|(_, p)| p.pool)
+            .collect();
         for pool in pools {
             match Arc::try_unwrap(pool) {
                 Ok(pool) => pool.close().await,
@@ -430,29 +502,69 @@ impl Manager {
     }
 }
 
+/// Closes a pool once no create holds it any more.
+async fn close_pool(mut pool: Arc<Pool>) {
+    loop {
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => return pool.close().await,
+            Err(shared) => {
+                pool = shared;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 impl Manager {
-    /// `GET /templates`: the current build of every template.
+    /// `GET /templates`: the current build of every template, in E2B's
+    /// `Template` shape. Its `buildID` is the build API's id of that build
+    /// when the API made it, else the node's.
     pub fn templates(&self) -> Result<Vec<serde_json::Value>, ApiError> {
         let mut current = Vec::new();
         for template in self.node.templates()? {
-            let created =
-                hearth_proto::time::format_since_epoch(Duration::from_secs(template.created_at));
-            current.push(serde_json::json!({
-                "templateID": template.name,
-                "buildID": template.build_id,
-                "cpuCount": self.shape.vcpus,
-                "memoryMB": self.shape.memory_mib,
-                "diskSizeMB": template.size >> 20,
-                "public": false,
-                "aliases": [template.name],
-                "createdAt": created,
-                "updatedAt": created,
-                "envdVersion": ENVD_VERSION,
-                "buildStatus": "ready",
-            }));
+            current.push(self.template_json(&template)?);
         }
         Ok(current)
     }
+
+    /// One template's current build in E2B's `Template` shape.
+    pub fn template_json(
+        &self,
+        template: &hearth_image::Template,
+    ) -> Result<serde_json::Value, ApiError> {
+        let built =
+            hearth_proto::time::format_since_epoch(Duration::from_secs(template.created_at));
+        let builds = self.store.template_builds(&template.name)?;
+        let api_build = builds
+            .iter()
+            .find(|b| b.node_build.as_deref() == Some(template.build_id.as_str()));
+        let shape = self.shape_of(template);
+        let first = builds
+            .last()
+            .map_or(built.clone(), |b| rfc3339_ms(b.created_at_ms));
+        Ok(serde_json::json!({
+            "templateID": template.name,
+            "buildID": api_build.map_or(template.build_id.as_str(), |b| b.build_id.as_str()),
+            "cpuCount": shape.vcpus,
+            "memoryMB": shape.memory_mib,
+            "diskSizeMB": template.size >> 20,
+            "public": false,
+            "aliases": [template.name],
+            "names": [template.name],
+            "createdAt": first,
+            "updatedAt": built,
+            "createdBy": null,
+            "lastSpawnedAt": null,
+            "spawnCount": 0,
+            "buildCount": builds.len().max(1),
+            "envdVersion": ENVD_VERSION,
+            "buildStatus": "ready",
+        }))
+    }
+}
+
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    hearth_proto::time::format_since_epoch(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
 }
 
 impl Manager {

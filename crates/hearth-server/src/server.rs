@@ -11,6 +11,7 @@ use hearth_node::{Layout, Node, NodeOptions};
 use tokio::net::TcpListener;
 
 use crate::api::{self, Api};
+use crate::builds::Builds;
 use crate::manager::{Manager, Shape};
 use crate::store::Store;
 
@@ -26,6 +27,14 @@ pub struct ServerOptions {
     pub pool_size: usize,
     pub shape: Shape,
     pub node: NodeOptions,
+    /// The static `hearth-init` that template builds put into image bases.
+    pub init_binary: PathBuf,
+}
+
+/// `hearth-init` beside the running binary, where a build or an install
+/// puts it.
+pub fn default_init_binary() -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("hearth-init"))
 }
 
 /// Where the server keeps its catalog and its first API key.
@@ -47,16 +56,31 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = Arc::new(Node::open(layout, &options.node)?);
-    let manager = Arc::new(Manager::new(node, store, options.shape, options.pool_size)?);
+    let manager = Arc::new(Manager::new(
+        Arc::clone(&node),
+        Arc::clone(&store),
+        options.shape,
+        options.pool_size,
+    )?);
+    let builds = Arc::new(Builds::new(
+        node,
+        store,
+        Arc::clone(&manager),
+        options.init_binary.clone(),
+        options.shape,
+    )?);
     manager.warm(&["base"]).await?;
+    let listener = TcpListener::bind(options.listen).await?;
+    let listen = listener.local_addr()?;
     let api = Arc::new(Api {
         manager: Arc::clone(&manager),
+        builds: Arc::clone(&builds),
         domain: options.domain.clone(),
+        listen,
     });
     let app = api::router(Arc::clone(&api))
         .layer(middleware::from_fn_with_state(api, crate::proxy::route));
-    let listener = TcpListener::bind(options.listen).await?;
-    ready(listener.local_addr()?);
+    ready(listen);
 
     let expiry = {
         let manager = Arc::clone(&manager);
@@ -73,6 +97,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     expiry.abort();
+    builds.shutdown();
     manager.shutdown().await;
     Ok(served?)
 }

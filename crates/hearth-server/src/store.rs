@@ -1,8 +1,10 @@
-//! The embedded store: API keys and sandbox records in one SQLite file.
+//! The embedded store: API keys, sandbox records and template builds in one
+//! SQLite file.
 //!
 //! The server keeps here what it must remember across restarts: which keys
-//! may call it and which sandboxes exist, with what the E2B API reports
-//! about them. The file is made with mode 0600 and runs in WAL mode; its
+//! may call it, which sandboxes exist, with what the E2B API reports about
+//! them, and the template builds of its build API with their logs and tags
+//! ([`builds`]). The file is made with mode 0600 and runs in WAL mode; its
 //! schema version lives in `PRAGMA user_version`.
 
 use std::collections::BTreeMap;
@@ -25,8 +27,12 @@ use hearth_node::Egress;
 
 use crate::keys;
 
+mod builds;
+
+pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
+
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,6 +70,41 @@ CREATE INDEX sandboxes_by_end ON sandboxes (state, end_at_ms);
 
 /// Version 2: each sandbox's egress policy, as JSON.
 const SCHEMA_2: &str = "ALTER TABLE sandboxes ADD COLUMN egress TEXT NOT NULL DEFAULT '{}';";
+
+/// Version 3: template builds of the E2B build API, their logs and tags.
+const SCHEMA_3: &str = "
+CREATE TABLE template_builds (
+    build_id       TEXT PRIMARY KEY,
+    template       TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    reason         TEXT,
+    reason_step    TEXT,
+    node_build     TEXT,
+    tags           TEXT NOT NULL,
+    cpu_count      INTEGER NOT NULL,
+    memory_mb      INTEGER NOT NULL,
+    created_at_ms  INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER
+);
+CREATE INDEX template_builds_by_template ON template_builds (template, created_at_ms DESC);
+CREATE TABLE template_build_logs (
+    build_id     TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    level        TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    step         TEXT,
+    PRIMARY KEY (build_id, seq)
+);
+CREATE TABLE template_tags (
+    template      TEXT NOT NULL,
+    tag           TEXT NOT NULL,
+    build_id      TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (template, tag)
+);
+";
 
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
@@ -106,6 +147,10 @@ pub enum StoreError {
     NoSandbox(String),
     #[error("the pagination token is malformed; pass the nextToken of a previous page unchanged")]
     BadToken,
+    #[error("template build {0} already exists")]
+    BuildExists(String),
+    #[error("no template build {0}")]
+    NoBuild(String),
 }
 
 /// An API key as listed; never its plaintext.
@@ -290,6 +335,9 @@ impl Store {
         }
         if version < 2 {
             tx.execute_batch(SCHEMA_2).map_err(self.query())?;
+        }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_3).map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
@@ -921,7 +969,7 @@ mod tests {
             .lock()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
@@ -933,7 +981,7 @@ mod tests {
             .unwrap();
         drop(store);
         let err = Store::open(&dir.path().join("state/hearth.db")).unwrap_err();
-        assert!(matches!(err, StoreError::TooNew { found: 3, .. }), "{err}");
+        assert!(matches!(err, StoreError::TooNew { found: 4, .. }), "{err}");
     }
 
     #[test]

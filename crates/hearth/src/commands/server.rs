@@ -35,6 +35,10 @@ pub(crate) struct ServerArgs {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
+    /// The guest init that template builds put into image bases (default:
+    /// hearth-init beside hearth).
+    #[arg(long, env = "HEARTH_INIT_BINARY")]
+    init_binary: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +87,10 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         node: NodeOptions {
             accel: args.accel,
             ..NodeOptions::default()
+        },
+        init_binary: match args.init_binary {
+            Some(path) => path,
+            None => server::default_init_binary()?,
         },
     };
     let runtime = tokio::runtime::Runtime::new()?;

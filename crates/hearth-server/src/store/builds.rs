@@ -1,0 +1,664 @@
+//! Template builds of the E2B build API: each build's status and reason,
+//! its log entries, and the tags that name builds.
+//!
+//! A build's id is the UUID the API hands out; `node_build` is the id the
+//! node gave the finished template build (`templates/<name>/<node_build>`),
+//! set once it is ready. Tags point at API build ids and are assigned when
+//! a build becomes ready.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::Value;
+use rusqlite::{ErrorCode, OptionalExtension, Row, params, params_from_iter};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// Why builds still waiting or building when the server starts failed.
+pub const INTERRUPTED: &str = "interrupted: the server stopped during the build";
+
+const BUILD_COLUMNS: &str = "build_id, template, status, reason, reason_step, node_build, tags, \
+    cpu_count, memory_mb, created_at_ms, updated_at_ms, finished_at_ms";
+
+/// Where a build is, in E2B's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    /// Requested; its steps have not come yet, or it waits for another
+    /// build of the same template.
+    Waiting,
+    Building,
+    Ready,
+    Error,
+}
+
+impl BuildStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Building => "building",
+            Self::Ready => "ready",
+            Self::Error => "error",
+        }
+    }
+
+    /// Whether the build is over, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Ready | Self::Error)
+    }
+}
+
+impl fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BuildStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "waiting" => Ok(Self::Waiting),
+            "building" => Ok(Self::Building),
+            "ready" => Ok(Self::Ready),
+            "error" => Ok(Self::Error),
+            other => Err(format!("unknown build status '{other}'")),
+        }
+    }
+}
+
+/// One template build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    /// A UUID.
+    pub build_id: String,
+    /// The template's name, which is its id.
+    pub template: String,
+    pub status: BuildStatus,
+    /// Why it failed: the error with its causes.
+    pub reason: Option<String>,
+    /// The step that failed: `base`, `1`, `2`, … or `finalize` (E2B's).
+    pub reason_step: Option<String>,
+    /// The node's id of the finished template build.
+    pub node_build: Option<String>,
+    /// Tags it gets when ready.
+    pub tags: Vec<String>,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One line of a build's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLogEntry {
+    /// Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+    /// The build step it belongs to, as in [`BuildRecord::reason_step`].
+    pub step: Option<String>,
+}
+
+/// A tag of a template: a name for one of its builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub template: String,
+    pub tag: String,
+    /// The API build id it names.
+    pub build_id: String,
+    pub created_at_ms: i64,
+}
+
+/// Log levels from least to most severe; unknown ones count as `info`.
+pub fn level_rank(level: &str) -> u8 {
+    match level {
+        "debug" => 0,
+        "warn" => 2,
+        "error" => 3,
+        _ => 1,
+    }
+}
+
+impl Store {
+    /// Records a new build; its id must be new.
+    pub fn insert_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
+        let tags = serde_json::to_string(&b.tags).expect("strings serialise");
+        let result = self.lock().execute(
+            &format!(
+                "INSERT INTO template_builds ({BUILD_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ),
+            params![
+                b.build_id,
+                b.template,
+                b.status.as_str(),
+                b.reason,
+                b.reason_step,
+                b.node_build,
+                tags,
+                b.cpu_count,
+                b.memory_mb,
+                b.created_at_ms,
+                b.updated_at_ms,
+                b.finished_at_ms,
+            ],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                Err(StoreError::BuildExists(b.build_id.clone()))
+            }
+            Err(err) => Err(self.query()(err)),
+        }
+    }
+
+    /// The build with id `id`, if any.
+    pub fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let row = self
+            .lock()
+            .query_row(
+                &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE build_id = ?1"),
+                [id],
+                BuildRow::read,
+            )
+            .optional()
+            .map_err(self.query())?;
+        row.map(|row| row.into_record(self)).transpose()
+    }
+
+    /// The builds of `template`, newest first.
+    pub fn template_builds(&self, template: &str) -> Result<Vec<BuildRecord>, StoreError> {
+        self.select_builds(
+            &format!(
+                "SELECT {BUILD_COLUMNS} FROM template_builds WHERE template = ?1 \
+                 ORDER BY created_at_ms DESC, build_id"
+            ),
+            vec![Value::Text(template.to_owned())],
+        )
+    }
+
+    /// The newest ready build of `template` that made node build
+    /// `node_build`, if the API made it.
+    pub fn build_of_node_build(
+        &self,
+        template: &str,
+        node_build: &str,
+    ) -> Result<Option<BuildRecord>, StoreError> {
+        Ok(self
+            .select_builds(
+                &format!(
+                    "SELECT {BUILD_COLUMNS} FROM template_builds \
+                     WHERE template = ?1 AND node_build = ?2 AND status = 'ready' \
+                     ORDER BY finished_at_ms DESC, build_id LIMIT 1"
+                ),
+                vec![
+                    Value::Text(template.to_owned()),
+                    Value::Text(node_build.to_owned()),
+                ],
+            )?
+            .pop())
+    }
+
+    /// Moves a waiting build to building; false if it was not waiting.
+    pub fn start_build(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE template_builds SET status = 'building', updated_at_ms = ?2 \
+                 WHERE build_id = ?1 AND status = 'waiting'",
+                params![id, now_ms],
+            )
+            .map_err(self.query())?;
+        Ok(changed > 0)
+    }
+
+    /// Marks a build ready as node build `node_build` and gives its tags to
+    /// it, taking them from whichever build had them: one transaction.
+    pub fn finish_build(&self, id: &str, node_build: &str, now_ms: i64) -> Result<(), StoreError> {
+        let build = self
+            .get_build(id)?
+            .ok_or_else(|| StoreError::NoBuild(id.to_owned()))?;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.query())?;
+        tx.execute(
+            "UPDATE template_builds SET status = 'ready', node_build = ?2, reason = NULL, \
+             reason_step = NULL, updated_at_ms = ?3, finished_at_ms = ?3 WHERE build_id = ?1",
+            params![id, node_build, now_ms],
+        )
+        .map_err(self.query())?;
+        for tag in &build.tags {
+            tx.execute(
+                "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
+                 DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
+                params![build.template, tag, id, now_ms],
+            )
+            .map_err(self.query())?;
+        }
+        tx.commit().map_err(self.query())
+    }
+
+    /// Marks a build failed with `reason`, naming the failed `step`.
+    pub fn fail_build(
+        &self,
+        id: &str,
+        reason: &str,
+        step: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .lock()
+            .execute(
+                "UPDATE template_builds SET status = 'error', reason = ?2, reason_step = ?3, \
+                 updated_at_ms = ?4, finished_at_ms = ?4 WHERE build_id = ?1",
+                params![id, reason, step, now_ms],
+            )
+            .map_err(self.query())?;
+        if changed == 0 {
+            return Err(StoreError::NoBuild(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Fails every build left waiting or building by a server that stopped
+    /// (nothing runs them any more); returns how many.
+    pub fn interrupt_builds(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE template_builds SET status = 'error', reason = ?1, \
+                 updated_at_ms = ?2, finished_at_ms = ?2 \
+                 WHERE status IN ('waiting', 'building')",
+                params![INTERRUPTED, now_ms],
+            )
+            .map_err(self.query())
+    }
+
+    /// Appends a line to a build's log.
+    pub fn append_build_log(&self, id: &str, entry: &BuildLogEntry) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO template_build_logs (build_id, seq, timestamp_ms, level, message, step) \
+                 SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4, ?5 \
+                 FROM template_build_logs WHERE build_id = ?1",
+                params![id, entry.timestamp_ms, entry.level, entry.message, entry.step],
+            )
+            .map_err(self.query())?;
+        Ok(())
+    }
+
+    /// At most `limit` log entries of a build at `min_level` or above,
+    /// skipping the first `offset` of them, oldest first.
+    pub fn build_logs(
+        &self,
+        id: &str,
+        offset: u64,
+        limit: u64,
+        min_level: u8,
+    ) -> Result<Vec<BuildLogEntry>, StoreError> {
+        let levels: Vec<&str> = ["debug", "info", "warn", "error"]
+            .into_iter()
+            .filter(|l| level_rank(l) >= min_level)
+            .collect();
+        // Unknown levels count as info.
+        let unknown_ok = min_level <= 1;
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT timestamp_ms, level, message, step FROM template_build_logs \
+                 WHERE build_id = ?1 AND (level IN (SELECT value FROM json_each(?2)) \
+                 OR (?3 AND level NOT IN ('debug', 'info', 'warn', 'error'))) \
+                 ORDER BY seq LIMIT ?4 OFFSET ?5",
+            )
+            .map_err(self.query())?;
+        let levels = serde_json::to_string(&levels).expect("strings serialise");
+        let rows = stmt
+            .query_map(
+                params![
+                    id,
+                    levels,
+                    unknown_ok,
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    i64::try_from(offset).unwrap_or(i64::MAX),
+                ],
+                |row| {
+                    Ok(BuildLogEntry {
+                        timestamp_ms: row.get(0)?,
+                        level: row.get(1)?,
+                        message: row.get(2)?,
+                        step: row.get(3)?,
+                    })
+                },
+            )
+            .map_err(self.query())?;
+        rows.collect::<Result<_, _>>().map_err(self.query())
+    }
+
+    /// Points `tags` of `template` at build `build_id`.
+    pub fn set_tags(
+        &self,
+        template: &str,
+        tags: &[String],
+        build_id: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.query())?;
+        for tag in tags {
+            tx.execute(
+                "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
+                 DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
+                params![template, tag, build_id, now_ms],
+            )
+            .map_err(self.query())?;
+        }
+        tx.commit().map_err(self.query())
+    }
+
+    /// Removes `tags` from `template`; returns how many existed.
+    pub fn remove_tags(&self, template: &str, tags: &[String]) -> Result<usize, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.query())?;
+        let mut removed = 0;
+        for tag in tags {
+            removed += tx
+                .execute(
+                    "DELETE FROM template_tags WHERE template = ?1 AND tag = ?2",
+                    params![template, tag],
+                )
+                .map_err(self.query())?;
+        }
+        tx.commit().map_err(self.query())?;
+        Ok(removed)
+    }
+
+    /// The tags of `template`, by name.
+    pub fn template_tags(&self, template: &str) -> Result<Vec<TagRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT template, tag, build_id, created_at_ms FROM template_tags \
+                 WHERE template = ?1 ORDER BY tag",
+            )
+            .map_err(self.query())?;
+        let rows = stmt
+            .query_map([template], tag_from_row)
+            .map_err(self.query())?;
+        rows.collect::<Result<_, _>>().map_err(self.query())
+    }
+
+    /// Tag `tag` of `template`, if it exists.
+    pub fn tag(&self, template: &str, tag: &str) -> Result<Option<TagRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT template, tag, build_id, created_at_ms FROM template_tags \
+                 WHERE template = ?1 AND tag = ?2",
+                params![template, tag],
+                tag_from_row,
+            )
+            .optional()
+            .map_err(self.query())
+    }
+
+    /// Forgets everything about `template`: builds, their logs, tags.
+    pub fn delete_template_records(&self, template: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.query())?;
+        tx.execute(
+            "DELETE FROM template_build_logs WHERE build_id IN \
+             (SELECT build_id FROM template_builds WHERE template = ?1)",
+            [template],
+        )
+        .map_err(self.query())?;
+        tx.execute(
+            "DELETE FROM template_builds WHERE template = ?1",
+            [template],
+        )
+        .map_err(self.query())?;
+        tx.execute("DELETE FROM template_tags WHERE template = ?1", [template])
+            .map_err(self.query())?;
+        tx.commit().map_err(self.query())
+    }
+
+    fn select_builds(&self, sql: &str, args: Vec<Value>) -> Result<Vec<BuildRecord>, StoreError> {
+        let rows: Vec<BuildRow> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare(sql).map_err(self.query())?;
+            stmt.query_map(params_from_iter(args), BuildRow::read)
+                .map_err(self.query())?
+                .collect::<Result<_, _>>()
+                .map_err(self.query())?
+        };
+        rows.into_iter().map(|row| row.into_record(self)).collect()
+    }
+}
+
+fn tag_from_row(row: &Row<'_>) -> rusqlite::Result<TagRecord> {
+    Ok(TagRecord {
+        template: row.get(0)?,
+        tag: row.get(1)?,
+        build_id: row.get(2)?,
+        created_at_ms: row.get(3)?,
+    })
+}
+
+/// A build as its columns hold it: the status as text, tags as JSON.
+struct BuildRow {
+    record: BuildRecord,
+    status: String,
+    tags: String,
+}
+
+impl BuildRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            record: BuildRecord {
+                build_id: row.get(0)?,
+                template: row.get(1)?,
+                status: BuildStatus::Waiting,
+                reason: row.get(3)?,
+                reason_step: row.get(4)?,
+                node_build: row.get(5)?,
+                tags: Vec::new(),
+                cpu_count: row.get(7)?,
+                memory_mb: row.get(8)?,
+                created_at_ms: row.get(9)?,
+                updated_at_ms: row.get(10)?,
+                finished_at_ms: row.get(11)?,
+            },
+            status: row.get(2)?,
+            tags: row.get(6)?,
+        })
+    }
+
+    fn into_record(self, store: &Store) -> Result<BuildRecord, StoreError> {
+        let id = &self.record.build_id;
+        let status = self
+            .status
+            .parse()
+            .map_err(|err| store.corrupt(format_args!("template build {id}: {err}")))?;
+        let tags = serde_json::from_str(&self.tags)
+            .map_err(|err| store.corrupt(format_args!("template build {id}: tags: {err}")))?;
+        Ok(BuildRecord {
+            status,
+            tags,
+            ..self.record
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hearth.db")).unwrap();
+        (dir, store)
+    }
+
+    fn build(id: &str, template: &str, created_at_ms: i64) -> BuildRecord {
+        BuildRecord {
+            build_id: id.to_owned(),
+            template: template.to_owned(),
+            status: BuildStatus::Waiting,
+            reason: None,
+            reason_step: None,
+            node_build: None,
+            tags: vec!["default".to_owned()],
+            cpu_count: 2,
+            memory_mb: 512,
+            created_at_ms,
+            updated_at_ms: created_at_ms,
+            finished_at_ms: None,
+        }
+    }
+
+    fn entry(ms: i64, level: &str, message: &str) -> BuildLogEntry {
+        BuildLogEntry {
+            timestamp_ms: ms,
+            level: level.to_owned(),
+            message: message.to_owned(),
+            step: None,
+        }
+    }
+
+    #[test]
+    fn a_build_goes_from_waiting_to_ready_and_takes_its_tags() {
+        let (_dir, store) = open_temp();
+        let mut first = build("b1", "app", 1);
+        first.tags = vec!["default".to_owned(), "v1".to_owned()];
+        store.insert_build(&first).unwrap();
+        assert!(matches!(
+            store.insert_build(&first),
+            Err(StoreError::BuildExists(_))
+        ));
+        assert_eq!(store.get_build("b1").unwrap().unwrap(), first);
+        assert!(store.start_build("b1", 5).unwrap());
+        assert!(!store.start_build("b1", 6).unwrap(), "only once");
+        store.finish_build("b1", "nodebuild1", 9).unwrap();
+        let got = store.get_build("b1").unwrap().unwrap();
+        assert_eq!(got.status, BuildStatus::Ready);
+        assert_eq!(got.node_build.as_deref(), Some("nodebuild1"));
+        assert_eq!(got.finished_at_ms, Some(9));
+        let tags: Vec<_> = store
+            .template_tags("app")
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.tag, t.build_id))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                ("default".to_owned(), "b1".to_owned()),
+                ("v1".to_owned(), "b1".to_owned())
+            ]
+        );
+
+        // A second build takes `default` over; `v1` stays with the first.
+        store.insert_build(&build("b2", "app", 10)).unwrap();
+        store.finish_build("b2", "nodebuild2", 11).unwrap();
+        assert_eq!(store.tag("app", "default").unwrap().unwrap().build_id, "b2");
+        assert_eq!(store.tag("app", "v1").unwrap().unwrap().build_id, "b1");
+        assert_eq!(
+            store
+                .build_of_node_build("app", "nodebuild1")
+                .unwrap()
+                .unwrap()
+                .build_id,
+            "b1"
+        );
+        assert_eq!(store.build_of_node_build("app", "other").unwrap(), None);
+        let ids: Vec<_> = store
+            .template_builds("app")
+            .unwrap()
+            .into_iter()
+            .map(|b| b.build_id)
+            .collect();
+        assert_eq!(ids, ["b2", "b1"]);
+
+        store.set_tags("app", &["v1".to_owned()], "b2", 12).unwrap();
+        assert_eq!(store.tag("app", "v1").unwrap().unwrap().build_id, "b2");
+        assert_eq!(
+            store
+                .remove_tags("app", &["v1".to_owned(), "nope".to_owned()])
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.tag("app", "v1").unwrap(), None);
+
+        store.delete_template_records("app").unwrap();
+        assert!(store.template_builds("app").unwrap().is_empty());
+        assert!(store.template_tags("app").unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_keep_their_reason_and_a_restart_interrupts_running_builds() {
+        let (_dir, store) = open_temp();
+        for (id, ms) in [("w", 1), ("b", 2), ("r", 3), ("e", 4)] {
+            store.insert_build(&build(id, "t", ms)).unwrap();
+        }
+        store.start_build("b", 5).unwrap();
+        store.finish_build("r", "n", 6).unwrap();
+        store
+            .fail_build("e", "step 2: `false` exited with status 1", Some("2"), 7)
+            .unwrap();
+        assert!(matches!(
+            store.fail_build("ghost", "x", None, 7),
+            Err(StoreError::NoBuild(_))
+        ));
+        let failed = store.get_build("e").unwrap().unwrap();
+        assert_eq!(failed.status, BuildStatus::Error);
+        assert_eq!(failed.reason_step.as_deref(), Some("2"));
+
+        assert_eq!(store.interrupt_builds(8).unwrap(), 2);
+        for id in ["w", "b"] {
+            let b = store.get_build(id).unwrap().unwrap();
+            assert_eq!(b.status, BuildStatus::Error, "{id}");
+            assert_eq!(b.reason.as_deref(), Some(INTERRUPTED));
+        }
+        assert_eq!(
+            store.get_build("r").unwrap().unwrap().status,
+            BuildStatus::Ready
+        );
+        assert_eq!(store.interrupt_builds(9).unwrap(), 0);
+    }
+
+    #[test]
+    fn logs_page_by_offset_and_level() {
+        let (_dir, store) = open_temp();
+        store.insert_build(&build("b", "t", 1)).unwrap();
+        for i in 0..250 {
+            let level = if i % 50 == 49 { "error" } else { "info" };
+            store
+                .append_build_log("b", &entry(i, level, &format!("line {i}")))
+                .unwrap();
+        }
+        store
+            .append_build_log("other", &entry(0, "info", "elsewhere"))
+            .unwrap();
+        let page = store.build_logs("b", 0, 100, 0).unwrap();
+        assert_eq!(page.len(), 100);
+        assert_eq!(page[0].message, "line 0");
+        let page = store.build_logs("b", 200, 100, 0).unwrap();
+        assert_eq!(page.len(), 50);
+        assert_eq!(page[49].message, "line 249");
+        assert!(store.build_logs("b", 250, 100, 0).unwrap().is_empty());
+        let errors = store.build_logs("b", 0, 100, level_rank("error")).unwrap();
+        let messages: Vec<_> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            ["line 49", "line 99", "line 149", "line 199", "line 249"]
+        );
+        assert_eq!(
+            store.build_logs("b", 3, 100, level_rank("error")).unwrap()[0].message,
+            "line 199"
+        );
+    }
+}
