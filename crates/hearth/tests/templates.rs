@@ -89,10 +89,12 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
 "#;
 
-fn dockerfile(last_run: &str) -> String {
+/// A Dockerfile whose steps no earlier run has cached (`nonce`).
+fn dockerfile(nonce: &str, last_run: &str) -> String {
     format!(
         r#"# a web app on the Debian base
 FROM base
+ENV NONCE={nonce}
 ARG GREETING=hello
 ENV APP_HOME=/srv/app \
     MODE=test
@@ -134,16 +136,25 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
     write(ctx.path(), "data/sub/b.txt", "B\n");
     write(ctx.path(), "data/skip.log", "ignored\n");
     write(ctx.path(), ".dockerignore", "**/*.log\n");
+    // Steps no earlier run has cached.
+    let nonce = format!(
+        "{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     write(
         ctx.path(),
         "Dockerfile",
-        &dockerfile("whoami > /home/user/who.txt"),
+        &dockerfile(&nonce, "whoami > /home/user/who.txt"),
     );
 
     let (first, first_time) = build("webapp", ctx.path());
     let log = text(&first.stderr);
     assert!(first.status.success(), "first build failed:\n{log}");
-    assert!(log.contains("step 5/7 RUN echo"), "{log}");
+    assert!(log.contains("step 6/8 RUN echo"), "{log}");
 
     // The sandbox starts from the snapshot with the app already serving.
     let out = run(&[
@@ -184,7 +195,7 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
     let (again, again_time) = build("webapp", ctx.path());
     let log = text(&again.stderr);
     assert!(again.status.success(), "{log}");
-    assert!(log.contains("7 of 7 steps cached"), "{log}");
+    assert!(log.contains("8 of 8 steps cached"), "{log}");
     eprintln!(
         "figures: first build {:.1} s, unchanged rebuild {:.1} s",
         first_time.as_secs_f64(),
@@ -195,7 +206,10 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
     write(
         ctx.path(),
         "Dockerfile",
-        &dockerfile("whoami > /home/user/who.txt; echo 2 >> /home/user/who.txt"),
+        &dockerfile(
+            &nonce,
+            "whoami > /home/user/who.txt; echo 2 >> /home/user/who.txt",
+        ),
     );
     let (changed, changed_time) = build("webapp", ctx.path());
     let log = text(&changed.stderr);
@@ -204,7 +218,7 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
         log.contains("RUN echo \"$GREETING") && log.contains("(cached)"),
         "{log}"
     );
-    assert!(log.contains("6 of 7 steps cached"), "{log}");
+    assert!(log.contains("7 of 8 steps cached"), "{log}");
     eprintln!(
         "figures: last step changed {:.1} s",
         changed_time.as_secs_f64()
