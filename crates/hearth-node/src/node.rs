@@ -64,6 +64,7 @@ impl Node {
         remove_leftovers(&layout.sandboxes(), &layout.sandbox_locks(), "sandbox")?;
         // A build step's VM dies with its build.
         remove_leftovers(&layout.builds(), &layout.build_locks(), "build VM")?;
+        remove_abandoned_work(&layout);
         let host = HostProfile {
             vmm: qemu.version()?,
             tsc_khz: tsc_khz(&layout)?,
@@ -254,6 +255,46 @@ fn host_cpu_model() -> String {
         .map_or_else(|| "unknown".to_owned(), |(_, name)| name.trim().to_owned())
 }
 
+/// Removes the half-made directories of template builds whose process is
+/// gone: `templates/<name>/.build-<id>-<pid>` and
+/// `cache/images/.work-<key>-<pid>`. Nothing in them was ever visible.
+fn remove_abandoned_work(layout: &Layout) {
+    let mut parents = vec![layout.cache().join("images")];
+    if let Ok(names) = std::fs::read_dir(layout.templates()) {
+        parents.extend(names.flatten().map(|e| e.path()));
+    }
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = abandoned_by(&name) else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            tracing::info!(
+                "removing {} left by a build that stopped",
+                entry.path().display()
+            );
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!("cannot remove {}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+/// The pid in the name of a build's work directory, `.build-…-<pid>` or
+/// `.work-…-<pid>`.
+fn abandoned_by(name: &str) -> Option<u32> {
+    if !(name.starts_with(".build-") || name.starts_with(".work-")) {
+        return None;
+    }
+    name.rsplit_once('-')?.1.parse().ok()
+}
+
 /// Kills the VMM recorded in a sandbox directory if that pid still runs a
 /// process started for this directory (pids are reused).
 pub(crate) fn kill_leftover_vmm(sandbox_dir: &Path) {
@@ -294,6 +335,16 @@ fn parse_nameservers(text: &str) -> Vec<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_directories_name_their_builder() {
+        assert_eq!(abandoned_by(".build-5b0ad6922a434fca-4242"), Some(4242));
+        assert_eq!(abandoned_by(".work-0123abcd-7"), Some(7));
+        assert_eq!(abandoned_by("5b0ad6922a434fca"), None);
+        assert_eq!(abandoned_by(".build.lock"), None);
+        assert_eq!(abandoned_by(".build-x-notapid"), None);
+        assert_eq!(abandoned_by("current"), None);
+    }
 
     #[test]
     fn nameservers_skip_loopback_and_ipv6() {
