@@ -182,6 +182,32 @@ fn add_dir(
     }
 }
 
+/// Everything under `root/rel` as the events its making would have given:
+/// a create for each entry, and a write for each file with contents.
+fn already_there(root: &Path, rel: &Path) -> Vec<(PathBuf, EventType)> {
+    let mut events = Vec::new();
+    let mut dirs = vec![rel.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(root.join(&dir)) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(fs::DirEntry::file_name);
+        for entry in entries {
+            let path = dir.join(entry.file_name());
+            events.push((path.clone(), EventType::Create));
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => dirs.push(path),
+                Ok(meta) if meta.is_file() && meta.len() > 0 => {
+                    events.push((path, EventType::Write));
+                }
+                _ => {}
+            }
+        }
+    }
+    events
+}
+
 impl Tree {
     /// The next events; an empty batch when what was read is not reported.
     async fn next(&mut self) -> io::Result<Vec<FilesystemEvent>> {
@@ -213,6 +239,7 @@ impl Tree {
             return Vec::new();
         };
         let rel = dir.join(name);
+        let mut found = Vec::new();
         if mask.contains(AddWatchFlags::IN_ISDIR) {
             if mask.contains(AddWatchFlags::IN_MOVED_FROM) {
                 self.forget(&rel);
@@ -221,21 +248,29 @@ impl Tree {
                 && mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
             {
                 add_dir(&self.inotify.get_ref().0, &self.root, &rel, &mut self.dirs);
+                // What appeared in the new directory before its watch did
+                // made no event: report it now.
+                found = already_there(&self.root, &rel);
             }
         }
-        let full = self.root.join(&rel);
-        KINDS
+        let mut events: Vec<FilesystemEvent> = KINDS
             .iter()
             .filter(|(bits, _)| mask.intersects(*bits))
-            .map(|&(_, kind)| FilesystemEvent {
-                name: rel.to_string_lossy().into_owned(),
-                r#type: kind as i32,
-                entry: (self.include_entry
-                    && !matches!(kind, EventType::Remove | EventType::Rename))
+            .map(|&(_, kind)| self.event(&rel, kind))
+            .collect();
+        events.extend(found.iter().map(|(path, kind)| self.event(path, *kind)));
+        events
+    }
+
+    fn event(&self, rel: &Path, kind: EventType) -> FilesystemEvent {
+        let full = self.root.join(rel);
+        FilesystemEvent {
+            name: rel.to_string_lossy().into_owned(),
+            r#type: kind as i32,
+            entry: (self.include_entry && !matches!(kind, EventType::Remove | EventType::Rename))
                 .then(|| entry_info(&full, &full, &self.names).ok())
                 .flatten(),
-            })
-            .collect()
+        }
     }
 
     /// Stops watching `rel` and what is under it (moved away).
@@ -456,6 +491,51 @@ async fn remove_watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn what_a_new_directory_holds_before_its_watch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inotify, dirs) = open(dir.path(), true).unwrap();
+        // SAFETY: `Fd` owns the inotify descriptor, which stays open until
+        // the `AsyncFd` drops it, and always reports that same descriptor.
+        let inotify =
+            unsafe { AsyncFd::register_with_interest(Fd(inotify), Interest::READABLE) }.unwrap();
+        let mut tree = Tree {
+            inotify,
+            root: dir.path().to_owned(),
+            recursive: true,
+            include_entry: false,
+            names: Names::default(),
+            dirs,
+        };
+        // All of it made before the tree reads the event of `new`, so
+        // before `new` and `new/deeper` are watched.
+        fs::create_dir_all(dir.path().join("new/deeper")).unwrap();
+        fs::write(dir.path().join("new/deeper/g"), "x").unwrap();
+        fs::write(dir.path().join("new/empty"), "").unwrap();
+        let events: Vec<(String, i32)> = tree
+            .next()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.r#type))
+            .collect();
+        let create = EventType::Create as i32;
+        assert_eq!(
+            events,
+            [
+                ("new".to_owned(), create),
+                ("new/deeper".to_owned(), create),
+                ("new/empty".to_owned(), create),
+                ("new/deeper/g".to_owned(), create),
+                ("new/deeper/g".to_owned(), EventType::Write as i32),
+            ]
+        );
+        // And both are watched from now on.
+        fs::write(dir.path().join("new/deeper/h"), "").unwrap();
+        let events = tree.next().await.unwrap();
+        assert_eq!(events[0].name, "new/deeper/h");
+    }
 
     #[test]
     fn watches_existing_subdirectories_when_recursive() {
