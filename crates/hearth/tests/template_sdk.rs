@@ -11,15 +11,15 @@
 //! `--include-ignored`.
 
 mod common;
+#[path = "common/server.rs"]
+mod sdk_server;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use common::{assert_nothing_left, data_dir, text};
+use common::{assert_nothing_left, data_dir};
+use sdk_server::{Server, script, server_data_dir};
 
-const DOMAIN: &str = "hearth.test";
 /// The templates the script builds (in the shared templates directory).
 const TEMPLATES: [&str; 5] = [
     "sdk-app",
@@ -32,106 +32,11 @@ const TEMPLATES: [&str; 5] = [
 /// The tests of this file each run a server and count the host's VMs.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A data dir of its own (catalog, key, sandboxes) sharing the built kernel,
-/// templates and caches.
-fn server_data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for shared in ["kernels", "templates", "cache"] {
-        std::os::unix::fs::symlink(data_dir().join(shared), dir.path().join(shared)).unwrap();
-    }
-    dir
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--domain",
-                DOMAIN,
-                "--pool",
-                "1",
-            ])
-            .env("HEARTH_DATA_DIR", data)
-            .env("HEARTH_LOG", "info")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("hearth server starts");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let started = Instant::now();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server printed where it listens")
-                .unwrap();
-            if let Some(url) = line.strip_prefix("hearth: listening on ") {
-                break url.to_owned();
-            }
-            assert!(started.elapsed() < Duration::from_secs(300), "server start");
-        };
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("server: {line}");
-            }
-        });
-        Self { child, url }
-    }
-
-    /// SIGTERM, then wait: the server kills its sandboxes first.
-    fn stop(mut self) {
-        let status = self.terminate();
-        assert!(status.success(), "server exit: {status}");
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.terminate();
-        }
-    }
-}
-
 /// Runs a phase of the SDK script; its stdout.
 fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
-    let script: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/template_drive.py");
-    let out = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .env("E2B_API_URL", &server.url)
-        .env("E2B_SANDBOX_URL", &server.url)
-        .env("E2B_API_KEY", key)
-        .output()
-        .expect("python runs");
-    let stdout = text(&out.stdout);
-    for line in stdout.lines().filter(|l| l.starts_with("figure ")) {
-        eprintln!("{line}");
-    }
-    assert!(
-        out.status.success() && stdout.ends_with("all checks passed\n"),
-        "SDK script {args:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    stdout
+    let mut cmd = Command::new(python);
+    cmd.arg(script("template_drive.py")).args(args);
+    sdk_server::drive(cmd, server, key)
 }
 
 #[test]
@@ -191,27 +96,11 @@ fn stock_e2b_js_sdk_builds_templates_on_hearth_server() {
     let server = Server::start(data.path());
     let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
     let context = tempfile::tempdir().unwrap();
-    let script: PathBuf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b/template_drive.cjs");
-    let out = Command::new("node")
-        .arg(&script)
+    let mut cmd = Command::new("node");
+    cmd.arg(script("template_drive.cjs"))
         .arg(context.path())
-        .env("NODE_PATH", Path::new(&sdk).join("node_modules"))
-        .env("E2B_API_URL", &server.url)
-        .env("E2B_SANDBOX_URL", &server.url)
-        .env("E2B_API_KEY", key.trim())
-        .output()
-        .expect("node runs");
-    let stdout = text(&out.stdout);
-    for line in stdout.lines().filter(|l| l.starts_with("figure ")) {
-        eprintln!("{line}");
-    }
-    assert!(
-        out.status.success() && stdout.ends_with("all checks passed\n"),
-        "JS SDK script failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
+        .env("NODE_PATH", Path::new(&sdk).join("node_modules"));
+    sdk_server::drive(cmd, &server, key.trim());
     server.stop();
     assert_nothing_left("after the server run");
     for name in TEMPLATES {

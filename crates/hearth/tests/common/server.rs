@@ -1,0 +1,122 @@
+//! A real `hearth server` for the SDK tests: started on a free port over a
+//! data dir of its own, driven by SDK scripts, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{data_dir, text};
+
+/// The domain of sandbox host names (`<port>-<id>.<domain>`).
+pub const DOMAIN: &str = "hearth.test";
+
+/// A data dir of its own (catalog, key, sandboxes) sharing the built kernel,
+/// templates and caches.
+pub fn server_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for shared in ["kernels", "templates", "cache"] {
+        std::os::unix::fs::symlink(data_dir().join(shared), dir.path().join(shared)).unwrap();
+    }
+    dir
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--domain",
+                DOMAIN,
+                "--pool",
+                "1",
+            ])
+            .env("HEARTH_DATA_DIR", data)
+            .env("HEARTH_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hearth server starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let started = Instant::now();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("the server printed where it listens")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("hearth: listening on ") {
+                break url.to_owned();
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "server start");
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("server: {line}");
+            }
+        });
+        Self { child, url }
+    }
+
+    /// SIGTERM, then wait: the server kills its sandboxes first.
+    pub fn stop(mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "server exit: {status}");
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    /// A failed check must not leave the server and its VMs running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// Runs an SDK script (`script`, already given its program and arguments)
+/// against `server` with E2B's three variables set, passes its `figure`
+/// lines on, and asserts it ends with `all checks passed`; its stdout.
+pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
+    let out = script
+        .env("E2B_API_URL", &server.url)
+        .env("E2B_SANDBOX_URL", &server.url)
+        .env("E2B_API_KEY", key)
+        .output()
+        .expect("the SDK script runs");
+    let stdout = text(&out.stdout);
+    for line in stdout.lines().filter(|l| l.starts_with("figure ")) {
+        eprintln!("{line}");
+    }
+    assert!(
+        out.status.success() && stdout.ends_with("all checks passed\n"),
+        "SDK script {script:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    stdout
+}
+
+/// `tests/e2b/NAME`.
+pub fn script(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2b")
+        .join(name)
+}
