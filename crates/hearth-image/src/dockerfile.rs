@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::recipe::{Base, CommandLine, Recipe, RunConfig, SourcedStep, Step};
+use crate::recipe::{
+    Base, CommandLine, Recipe, RunConfig, SourcedStep, Step, guest_path as absolute,
+};
 
 /// The only platform Hearth builds for.
 const PLATFORM: &str = "linux/amd64";
@@ -361,27 +363,6 @@ fn heredoc(args: &str) -> Option<String> {
                     .is_some_and(|c| c.is_alphabetic() || c == '_')
         })
         .map(str::to_owned)
-}
-
-/// Lexically normalised absolute path: `base` joined with `path` unless it
-/// is absolute, `.` and `..` resolved, no trailing `/` (but `/` itself).
-fn absolute(base: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("{base}/{path}")
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            _ => parts.push(part),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 /// `8000`, `8000/TCP`, `53/udp`, `7000-7002` as `N/proto` entries.

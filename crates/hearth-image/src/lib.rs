@@ -27,7 +27,7 @@ pub use oci::{
     unpack,
 };
 pub use progress::{NoProgress, Progress};
-pub use recipe::{Base, CommandLine, Recipe, RunConfig, SourcedStep, Step};
+pub use recipe::{Base, CommandLine, Recipe, RunConfig, SourcedStep, Step, guest_path};
 pub use template::{
     NewBuild, Template, TemplateError, TemplateOptions, TemplateRun, build_base_template,
     find_template, list_templates, make_ext4, prepare_tree, publish_build, set_current_build,

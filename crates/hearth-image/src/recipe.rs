@@ -195,6 +195,27 @@ impl RunConfig {
     }
 }
 
+/// Lexically normalised absolute path: `base` joined with `path` unless it
+/// is absolute, `.` and `..` resolved, no trailing `/` (but `/` itself).
+pub fn guest_path(base: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,22 +334,7 @@ fn registry_auth(registry: Option<&Value>) -> Result<Option<RegistryAuth>, MapEr
 /// `path` made absolute against `workdir` and cleaned of `.` and `..`;
 /// a trailing `/` (a directory destination) is kept.
 pub fn absolute(workdir: &str, path: &str) -> String {
-    let joined = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("{workdir}/{path}")
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    let mut out = format!("/{}", parts.join("/"));
+    let mut out = hearth_image::guest_path(workdir, path);
     let dir = path.ends_with('/') || path.ends_with("/.") || path == ".";
     if dir && !out.ends_with('/') {
         out.push('/');
