@@ -39,22 +39,57 @@ fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
     sdk_server::drive(cmd, server, key)
 }
 
+/// What each test starts from: the host to itself, no template of an
+/// earlier failed run, a server on a data dir of its own.
+struct Run {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    data: tempfile::TempDir,
+    server: Server,
+    key: String,
+    context: tempfile::TempDir,
+}
+
+impl Run {
+    fn start() -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert_nothing_left("before the test");
+        // A failed earlier run may have left its templates behind.
+        for name in TEMPLATES {
+            let _ = std::fs::remove_dir_all(data_dir().join("templates").join(name));
+        }
+        let data = server_data_dir();
+        let server = Server::start(data.path());
+        let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
+        Run {
+            _serial: serial,
+            data,
+            server,
+            key,
+            context: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+fn assert_templates_gone() {
+    for name in TEMPLATES {
+        let dir = data_dir().join("templates").join(name);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+}
+
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn stock_e2b_sdk_builds_templates_on_hearth_server() {
     let python = std::env::var("HEARTH_E2B_PYTHON").expect(
         "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
     );
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_nothing_left("before the test");
-    // A failed earlier run may have left its templates behind.
-    for name in TEMPLATES {
-        let _ = std::fs::remove_dir_all(data_dir().join("templates").join(name));
-    }
-    let data = server_data_dir();
-    let server = Server::start(data.path());
-    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
-    let context = tempfile::tempdir().unwrap();
+    let Run {
+        _serial,
+        data,
+        server,
+        key,
+        context,
+    } = Run::start();
     let drive = |server: &Server, args: &[&str]| drive(&python, server, key.trim(), args);
     drive(&server, &["main", &context.path().to_string_lossy()]);
     let out = drive(&server, &["interrupt", &context.path().to_string_lossy()]);
@@ -70,10 +105,7 @@ fn stock_e2b_sdk_builds_templates_on_hearth_server() {
     drive(&server, &["restarted", &build]);
     server.stop();
     assert_nothing_left("after the second server run");
-    for name in TEMPLATES {
-        let dir = data_dir().join("templates").join(name);
-        assert!(!dir.exists(), "{} is left", dir.display());
-    }
+    assert_templates_gone();
     let contexts = data.path().join("build-contexts");
     let left: Vec<_> = std::fs::read_dir(&contexts)
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
@@ -87,15 +119,13 @@ fn stock_e2b_js_sdk_builds_templates_on_hearth_server() {
     let sdk = std::env::var("HEARTH_E2B_JS").expect(
         "HEARTH_E2B_JS must name a directory where `npm install e2b` ran; scripts/test sets it",
     );
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert_nothing_left("before the test");
-    for name in TEMPLATES {
-        let _ = std::fs::remove_dir_all(data_dir().join("templates").join(name));
-    }
-    let data = server_data_dir();
-    let server = Server::start(data.path());
-    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
-    let context = tempfile::tempdir().unwrap();
+    let Run {
+        _serial,
+        data: _data,
+        server,
+        key,
+        context,
+    } = Run::start();
     let mut cmd = Command::new("node");
     cmd.arg(script("template_drive.cjs"))
         .arg(context.path())
@@ -103,8 +133,5 @@ fn stock_e2b_js_sdk_builds_templates_on_hearth_server() {
     sdk_server::drive(cmd, &server, key.trim());
     server.stop();
     assert_nothing_left("after the server run");
-    for name in TEMPLATES {
-        let dir = data_dir().join("templates").join(name);
-        assert!(!dir.exists(), "{} is left", dir.display());
-    }
+    assert_templates_gone();
 }
