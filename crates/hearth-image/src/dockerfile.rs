@@ -56,13 +56,6 @@ const ARCHIVE_SUFFIXES: [&str; 11] = [
     ".tar.lz",
 ];
 
-/// Signal names `STOPSIGNAL` accepts (without `SIG`), as Linux numbers them.
-const SIGNALS: [&str; 33] = [
-    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "KILL", "USR1", "SEGV",
-    "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
-    "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "POLL", "PWR", "SYS",
-];
-
 /// Why a Dockerfile cannot be built. `at` is `LABEL:LINE`, the line where
 /// the instruction starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -390,19 +383,15 @@ fn exposed_ports(spec: &str) -> Result<Vec<String>, String> {
 /// A valid `STOPSIGNAL`: a number (kept as is) or a name, with or without
 /// `SIG`, in any case, returned as `SIGNAME`.
 fn stop_signal(value: &str) -> Option<String> {
-    if !value.is_empty() && value.chars().all(|c| c.is_ascii_digit()) {
-        let n: u32 = value.parse().ok()?;
-        return (1..=64).contains(&n).then(|| n.to_string());
+    crate::recipe::signal_number(value)?;
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(value.to_owned());
     }
     let upper = value.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let realtime = ["RTMIN+", "RTMAX-"].iter().any(|prefix| {
-        name.strip_prefix(prefix)
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n <= 30)
-    });
-    (SIGNALS.contains(&name) || name == "RTMIN" || name == "RTMAX" || realtime)
-        .then(|| format!("SIG{name}"))
+    Some(match upper.strip_prefix("SIG") {
+        Some(_) => upper,
+        None => format!("SIG{upper}"),
+    })
 }
 
 /// Docker's word expansion: quotes, the escape character and `$VAR`,

@@ -27,9 +27,12 @@ pub use oci::{
     unpack,
 };
 pub use progress::{NoProgress, Progress};
-pub use recipe::{Base, CommandLine, Recipe, RunConfig, SourcedStep, Step, guest_path};
+pub use recipe::{
+    Base, CommandLine, Recipe, RunConfig, SourcedStep, Step, guest_path, signal_number,
+};
 pub use template::{
     NewBuild, Template, TemplateError, TemplateOptions, TemplateRun, build_base_template,
-    find_template, list_templates, make_ext4, prepare_tree, publish_build, set_current_build,
+    find_build, find_template, list_templates, make_ext4, prepare_tree, publish_build,
+    set_current_build,
 };
 pub use tool::{ToolError, sha256_file};

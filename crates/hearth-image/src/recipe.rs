@@ -156,6 +156,74 @@ impl Recipe {
     }
 }
 
+/// Linux's signal names (without `SIG`) and numbers on x86-64.
+const SIGNALS: [(&str, i32); 33] = [
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("IOT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("STKFLT", 16),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("URG", 23),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("VTALRM", 26),
+    ("PROF", 27),
+    ("WINCH", 28),
+    ("IO", 29),
+    ("POLL", 29),
+    ("PWR", 30),
+    ("SYS", 31),
+];
+/// The first and last real-time signals as the C library numbers them
+/// (it keeps 32 and 33 for itself), which is what Docker uses too.
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
+/// The Linux number of a stop signal as `STOPSIGNAL` or an image config
+/// gives it: a number (1–64) or a name with or without `SIG`, in any case,
+/// including `RTMIN+n` and `RTMAX-n`. `None` if it is not a signal.
+pub fn signal_number(signal: &str) -> Option<i32> {
+    if !signal.is_empty() && signal.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i32 = signal.parse().ok()?;
+        return (1..=SIGRTMAX).contains(&n).then_some(n);
+    }
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let offset = |prefix: &str| {
+        name.strip_prefix(prefix)
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|n| (0..=SIGRTMAX - SIGRTMIN).contains(n))
+    };
+    match name {
+        "RTMIN" => Some(SIGRTMIN),
+        "RTMAX" => Some(SIGRTMAX),
+        _ => SIGNALS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, number)| *number)
+            .or_else(|| offset("RTMIN+").map(|n| SIGRTMIN + n))
+            .or_else(|| offset("RTMAX-").map(|n| SIGRTMAX - n)),
+    }
+}
+
 /// What an image's config (or a template) says about how to run it: the
 /// state at the end of a build, and what sandboxes inherit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +239,7 @@ pub struct RunConfig {
     pub entrypoint: Vec<String>,
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// As given (`SIGINT`, `2`); [`signal_number`] reads it.
     #[serde(default)]
     pub stop_signal: Option<String>,
     /// `8000/tcp` and the like.
@@ -219,6 +288,30 @@ pub fn guest_path(base: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_signals_are_read_as_linux_numbers() {
+        for (given, want) in [
+            ("SIGTERM", Some(15)),
+            ("int", Some(2)),
+            ("SIGUSR1", Some(10)),
+            ("SIGIOT", Some(6)),
+            ("SIGPWR", Some(30)),
+            ("9", Some(9)),
+            ("64", Some(64)),
+            ("SIGRTMIN", Some(34)),
+            ("SIGRTMIN+3", Some(37)),
+            ("RTMAX-2", Some(62)),
+            ("SIGRTMIN+31", None),
+            ("0", None),
+            ("65", None),
+            ("SIGFOO", None),
+            ("", None),
+            ("-1", None),
+        ] {
+            assert_eq!(signal_number(given), want, "{given}");
+        }
+    }
 
     #[test]
     fn shell_form_runs_through_sh_and_exec_form_as_is() {

@@ -460,6 +460,20 @@ pub fn find_template(templates_dir: &Path, name: &str) -> Result<Option<Template
     }
 }
 
+/// Build `build_id` of template `name`, current or not, if it exists.
+pub fn find_build(
+    templates_dir: &Path,
+    name: &str,
+    build_id: &str,
+) -> Result<Option<Template>, TemplateError> {
+    if !is_plain_name(name) || !is_plain_name(build_id) || build_id == CURRENT {
+        return Err(TemplateError::InvalidName {
+            name: format!("{name}/{build_id}"),
+        });
+    }
+    load_template(&templates_dir.join(name).join(build_id))
+}
+
 /// Every published build of every template, by name, newest first.
 pub fn list_templates(templates_dir: &Path) -> Result<Vec<Template>, TemplateError> {
     let mut templates = Vec::new();

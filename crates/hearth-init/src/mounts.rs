@@ -35,7 +35,7 @@ const fn m(
 }
 
 /// Every mount in order (parents before children).
-fn all() -> [Mount; 8] {
+fn all() -> [Mount; 7] {
     let nosuid_nodev = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
     let nsne = nosuid_nodev.union(MsFlags::MS_NOEXEC);
     [
@@ -63,7 +63,6 @@ fn all() -> [Mount; 8] {
             Some("mode=1777"),
         ),
         m("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755")),
-        m("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777")),
         m("cgroup2", "/sys/fs/cgroup", "cgroup2", nsne, None),
     ]
 }
@@ -177,17 +176,10 @@ mod tests {
             .collect();
         assert_eq!(
             targets,
-            [
-                "/sys",
-                "/dev/pts",
-                "/dev/shm",
-                "/run",
-                "/tmp",
-                "/sys/fs/cgroup"
-            ]
+            ["/sys", "/dev/pts", "/dev/shm", "/run", "/sys/fs/cgroup"]
         );
         let everything: Vec<_> = plan(&HashSet::new()).iter().map(|m| m.target).collect();
-        assert_eq!(everything.len(), 8);
+        assert_eq!(everything.len(), 7);
         assert_eq!(everything[0], "/proc");
         let pts = plan(&HashSet::new())
             .into_iter()

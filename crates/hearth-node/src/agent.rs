@@ -14,7 +14,11 @@ use tokio::net::TcpStream;
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
 use hearth_proto::process::process_event::Event;
-use hearth_proto::process::{ProcessConfig, ProcessEvent, StartRequest, StartResponse};
+use hearth_proto::process::process_selector::Selector;
+use hearth_proto::process::{
+    ConnectRequest, ProcessConfig, ProcessEvent, ProcessSelector, SendSignalRequest, StartRequest,
+    StartResponse,
+};
 
 /// Largest process event accepted from the agent (it sends chunks of at
 /// most tens of KiB).
@@ -251,13 +255,57 @@ impl AgentClient {
         request: &StartRequest,
         user: Option<&str>,
     ) -> Result<ProcessStream, AgentError> {
+        self.stream("/process.Process/Start", &request.encode_to_vec(), user)
+            .await
+    }
+
+    /// `process.Process/Connect` to the process tagged `tag`: its events
+    /// from now on. A process that is not running is an
+    /// [`AgentError::Rpc`] with code `not_found`.
+    pub async fn connect_tagged(&self, tag: &str) -> Result<ProcessStream, AgentError> {
+        let request = ConnectRequest {
+            process: Some(tagged(tag)),
+        };
+        self.stream("/process.Process/Connect", &request.encode_to_vec(), None)
+            .await
+    }
+
+    /// `process.Process/SendSignal`: Linux signal number `signal` to the
+    /// process group of the process tagged `tag`.
+    pub async fn signal_tagged(&self, tag: &str, signal: i32) -> Result<(), AgentError> {
+        let request = SendSignalRequest {
+            process: Some(tagged(tag)),
+            signal,
+        };
         let mut sender = self.connect(Duration::from_secs(5)).await?;
-        let body = connect::envelope(0, &request.encode_to_vec());
-        let mut http = self.request(
-            "/process.Process/Start",
-            connect::CONTENT_TYPE_CONNECT_PROTO,
-            body,
+        let http = self.request(
+            "/process.Process/SendSignal",
+            connect::CONTENT_TYPE_PROTO,
+            Bytes::from(request.encode_to_vec()),
         );
+        let resp = sender.send_request(http).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(AgentError::Rpc(ConnectError::from_unary_response(
+                status.as_u16(),
+                &body,
+            )))
+        }
+    }
+
+    /// A server-streaming call whose messages hold one process event each.
+    async fn stream(
+        &self,
+        path: &str,
+        message: &[u8],
+        user: Option<&str>,
+    ) -> Result<ProcessStream, AgentError> {
+        let mut sender = self.connect(Duration::from_secs(5)).await?;
+        let body = connect::envelope(0, message);
+        let mut http = self.request(path, connect::CONTENT_TYPE_CONNECT_PROTO, body);
         if let Some(user) = user {
             http.headers_mut()
                 .insert(hyper::header::AUTHORIZATION, basic(user)?);
@@ -276,6 +324,12 @@ impl AgentClient {
             decoder: EnvelopeDecoder::new(MAX_EVENT_BYTES),
             _sender: sender,
         })
+    }
+}
+
+fn tagged(tag: &str) -> ProcessSelector {
+    ProcessSelector {
+        selector: Some(Selector::Tag(tag.to_owned())),
     }
 }
 
@@ -320,6 +374,8 @@ impl ProcessStream {
                         Err(err) => Err(AgentError::Rpc(err)),
                     };
                 }
+                // `StartResponse` and `ConnectResponse` are one event each,
+                // field 1: one decoder reads both.
                 let response = StartResponse::decode(envelope.payload)
                     .map_err(|e| AgentError::Protocol(e.to_string()))?;
                 match response.event {

@@ -28,6 +28,6 @@ pub use instance::last_console_line;
 pub use layout::Layout;
 pub use node::{Node, NodeOptions};
 pub use pool::Pool;
-pub use sandbox::{Sandbox, SandboxSpec};
+pub use sandbox::{STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
 pub use templates::{Pruned, prune_build_cache, prune_template, remove_template};

@@ -7,16 +7,23 @@ use serde::{Deserialize, Serialize};
 use hearth_image::{ImageFormat, Kernel, Template};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
+use hearth_proto::connect::Code;
+use hearth_proto::process::ProcessEvent;
+use hearth_proto::process::process_event::Event;
 use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
 
 use crate::instance::{Instance, Launch, Machine, last_console_line};
 use crate::node::{kill_leftover_vmm, try_lock};
-use crate::snapshot::{HostProfile, Snapshot, unix_now, write_json};
-use crate::{AgentClient, Node, NodeError, id};
+use crate::snapshot::{HostProfile, START_TAG, Snapshot, unix_now, write_json};
+use crate::{AgentClient, AgentError, Node, NodeError, id};
 
 /// Written into a paused sandbox's directory; its presence is what makes
 /// the directory outlive every process.
 const PAUSED: &str = "paused.json";
+/// How long a template's start command has to end after its stop signal
+/// before the VM is stopped under it. Shorter than `docker stop`'s 10 s:
+/// a kill through the API waits for it.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// The saved state of a paused sandbox (device state and memory).
 const PAUSED_STATE: &str = "state";
 /// What the sandbox was made from ([`Origin`]), written when its directory
@@ -45,6 +52,20 @@ struct Origin {
     vcpus: u32,
     memory_mib: u32,
     host: HostProfile,
+    /// The signal that stops the template's start command, if it has one.
+    #[serde(default)]
+    stop_signal: Option<i32>,
+}
+
+/// What [`Sandbox::stop_service`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceStop {
+    /// The template has no start command.
+    NoService,
+    /// The start command ended (or had ended before).
+    Exited,
+    /// It still ran when the grace period was over.
+    StillRunning,
 }
 
 /// The record of a paused sandbox (`paused.json`).
@@ -100,6 +121,7 @@ impl Sandbox {
             vcpus: snapshot.meta.vcpus,
             memory_mib: snapshot.meta.memory_mib,
             host: snapshot.meta.host.clone(),
+            stop_signal: snapshot.meta.stop_signal,
         };
         let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
         let mut sandbox = Self::claim(node, id, origin, egress.clone())?;
@@ -246,8 +268,60 @@ impl Sandbox {
         last_console_line(&self.dir.join("console.log"))
     }
 
-    /// Stops the VM and removes everything the sandbox created.
+    /// Sends the template's stop signal to its start command (the guest's
+    /// service, tagged when the snapshot was taken) and waits up to `grace`
+    /// for it to end, as `docker stop` does before the VM goes.
+    pub async fn stop_service(&self, grace: Duration) -> Result<ServiceStop, NodeError> {
+        let Some(signal) = self.origin.stop_signal else {
+            return Ok(ServiceStop::NoService);
+        };
+        let agent = self.agent();
+        let gone = |e: &AgentError| matches!(e, AgentError::Rpc(e) if e.code == Code::NotFound);
+        // Listen before signalling, so the end cannot be missed.
+        let mut events = match agent.connect_tagged(START_TAG).await {
+            Ok(events) => events,
+            Err(e) if gone(&e) => return Ok(ServiceStop::Exited),
+            Err(e) => return Err(e.into()),
+        };
+        match agent.signal_tagged(START_TAG, signal).await {
+            Ok(()) => {}
+            Err(e) if gone(&e) => return Ok(ServiceStop::Exited),
+            Err(e) => return Err(e.into()),
+        }
+        let ended = async {
+            loop {
+                match events.next().await {
+                    Ok(Some(ProcessEvent {
+                        event: Some(Event::End(_)),
+                    })) => return Ok(()),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()),
+                    Err(e) if gone(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(grace, ended).await {
+            Ok(Ok(())) => Ok(ServiceStop::Exited),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Ok(ServiceStop::StillRunning),
+        }
+    }
+
+    /// Stops the template's start command ([`Sandbox::stop_service`], up to
+    /// [`STOP_GRACE`]), then the VM, and removes everything the sandbox
+    /// created.
     pub async fn destroy(mut self) -> Result<(), NodeError> {
+        if !self.parked && self.instance.is_some() {
+            match self.stop_service(STOP_GRACE).await {
+                Ok(ServiceStop::StillRunning) => tracing::info!(
+                    sandbox = %self.id,
+                    "the start command ignored its stop signal for {STOP_GRACE:?}; stopping the VM"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(sandbox = %self.id, "stopping the start command: {e}"),
+            }
+        }
         let stopped = match self.instance.take() {
             Some(instance) => instance.release().await,
             None => Ok(()),

@@ -34,8 +34,9 @@ use crate::{Node, NodeError, SandboxSpec};
 
 const META: &str = "snapshot.json";
 /// Version of how a snapshot is made (the guest kernel arguments, the
-/// warm-up); part of the key, so a new recipe takes new snapshots.
-const RECIPE: &str = "3";
+/// warm-up, the start command's tag); part of the key, so a new recipe
+/// takes new snapshots.
+const RECIPE: &str = "4";
 
 /// What a saved VM state depends on besides its own files. A state loads only
 /// where all of it matches.
@@ -95,6 +96,10 @@ pub struct SnapshotMeta {
     pub created_at: u64,
     /// Milliseconds from VM start to the saved state.
     pub boot_ms: u64,
+    /// The Linux signal that asks the template's start command to stop,
+    /// when it has one (its `STOPSIGNAL`, else SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
 }
 
 /// A template snapshot on disk.
@@ -166,6 +171,11 @@ fn key(
 
 /// How long a template's ready command may keep failing when a snapshot is
 /// taken outside a build (a new machine shape).
+/// The tag of the template's start command among the guest's processes:
+/// how the node finds it again in every sandbox restored from the snapshot.
+pub(crate) const START_TAG: &str = "hearth-start";
+/// What stops a start command whose template names no `STOPSIGNAL`.
+const SIGTERM: i32 = 15;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Between two tries of the ready command.
 const READY_INTERVAL: Duration = Duration::from_millis(500);
@@ -322,6 +332,13 @@ impl Node {
             host: self.host.clone(),
             created_at: unix_now(),
             boot_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            stop_signal: run.start_cmd.as_ref().map(|_| {
+                run.config
+                    .stop_signal
+                    .as_deref()
+                    .and_then(hearth_image::signal_number)
+                    .unwrap_or(SIGTERM)
+            }),
         })
     }
 }
@@ -349,7 +366,10 @@ async fn start_service(
     log: &dyn BuildLog,
 ) -> Result<Service, NodeError> {
     log.line(&format!("start command: {}", argv.join(" ")));
-    let request = command_request(argv);
+    let request = StartRequest {
+        tag: Some(START_TAG.to_owned()),
+        ..command_request(argv)
+    };
     let mut stream = instance.agent.start(&request).await?;
     // Lines reach the log through a channel: the task outlives `log`'s borrow.
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{assert_nothing_left, data_dir};
-use hearth_node::{Egress, Layout, Node, NodeOptions, Sandbox, SandboxSpec};
+use hearth_node::{Egress, Layout, Node, NodeOptions, Sandbox, SandboxSpec, ServiceStop};
 use hearth_proto::agent::InitRequest;
 use hearth_proto::process::process_event::{Event, data_event::Output};
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -117,6 +117,53 @@ fn restored_sandbox_has_its_env_clock_and_name() {
             (host - guest).abs() < 1.0,
             "guest clock {guest} is more than 1 s from the host's {host}"
         );
+        sandbox.destroy().await.unwrap();
+    });
+}
+
+/// A start command that logs each SIGUSR1 and ends on it unless told to
+/// hold on.
+const SERVICE: &str = "trap 'echo USR1 >> /tmp/stop.log; [ -e /tmp/hold ] || exit 0' USR1; \
+                       while :; do sleep 0.2; done";
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn a_start_command_gets_its_stop_signal_before_the_vm_stops() {
+    with_runtime(|| async {
+        let node = node();
+        // The base's disk with a start command and a STOPSIGNAL; its own
+        // directory holds its snapshot.
+        let dir = tempfile::tempdir().unwrap();
+        let mut template = node.template("base").expect("base template is built");
+        template.name = "stopsignal".into();
+        template.dir = dir.path().to_owned();
+        template.run.start_cmd = Some(vec!["/bin/sh".into(), "-c".into(), SERVICE.into()]);
+        template.run.config.stop_signal = Some("SIGUSR1".into());
+        let spec = SandboxSpec {
+            template,
+            ..spec(&node)
+        };
+        let mut sandbox = Sandbox::create(&node, &spec).await.expect("restores");
+        sandbox
+            .wait_ready(READY, InitRequest::default())
+            .await
+            .expect("agent answers");
+
+        // Told to hold on, it gets the signal and keeps running.
+        assert_eq!(sh(&sandbox, "touch /tmp/hold").await.0, 0);
+        let held = sandbox.stop_service(Duration::from_millis(800)).await;
+        assert_eq!(held.unwrap(), ServiceStop::StillRunning);
+        assert_eq!(sh(&sandbox, "cat /tmp/stop.log").await.1, "USR1\n");
+
+        assert_eq!(sh(&sandbox, "rm /tmp/hold").await.0, 0);
+        let stopped = sandbox.stop_service(Duration::from_secs(20)).await;
+        assert_eq!(stopped.unwrap(), ServiceStop::Exited);
+        assert_eq!(sh(&sandbox, "cat /tmp/stop.log").await.1, "USR1\nUSR1\n");
+        let (_, left) = sh(&sandbox, "pgrep -x sleep || echo none").await;
+        assert_eq!(left, "none\n");
+        // Nothing left to stop.
+        let again = sandbox.stop_service(Duration::from_secs(1)).await;
+        assert_eq!(again.unwrap(), ServiceStop::Exited);
         sandbox.destroy().await.unwrap();
     });
 }

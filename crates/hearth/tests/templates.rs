@@ -101,7 +101,7 @@ ENV APP_HOME=/srv/app \
 WORKDIR /srv/app
 COPY --chown=user:user app.py ./
 COPY data/ ./data/
-RUN echo "$GREETING as $(id -un)" > built.txt && ls -ln app.py >> built.txt
+RUN echo "$GREETING as $(id -un)" > built.txt && ls -ln app.py >> built.txt && echo kept > /tmp/from-run
 USER user
 RUN {last_run}
 EXPOSE 8000
@@ -165,7 +165,7 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
         "--",
         "sh",
         "-c",
-        "cat built.txt /home/user/who.txt; ls data data/sub; \
+        "cat built.txt /home/user/who.txt; ls data data/sub; cat /tmp/from-run; \
          curl -s http://127.0.0.1:8000/; echo \"$APP_HOME $MODE $(pwd) $(id -un)\"",
     ]);
     let got = text(&out.stdout);
@@ -178,6 +178,8 @@ fn a_dockerfile_builds_in_vms_caches_its_steps_and_serves_on_first_request() {
     assert!(got.contains("a.txt\nsub\n"), "{got}");
     assert!(!got.contains("skip.log"), ".dockerignore ignored: {got}");
     assert!(got.contains("b.txt\n"), "{got}");
+    // What a RUN leaves in /tmp is part of the template, as in Docker.
+    assert!(got.contains("\nkept\n"), "{got}");
     assert!(got.contains("served by the start command\n"), "{got}");
     assert!(got.ends_with("/srv/app test /srv/app user\n"), "{got}");
 

@@ -582,16 +582,23 @@ async fn send_signal(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: 
         Err(rejection) => return rejection.into_response(),
     };
     let result = (|| {
+        // envd's enum names SIGTERM and SIGKILL; its values are the Linux
+        // signal numbers, so any other number is that signal (how the node
+        // delivers a template's STOPSIGNAL).
         let signal = match Signal::try_from(request.signal) {
-            Ok(Signal::Sigterm) => NixSignal::SIGTERM,
-            Ok(Signal::Sigkill) => NixSignal::SIGKILL,
-            _ => {
-                return Err(ConnectError::new(
-                    Code::InvalidArgument,
-                    "Unsupported signal; send SIGNAL_SIGTERM or SIGNAL_SIGKILL",
-                ));
-            }
-        };
+            Ok(Signal::Unspecified) => None,
+            _ => NixSignal::try_from(request.signal).ok(),
+        }
+        .ok_or_else(|| {
+            ConnectError::new(
+                Code::InvalidArgument,
+                format!(
+                    "Unsupported signal {}; send SIGNAL_SIGTERM, SIGNAL_SIGKILL or a Linux \
+                     signal number",
+                    request.signal
+                ),
+            )
+        })?;
         let (pid, _) = agent.processes().select(request.process.as_ref())?;
         let pid = i32::try_from(pid)
             .map_err(|_| ConnectError::new(Code::Internal, "Pid out of range"))?;
