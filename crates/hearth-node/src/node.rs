@@ -152,6 +152,12 @@ impl Node {
         hearth_image::find_template(&self.layout.templates(), name)?
             .ok_or_else(|| NodeError::NoTemplate(name.to_owned()))
     }
+
+    /// Build `build_id` of template `name`, current or not.
+    pub fn template_build(&self, name: &str, build_id: &str) -> Result<Template, NodeError> {
+        hearth_image::find_build(&self.layout.templates(), name, build_id)?
+            .ok_or_else(|| NodeError::NoTemplate(format!("{name} (build {build_id})")))
+    }
 }
 
 /// Removes the directories under `dir` whose owner is gone, killing their

@@ -15,6 +15,8 @@ pub struct Pruned {
     pub removed: Vec<String>,
     /// Build ids kept because sandboxes use them.
     pub in_use: Vec<String>,
+    /// Build ids kept because the caller keeps them (tagged builds).
+    pub kept: Vec<String>,
 }
 
 /// Template build directories that sandboxes need.
@@ -26,9 +28,13 @@ fn builds_in_use(layout: &Layout) -> Result<BTreeSet<PathBuf>, NodeError> {
         .collect())
 }
 
-/// Deletes the builds of template `name` other than its current one that no
-/// sandbox uses.
-pub fn prune_template(layout: &Layout, name: &str) -> Result<Pruned, NodeError> {
+/// Deletes the builds of template `name` other than its current one and
+/// those in `keep` (the catalog's tagged builds) that no sandbox uses.
+pub fn prune_template(
+    layout: &Layout,
+    name: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Pruned, NodeError> {
     let current = hearth_image::find_template(&layout.templates(), name)?;
     let in_use = builds_in_use(layout)?;
     let mut pruned = Pruned::default();
@@ -38,6 +44,10 @@ pub fn prune_template(layout: &Layout, name: &str) -> Result<Pruned, NodeError> 
                 .as_ref()
                 .is_some_and(|c| c.build_id == build.build_id)
         {
+            continue;
+        }
+        if keep.contains(&build.build_id) {
+            pruned.kept.push(build.build_id);
             continue;
         }
         if in_use.contains(&build.dir) {
@@ -169,20 +179,23 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_the_current_build_and_builds_in_use() {
+    fn pruning_keeps_the_current_build_tagged_builds_and_builds_in_use() {
         let (_dir, layout) = layout();
         let old = build(&layout, "base", "old");
+        let tagged = build(&layout, "base", "tagged");
         let used = build(&layout, "base", "used");
         let current = build(&layout, "base", "new");
         let other = build(&layout, "other", "x");
         std::os::unix::fs::symlink("new", layout.templates().join("base/current")).unwrap();
         sandbox_using(&layout, "sb1", &used);
 
-        let pruned = prune_template(&layout, "base").unwrap();
+        let keep = BTreeSet::from(["tagged".to_owned()]);
+        let pruned = prune_template(&layout, "base", &keep).unwrap();
         assert_eq!(pruned.removed, ["old"]);
         assert_eq!(pruned.in_use, ["used"]);
+        assert_eq!(pruned.kept, ["tagged"]);
         assert!(!old.exists());
-        assert!(used.exists() && current.exists() && other.exists());
+        assert!(used.exists() && current.exists() && other.exists() && tagged.exists());
     }
 
     #[test]

@@ -31,10 +31,28 @@ pub struct Shape {
     pub memory_mib: u32,
 }
 
+/// Which build of a template a sandbox starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub name: String,
+    /// A build other than the current one (a tag names it); `None` for the
+    /// current build.
+    pub build: Option<String>,
+}
+
+impl TemplateRef {
+    pub fn current(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            build: None,
+        }
+    }
+}
+
 /// What `POST /sandboxes` asks for, checked.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
-    pub template: String,
+    pub template: TemplateRef,
     pub timeout_secs: u64,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
@@ -172,6 +190,37 @@ impl Manager {
         Ok(pool)
     }
 
+    /// A sandbox of a build that is not its template's current one (a tag
+    /// names it): restored from that build's snapshot, taken on first use,
+    /// without a pool.
+    async fn restore_build(
+        &self,
+        name: &str,
+        build: &str,
+        egress: &Egress,
+    ) -> Result<(Sandbox, Shape), ApiError> {
+        let found = match self.node.template_build(name, build) {
+            Ok(found) => found,
+            Err(NodeError::NoTemplate(_) | NodeError::Template(_)) => {
+                return Err(ApiError::not_found(format!(
+                    "build {build} of template '{name}' is gone"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let shape = self.shape_of(&found);
+        let spec = SandboxSpec {
+            template: found,
+            kernel: self.node.kernel()?,
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
+            boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
+        };
+        let snapshot = self.node.snapshot(&spec).await?;
+        let sandbox = Sandbox::from_snapshot(&self.node, &snapshot, egress).await?;
+        Ok((sandbox, shape))
+    }
+
     /// Stops the pool of `template` if it restores an older build than the
     /// current one (after a build): the next create starts a pool of the
     /// current build, and the old build is no longer in use by the pool.
@@ -211,9 +260,16 @@ impl Manager {
     }
 
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
-        let TemplatePool { pool, shape } = self.pool(&request.template).await?;
-        let mut sandbox = pool.create(&request.egress).await?;
-        drop(pool);
+        let (mut sandbox, shape) = match &request.template.build {
+            None => {
+                let TemplatePool { pool, shape } = self.pool(&request.template.name).await?;
+                (pool.create(&request.egress).await?, shape)
+            }
+            Some(build) => {
+                self.restore_build(&request.template.name, build, &request.egress)
+                    .await?
+            }
+        };
         let token = if request.secure {
             Some(new_token().map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))?)
         } else {
@@ -231,8 +287,8 @@ impl Manager {
         let now = now_ms();
         let record = SandboxRecord {
             sandbox_id: sandbox.id().to_owned(),
-            template_id: request.template.clone(),
-            alias: Some(request.template.clone()),
+            template_id: request.template.name.clone(),
+            alias: Some(request.template.name.clone()),
             client_id: "hearth".to_owned(),
             state: SandboxState::Running,
             metadata: request.metadata,

@@ -249,7 +249,15 @@ pub async fn start_build(
         )));
     }
     if let Some(base) = start.from_template.as_deref().filter(|b| b.contains(':')) {
-        start.from_template = Some(api.builds.resolve(base)?);
+        let base = api.builds.resolve(base)?;
+        if base.build.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "fromTemplate: that tag names an older build of '{}'; a build starts from a \
+                 template's current build: use '{}' or tag its current build",
+                base.name, base.name
+            )));
+        }
+        start.from_template = Some(base.name);
     }
     let mapped = api.builds.prepare(&build, &start)?;
     api.builds.spawn(build, mapped);

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::AbortHandle;
 
 use crate::error::{ApiError, chain};
-use crate::manager::{Manager, Shape, now_ms};
+use crate::manager::{Manager, Shape, TemplateRef, now_ms};
 use crate::store::{BuildLogEntry, BuildRecord, Store};
 use recipe::{BuildStart, MapError, Mapped};
 
@@ -374,7 +374,7 @@ impl Builds {
                 // New sandboxes come from the new build before anyone
                 // hears it is ready.
                 self.manager.refresh_pool(template).await;
-                match hearth_node::prune_template(self.node.layout(), template) {
+                match self.prune(template) {
                     Ok(pruned) if !pruned.removed.is_empty() => {
                         log.line(&format!("removed old builds {}", pruned.removed.join(", ")));
                     }
@@ -516,37 +516,55 @@ impl Builds {
         Ok(all)
     }
 
-    /// The template a sandbox of `spec` (`name` or `name:tag`) starts from.
-    /// Sandboxes start from a template's current build only, so a tag must
-    /// name that build; `default` always does.
-    pub fn resolve(&self, spec: &str) -> Result<String, ApiError> {
+    /// Deletes the builds of `template` that are neither current, tagged nor
+    /// used by a sandbox.
+    fn prune(&self, template: &str) -> Result<hearth_node::Pruned, ApiError> {
+        let keep = self
+            .store
+            .tagged_node_builds(template)?
+            .into_iter()
+            .map(|(_, build)| build)
+            .collect();
+        Ok(hearth_node::prune_template(
+            self.node.layout(),
+            template,
+            &keep,
+        )?)
+    }
+
+    /// The build a sandbox of `spec` (`name` or `name:tag`) starts from:
+    /// the template's current build, or the one a tag names.
+    pub fn resolve(&self, spec: &str) -> Result<TemplateRef, ApiError> {
         let Some((name, tag)) = spec.split_once(':') else {
-            return Ok(spec.to_owned());
+            return Ok(TemplateRef::current(spec));
         };
-        let (name, tag) = (name.to_owned(), tag.to_owned());
         split_name_tag(spec)?;
-        let current = hearth_image::find_template(&self.node.layout().templates(), &name)
+        let current = hearth_image::find_template(&self.node.layout().templates(), name)
             .ok()
             .flatten()
             .ok_or_else(|| ApiError::not_found(format!("template '{name}' not found")))?;
-        let Some(tagged) = self.store.tag(&name, &tag)? else {
+        let Some(tagged) = self.store.tag(name, tag)? else {
             if tag == DEFAULT_TAG {
-                return Ok(name);
+                return Ok(TemplateRef::current(name));
             }
             return Err(ApiError::not_found(format!(
                 "template '{name}' has no tag '{tag}'"
             )));
         };
-        let build = self.store.get_build(&tagged.build_id)?;
-        if build.and_then(|b| b.node_build).as_deref() == Some(current.build_id.as_str()) {
-            return Ok(name);
-        }
-        Err(ApiError::bad_request(format!(
-            "tag '{tag}' of template '{name}' names build {}, which is no longer the \
-             template's current build; Hearth starts sandboxes from current builds only: \
-             use '{name}' or tag its current build",
-            tagged.build_id
-        )))
+        let node_build = self
+            .store
+            .get_build(&tagged.build_id)?
+            .and_then(|b| b.node_build)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "tag '{tag}' of template '{name}' names build {}, which is not ready",
+                    tagged.build_id
+                ))
+            })?;
+        Ok(TemplateRef {
+            name: name.to_owned(),
+            build: (node_build != current.build_id).then_some(node_build),
+        })
     }
 }
 

@@ -393,6 +393,23 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.query())
     }
 
+    /// The node builds the tags of `template` name, as `(tag, node build)`
+    /// by tag: the builds a prune must keep.
+    pub fn tagged_node_builds(&self, template: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT t.tag, b.node_build FROM template_tags t \
+                 JOIN template_builds b ON b.build_id = t.build_id \
+                 WHERE t.template = ?1 AND b.node_build IS NOT NULL ORDER BY t.tag",
+            )
+            .map_err(self.query())?;
+        let rows = stmt
+            .query_map([template], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(self.query())?;
+        rows.collect::<Result<_, _>>().map_err(self.query())
+    }
+
     /// Tag `tag` of `template`, if it exists.
     pub fn tag(&self, template: &str, tag: &str) -> Result<Option<TagRecord>, StoreError> {
         self.lock()
@@ -566,6 +583,14 @@ mod tests {
         store.finish_build("b2", "nodebuild2", 11).unwrap();
         assert_eq!(store.tag("app", "default").unwrap().unwrap().build_id, "b2");
         assert_eq!(store.tag("app", "v1").unwrap().unwrap().build_id, "b1");
+        assert_eq!(
+            store.tagged_node_builds("app").unwrap(),
+            [
+                ("default".to_owned(), "nodebuild2".to_owned()),
+                ("v1".to_owned(), "nodebuild1".to_owned())
+            ]
+        );
+        assert!(store.tagged_node_builds("other").unwrap().is_empty());
         assert_eq!(
             store
                 .build_of_node_build("app", "nodebuild1")

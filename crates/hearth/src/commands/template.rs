@@ -9,6 +9,7 @@ use hearth_image::{Base, Recipe, Template, TemplateOptions};
 use hearth_node::{
     BuildLog, BuildOptions, Layout, Node, NodeOptions, RegistryOptions, SandboxSpec, Snapshot,
 };
+use hearth_server::store::Store;
 
 use super::CommandResult;
 use crate::progress::Progress;
@@ -97,21 +98,29 @@ pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
             println!("removed template {name}");
         }
         TemplateCommand::List => {
+            let catalog = Catalog::open(layout)?;
             println!(
-                "{:<16} {:<18} {:>8} {:>7}  {:<28} {:<12} START",
-                "NAME", "BUILD", "SIZE", "BUILT", "SOURCE", "PORTS"
+                "{:<16} {:<18} {:>8} {:>7}  {:<28} {:<12} {:<16} START",
+                "NAME", "BUILD", "SIZE", "BUILT", "SOURCE", "PORTS", "TAGS"
             );
             for t in hearth_image::list_templates(&layout.templates())? {
                 let current = hearth_image::find_template(&layout.templates(), &t.name)?
                     .is_some_and(|c| c.build_id == t.build_id);
+                let tags: Vec<String> = catalog
+                    .tags(&t.name)?
+                    .into_iter()
+                    .filter(|(_, build)| *build == t.build_id)
+                    .map(|(tag, _)| tag)
+                    .collect();
                 println!(
-                    "{:<16} {:<18} {:>6}Mi {:>6}s  {:<28} {:<12} {}",
+                    "{:<16} {:<18} {:>6}Mi {:>6}s  {:<28} {:<12} {:<16} {}",
                     t.name,
                     format!("{}{}", t.build_id, if current { "*" } else { "" }),
                     t.size / (1024 * 1024),
                     t.build_secs,
                     t.source,
                     t.run.config.exposed_ports.join(","),
+                    tags.join(","),
                     t.run
                         .start_cmd
                         .as_deref()
@@ -186,9 +195,36 @@ fn build_recipe(layout: &Layout, args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes the old builds of `name` that no sandbox uses.
+/// The server's catalog on this node, if a server ever ran here: it holds
+/// the tags of builds made through the E2B build API.
+struct Catalog(Option<Store>);
+
+impl Catalog {
+    fn open(layout: &Layout) -> anyhow::Result<Self> {
+        let path = hearth_server::server::store_path(layout);
+        if !path.exists() {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(Store::open(&path)?)))
+    }
+
+    /// The tags of template `name` as `(tag, build id)`.
+    fn tags(&self, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+        match &self.0 {
+            Some(store) => Ok(store.tagged_node_builds(name)?),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Deletes the old builds of `name` that no sandbox uses and no tag names.
 fn prune_old(layout: &Layout, name: &str) -> anyhow::Result<()> {
-    let pruned = hearth_node::prune_template(layout, name)?;
+    let keep = Catalog::open(layout)?
+        .tags(name)?
+        .into_iter()
+        .map(|(_, build)| build)
+        .collect();
+    let pruned = hearth_node::prune_template(layout, name, &keep)?;
     if !pruned.in_use.is_empty() {
         eprintln!(
             "hearth: kept old builds {} of '{name}': sandboxes use them",
