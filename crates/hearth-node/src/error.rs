@@ -37,6 +37,8 @@ pub enum NodeError {
     Busy(String),
     #[error("no paused sandbox {0}")]
     NotPaused(String),
+    #[error("sandbox {0} has stopped")]
+    Gone(String),
     #[error(
         "{what} was saved under another {field} ({saved}) than this host's ({host}); rebuild the template or resume it where it was paused"
     )]

@@ -5,7 +5,9 @@
 //! `hearth-image`), reached through the guest agent. Everything a sandbox
 //! creates is owned by its [`Sandbox`] value and removed by
 //! [`Sandbox::destroy`]; what a crashed process left behind is found and
-//! removed by [`Node::open`].
+//! removed by [`Node::open`]. A long-lived sandbox is handed to
+//! [`supervise`]: one task owns it, moves its [`Lifecycle`] and notices its
+//! VM's end.
 
 mod agent;
 mod build;
@@ -13,21 +15,25 @@ mod error;
 mod id;
 mod instance;
 mod layout;
+mod lifecycle;
 mod node;
 mod pool;
 mod preflight;
 mod sandbox;
 mod snapshot;
+mod supervisor;
 mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use build::{BuildError, BuildLog, BuildOptions, Built, RegistryOptions};
 pub use error::NodeError;
-pub use hearth_net::{Cidr, CidrError, Egress};
+pub use hearth_net::{Cidr, CidrError, Egress, NetError};
 pub use instance::last_console_line;
 pub use layout::Layout;
+pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};
 pub use node::{Node, NodeOptions};
 pub use pool::Pool;
 pub use sandbox::{STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
+pub use supervisor::{Origin, SandboxHandle, Supervised, Unwatched, Watcher, supervise};
 pub use templates::{Pruned, prune_build_cache, prune_template, remove_template};

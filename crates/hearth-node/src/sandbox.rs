@@ -128,7 +128,12 @@ impl Sandbox {
         let started = async {
             sandbox.create_dir()?;
             let disk = sandbox.dir.join("disk.qcow2");
-            hearth_image::create_overlay(&snapshot.disk(), ImageFormat::Qcow2, &disk)?;
+            let backing = snapshot.disk();
+            tokio::task::spawn_blocking(move || {
+                hearth_image::create_overlay(&backing, ImageFormat::Qcow2, &disk)
+            })
+            .await
+            .expect("creating an overlay does not panic")?;
             let machine = sandbox.machine(Memory::File {
                 path: snapshot.memory(),
                 shared: false,
@@ -333,8 +338,10 @@ impl Sandbox {
     /// Saves the sandbox (memory, devices, disk) into its directory, then
     /// stops its VM and frees its slot. The directory stays until the sandbox
     /// is resumed ([`Sandbox::resume`]) or deleted ([`Node::delete_paused`]);
-    /// it survives restarts of this process.
-    pub async fn pause(mut self) -> Result<String, NodeError> {
+    /// it survives restarts of this process, and this value owns nothing
+    /// any more. On failure the guest continues and this value still owns
+    /// it.
+    pub async fn pause(&mut self) -> Result<(), NodeError> {
         let state = self.dir.join(PAUSED_STATE);
         let saved = self
             .instance_mut()
@@ -362,7 +369,7 @@ impl Sandbox {
         }
         let _ = std::fs::remove_file(&self.lock_path);
         self.lock = None;
-        Ok(std::mem::take(&mut self.id))
+        Ok(())
     }
 
     /// Restores a paused sandbox into a fresh slot. Call
@@ -430,12 +437,19 @@ impl Sandbox {
             let copy = Self::claim(node, id, self.origin.clone(), self.egress.clone())?;
             copies.push(copy);
             let copy = copies.last().expect("just pushed");
-            copied = copy.create_dir().and_then(|()| {
-                let to = copy.dir.join("disk.qcow2");
-                std::fs::copy(self.dir.join("disk.qcow2"), &to)
-                    .map(drop)
-                    .map_err(NodeError::io(&to))
-            });
+            copied = match copy.create_dir() {
+                Ok(()) => {
+                    let (from, to) = (self.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));
+                    tokio::task::spawn_blocking(move || {
+                        std::fs::copy(&from, &to)
+                            .map(drop)
+                            .map_err(NodeError::io(&to))
+                    })
+                    .await
+                    .expect("copying a disk does not panic")
+                }
+                Err(e) => Err(e),
+            };
             if copied.is_err() {
                 break;
             }

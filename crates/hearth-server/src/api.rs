@@ -102,7 +102,10 @@ const ROUTES: &[Route] = &[
         summary: "List sandboxes by state and metadata, a page at a time (next page token in x-next-token)",
         query: &[
             ("metadata", "URL-encoded key=value pairs joined by &"),
-            ("state", "running, paused or both, comma-separated"),
+            (
+                "state",
+                "running, paused or both, comma-separated; killed (Hearth's): those stopped in the last day, with stopReason",
+            ),
             ("limit", "page size, at least 1"),
             ("nextToken", "token of the next page"),
         ],
@@ -591,7 +594,8 @@ fn sandbox_schemas() -> Value {
             "templateID": { "type": "string" }, "sandboxID": { "type": "string" }, "alias": { "type": "string" }, "clientID": { "type": "string" },
             "startedAt": { "type": "string", "format": "date-time" }, "endAt": { "type": "string", "format": "date-time" },
             "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "diskSizeMB": { "type": "integer" },
-            "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused"] }, "envdVersion": { "type": "string" } } },
+            "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused", "killed"] }, "envdVersion": { "type": "string" },
+            "stopReason": { "type": "string", "description": "Hearth's: why a killed sandbox stopped" } } },
         "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
             "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" },
             "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } } ] },
@@ -824,6 +828,9 @@ fn listed_json(r: &SandboxRecord) -> Value {
     if let Some(alias) = &r.alias {
         v["alias"] = json!(alias);
     }
+    if let Some(reason) = &r.stop_reason {
+        v["stopReason"] = json!(reason);
+    }
     v
 }
 
@@ -943,12 +950,13 @@ fn parse_states(text: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
         return Ok(Vec::new());
     };
     text.split(',')
-        .map(|s| match s.trim() {
-            "running" => Ok(SandboxState::Running),
-            "paused" => Ok(SandboxState::Paused),
-            other => Err(ApiError::bad_request(format!(
-                "state '{other}' is not one of running, paused"
-            ))),
+        .map(|s| {
+            s.trim().parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "state '{}' is not one of running, paused, killed",
+                    s.trim()
+                ))
+            })
         })
         .collect()
 }
@@ -1386,6 +1394,10 @@ mod tests {
         assert_eq!(
             parse_states(Some("running,paused")).unwrap(),
             [SandboxState::Running, SandboxState::Paused]
+        );
+        assert_eq!(
+            parse_states(Some("killed")).unwrap(),
+            [SandboxState::Killed]
         );
         assert!(parse_states(Some("sleeping")).is_err());
         assert_eq!(timeout_secs(None, "timeout").unwrap(), 300);

@@ -65,8 +65,14 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let status = match &e {
-            NodeError::NoTemplate(_) | NodeError::NotPaused(_) => StatusCode::NOT_FOUND,
+            NodeError::NoTemplate(_) | NodeError::NotPaused(_) | NodeError::Gone(_) => {
+                StatusCode::NOT_FOUND
+            }
             NodeError::Busy(_) | NodeError::TemplateInUse { .. } => StatusCode::CONFLICT,
+            // Out of capacity: a client may try again later.
+            NodeError::Net(hearth_node::NetError::Exhausted { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, chain(&e))

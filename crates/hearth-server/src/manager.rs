@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_node::{Egress, Node, NodeError, Pool, Sandbox, SandboxSpec};
+use hearth_node::{
+    Egress, Lifecycle, Node, NodeError, Origin, Pool, Sandbox, SandboxHandle, SandboxSpec, State,
+    StopReason, Watcher,
+};
 use hearth_proto::agent::InitRequest;
-use tokio::sync::Mutex;
 
 use crate::error::ApiError;
 use crate::store::{SandboxRecord, SandboxState, Store};
@@ -63,9 +65,70 @@ pub struct CreateRequest {
     pub auto_pause: bool,
 }
 
-/// A sandbox whose VM runs in this process.
-struct Live {
-    sandbox: Sandbox,
+/// A running sandbox: its supervisor, and where its agent listens (the
+/// proxy's target, read without asking the supervisor).
+#[derive(Clone)]
+struct Running {
+    handle: SandboxHandle,
+    agent: SocketAddr,
+}
+
+/// Where a proxied request goes.
+pub struct Route {
+    pub addr: SocketAddr,
+    /// Resolves when the sandbox pauses or stops.
+    pub ended: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+/// The running sandboxes by id. A sandbox leaves when it stops or pauses,
+/// whoever asked; no lock is held across an await.
+#[derive(Default)]
+struct LiveMap(std::sync::Mutex<HashMap<String, Running>>);
+
+impl LiveMap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, id: &str) -> Option<Running> {
+        self.lock().get(id).cloned()
+    }
+}
+
+/// Keeps the catalog in step with each sandbox's lifecycle: a sandbox that
+/// pauses or stops, asked or not (its VM ended by itself), leaves the live
+/// map and is recorded, a stopping one at once with its reason (it is
+/// unreachable from then on) while its supervisor frees what it held.
+struct Catalog {
+    store: Arc<Store>,
+    live: Arc<LiveMap>,
+}
+
+impl Watcher for Catalog {
+    fn changed(&self, id: &str, lifecycle: &Lifecycle) {
+        let recorded = match lifecycle.state() {
+            State::Paused => {
+                self.live.lock().remove(id);
+                self.store.set_state(id, SandboxState::Paused).map(drop)
+            }
+            State::Stopping | State::Stopped => {
+                self.live.lock().remove(id);
+                let reason = lifecycle
+                    .reason()
+                    .map_or_else(|| "stopped".to_owned(), ToString::to_string);
+                tracing::info!(sandbox = id, reason, state = %lifecycle.state(), "sandbox stops");
+                // Recorded once (the first of the two states); a sandbox
+                // that failed to start has no row: nothing to do.
+                self.store.stop_sandbox(id, &reason, now_ms()).map(drop)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(sandbox = id, state = %lifecycle.state(), "recording a sandbox's state: {e}");
+        }
+    }
 }
 
 /// The pool of a template's current build, and the machine shape its
@@ -76,13 +139,18 @@ struct TemplatePool {
     shape: Shape,
 }
 
+/// A template's pool, started once by whichever create comes first; the
+/// others wait on it, and creates of other templates do not.
+type PoolCell = Arc<tokio::sync::OnceCell<TemplatePool>>;
+
 pub struct Manager {
     node: Arc<Node>,
     store: Arc<Store>,
     shape: Shape,
     pool_size: usize,
-    pools: Mutex<HashMap<String, TemplatePool>>,
-    live: Mutex<HashMap<String, Arc<Mutex<Option<Live>>>>>,
+    pools: std::sync::Mutex<HashMap<String, PoolCell>>,
+    live: Arc<LiveMap>,
+    catalog: Arc<Catalog>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -96,10 +164,13 @@ fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// How long the catalog lists a stopped sandbox.
+const KEEP_STOPPED_MS: i64 = 24 * 3600 * 1000;
+
 impl Manager {
     /// Takes over the catalog: sandboxes recorded as running died with the
     /// previous server (their VMs are children of it) and are marked
-    /// killed; paused ones stay resumable if their files are there.
+    /// stopped; paused ones stay resumable if their files are there.
     pub fn new(
         node: Arc<Node>,
         store: Arc<Store>,
@@ -112,18 +183,27 @@ impl Manager {
             if !keep {
                 tracing::info!(
                     sandbox = record.sandbox_id,
-                    "marking a sandbox of a previous run killed"
+                    "marking a sandbox of a previous run stopped"
                 );
-                store.delete_sandbox(&record.sandbox_id)?;
+                let reason = match record.state {
+                    SandboxState::Paused => "its saved state is gone",
+                    _ => "the server stopped",
+                };
+                store.stop_sandbox(&record.sandbox_id, reason, now_ms())?;
             }
         }
+        let live = Arc::new(LiveMap::default());
         Ok(Self {
+            catalog: Arc::new(Catalog {
+                store: Arc::clone(&store),
+                live: Arc::clone(&live),
+            }),
             node,
             store,
             shape,
             pool_size,
-            pools: Mutex::new(HashMap::new()),
-            live: Mutex::new(HashMap::new()),
+            pools: std::sync::Mutex::new(HashMap::new()),
+            live,
         })
     }
 
@@ -133,6 +213,12 @@ impl Manager {
 
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolCell>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The machine shape of a template build: what its build asked for
@@ -154,12 +240,19 @@ impl Manager {
         }
     }
 
-    /// The pool of `template`, started (and its snapshot taken) on first use.
+    /// The pool of `template`, started (and its snapshot taken) on first
+    /// use. No lock is held while the snapshot boots: creates of other
+    /// templates go on, and those of this one wait for it.
     async fn pool(&self, template: &str) -> Result<TemplatePool, ApiError> {
-        let mut pools = self.pools.lock().await;
-        if let Some(pool) = pools.get(template) {
-            return Ok(pool.clone());
-        }
+        let cell = Arc::clone(self.pools().entry(template.to_owned()).or_default());
+        let pool = cell
+            .get_or_try_init(|| self.start_pool(template))
+            .await?
+            .clone();
+        Ok(pool)
+    }
+
+    async fn start_pool(&self, template: &str) -> Result<TemplatePool, ApiError> {
         let found = match self.node.template(template) {
             Ok(found) => found,
             Err(NodeError::NoTemplate(_) | NodeError::Template(_)) => {
@@ -178,16 +271,14 @@ impl Manager {
             boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
         };
         let snapshot = self.node.snapshot(&spec).await?;
-        let pool = TemplatePool {
+        Ok(TemplatePool {
             pool: Arc::new(Pool::start(
                 Arc::clone(&self.node),
                 snapshot,
                 self.pool_size,
             )),
             shape,
-        };
-        pools.insert(template.to_owned(), pool.clone());
-        Ok(pool)
+        })
     }
 
     /// A sandbox of a build that is not its template's current one (a tag
@@ -229,25 +320,29 @@ impl Manager {
             Ok(t) => Some(t.build_id),
             Err(_) => None,
         };
-        let mut pools = self.pools.lock().await;
-        let stale = pools.get(template).is_some_and(|p| {
-            // <templates>/<name>/<build>/snapshots/<key>
-            let build = p.pool.snapshot().dir.parent().and_then(|d| d.parent());
-            build.and_then(|b| b.file_name()).and_then(|b| b.to_str()) != current.as_deref()
-        });
-        let old = if stale { pools.remove(template) } else { None };
-        drop(pools);
+        let old = {
+            let mut pools = self.pools();
+            let stale = pools
+                .get(template)
+                .and_then(|cell| cell.get())
+                .is_some_and(|p| {
+                    // <templates>/<name>/<build>/snapshots/<key>
+                    let build = p.pool.snapshot().dir.parent().and_then(|d| d.parent());
+                    build.and_then(|b| b.file_name()).and_then(|b| b.to_str()) != current.as_deref()
+                });
+            if stale { pools.remove(template) } else { None }
+        };
         if let Some(old) = old {
-            close_pool(old.pool).await;
+            close_cell(old).await;
         }
     }
 
     /// Stops the pool of `template`, if it has one, and waits for its
     /// parked sandboxes to go (before the template is deleted).
     pub async fn drop_pool(&self, template: &str) {
-        let old = self.pools.lock().await.remove(template);
+        let old = self.pools().remove(template);
         if let Some(old) = old {
-            close_pool(old.pool).await;
+            close_cell(old).await;
         }
     }
 
@@ -259,8 +354,42 @@ impl Manager {
         Ok(())
     }
 
+    /// Hands `sandbox` to its supervisor, which waits for its agent.
+    async fn supervise(
+        &self,
+        sandbox: Sandbox,
+        origin: Origin,
+        init: InitRequest,
+    ) -> Result<Running, ApiError> {
+        let id = sandbox.id().to_owned();
+        let agent = sandbox.agent().addr();
+        let catalog: Arc<dyn Watcher> = Arc::clone(&self.catalog) as Arc<dyn Watcher>;
+        let handle =
+            hearth_node::supervise(&id, sandbox, origin, READY_TIMEOUT, init, catalog).await?;
+        Ok(Running { handle, agent })
+    }
+
+    /// Makes a supervised sandbox reachable once its row is in the catalog.
+    /// If its VM ended meanwhile, its row is marked stopped instead.
+    fn go_live(&self, running: Running) {
+        let id = running.handle.id().to_owned();
+        let lifecycle = running.handle.lifecycle();
+        if lifecycle.state() == State::Running {
+            self.live.lock().insert(id.clone(), running);
+        }
+        // The supervisor may have stopped it before the row or the map
+        // entry existed: tell the catalog again.
+        let lifecycle = match self.live.get(&id) {
+            Some(running) => running.handle.lifecycle(),
+            None => lifecycle,
+        };
+        if matches!(lifecycle.state(), State::Stopping | State::Stopped) {
+            self.catalog.changed(&id, &lifecycle);
+        }
+    }
+
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
-        let (mut sandbox, shape) = match &request.template.build {
+        let (sandbox, shape) = match &request.template.build {
             None => {
                 let TemplatePool { pool, shape } = self.pool(&request.template.name).await?;
                 (pool.create(&request.egress).await?, shape)
@@ -280,13 +409,10 @@ impl Manager {
             access_token: token.clone(),
             ..InitRequest::default()
         };
-        if let Err(e) = sandbox.wait_ready(READY_TIMEOUT, init).await {
-            let _ = sandbox.destroy().await;
-            return Err(e.into());
-        }
+        let running = self.supervise(sandbox, Origin::Created, init).await?;
         let now = now_ms();
         let record = SandboxRecord {
-            sandbox_id: sandbox.id().to_owned(),
+            sandbox_id: running.handle.id().to_owned(),
             template_id: request.template.name.clone(),
             alias: Some(request.template.name.clone()),
             client_id: "hearth".to_owned(),
@@ -302,15 +428,13 @@ impl Manager {
             auto_pause: request.auto_pause,
             allow_internet_access: request.allow_internet_access,
             egress: request.egress,
+            stop_reason: None,
         };
         if let Err(e) = self.store.insert_sandbox(&record) {
-            let _ = sandbox.destroy().await;
+            let _ = running.handle.stop(StopReason::Killed).await;
             return Err(e.into());
         }
-        self.live.lock().await.insert(
-            record.sandbox_id.clone(),
-            Arc::new(Mutex::new(Some(Live { sandbox }))),
-        );
+        self.go_live(running);
         Ok(record)
     }
 
@@ -322,10 +446,11 @@ impl Manager {
             .ok_or_else(|| not_found(id))
     }
 
-    /// Where the proxy reaches port `port` of a running sandbox.
-    pub async fn address(&self, id: &str, port: u16) -> Result<SocketAddr, ApiError> {
-        let entry = self.live.lock().await.get(id).cloned();
-        let Some(entry) = entry else {
+    /// Where the proxy reaches port `port` of a running sandbox, and what
+    /// resolves when that sandbox goes out of service (a request to it
+    /// should end then).
+    pub fn route(&self, id: &str, port: u16) -> Result<Route, ApiError> {
+        let Some(running) = self.live.get(id) else {
             return Err(match self.store.get_sandbox(id)? {
                 Some(r) if r.state == SandboxState::Paused => {
                     ApiError::conflict(format!("sandbox {id} is paused"))
@@ -333,24 +458,30 @@ impl Manager {
                 _ => not_found(id),
             });
         };
-        let live = entry.lock().await;
-        let live = live.as_ref().ok_or_else(|| not_found(id))?;
-        let mut addr = live.sandbox.agent().addr();
+        let mut addr = running.agent;
         addr.set_port(port);
-        Ok(addr)
+        Ok(Route {
+            addr,
+            ended: Box::pin(running.handle.out_of_service()),
+        })
     }
 
     pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
+        self.end(id, StopReason::Killed).await
+    }
+
+    /// Stops sandbox `id` for `reason`: its supervisor frees it and the
+    /// catalog records why. A paused sandbox's files are deleted.
+    async fn end(&self, id: &str, reason: StopReason) -> Result<(), ApiError> {
         let record = self.get(id)?;
-        let entry = self.live.lock().await.remove(id);
-        if let Some(entry) = entry
-            && let Some(live) = entry.lock().await.take()
-        {
-            live.sandbox.destroy().await?;
-        } else if record.state == SandboxState::Paused {
+        if let Some(running) = self.live.get(id) {
+            running.handle.stop(reason).await?;
+            return Ok(());
+        }
+        if record.state == SandboxState::Paused {
             self.node.delete_paused(id)?;
         }
-        self.store.delete_sandbox(id)?;
+        self.store.stop_sandbox(id, &reason.to_string(), now_ms())?;
         Ok(())
     }
 
@@ -372,6 +503,17 @@ impl Manager {
         Ok(())
     }
 
+    /// The supervisor of a running sandbox; a conflict if it is paused.
+    fn running(&self, id: &str, action: &str) -> Result<Running, ApiError> {
+        let record = self.get(id)?;
+        if record.state == SandboxState::Paused {
+            return Err(ApiError::conflict(format!(
+                "sandbox {id} is paused; resume it to {action}"
+            )));
+        }
+        self.live.get(id).ok_or_else(|| not_found(id))
+    }
+
     /// Replaces the egress policy of a running sandbox; it applies to its
     /// open connections too.
     pub async fn set_network(
@@ -380,17 +522,14 @@ impl Manager {
         allow_internet_access: bool,
         egress: Egress,
     ) -> Result<(), ApiError> {
-        let record = self.get(id)?;
-        if record.state == SandboxState::Paused {
-            return Err(ApiError::conflict(format!(
-                "sandbox {id} is paused; resume it to change its network"
-            )));
-        }
-        let entry = self.live.lock().await.get(id).cloned();
-        let entry = entry.ok_or_else(|| not_found(id))?;
-        let mut live = entry.lock().await;
-        let live = live.as_mut().ok_or_else(|| not_found(id))?;
-        live.sandbox.set_egress(&egress).await?;
+        let running = self.running(id, "change its network")?;
+        let policy = egress.clone();
+        running
+            .handle
+            .with(move |sandbox: &mut Sandbox| {
+                Box::pin(async move { sandbox.set_egress(&policy).await })
+            })
+            .await??;
         self.store.set_egress(id, allow_internet_access, &egress)?;
         Ok(())
     }
@@ -402,16 +541,8 @@ impl Manager {
                 "sandbox {id} is already paused"
             )));
         }
-        let entry = self.live.lock().await.remove(id);
-        let live = match entry {
-            Some(entry) => entry.lock().await.take(),
-            None => None,
-        };
-        let Some(live) = live else {
-            return Err(not_found(id));
-        };
-        live.sandbox.pause().await?;
-        self.store.set_state(id, SandboxState::Paused)?;
+        let running = self.live.get(id).ok_or_else(|| not_found(id))?;
+        running.handle.pause().await?;
         Ok(())
     }
 
@@ -423,22 +554,19 @@ impl Manager {
             self.refresh(id, timeout_secs)?;
             return Ok(false);
         }
-        let mut sandbox = Sandbox::resume(&self.node, id).await?;
+        let sandbox = Sandbox::resume(&self.node, id).await?;
         let init = InitRequest {
             access_token: record.envd_access_token.clone(),
             ..InitRequest::default()
         };
-        if let Err(e) = sandbox.wait_ready(READY_TIMEOUT, init).await {
-            let _ = sandbox.destroy().await;
-            return Err(e.into());
-        }
+        let running = self.supervise(sandbox, Origin::Resumed, init).await?;
         record.state = SandboxState::Running;
         record.end_at_ms = now_ms().saturating_add(secs_ms(timeout_secs));
-        self.store.update_sandbox(&record)?;
-        self.live
-            .lock()
-            .await
-            .insert(id.to_owned(), Arc::new(Mutex::new(Some(Live { sandbox }))));
+        if let Err(e) = self.store.update_sandbox(&record) {
+            let _ = running.handle.stop(StopReason::Killed).await;
+            return Err(e.into());
+        }
+        self.go_live(running);
         Ok(true)
     }
 
@@ -452,51 +580,41 @@ impl Manager {
         timeout_secs: u64,
     ) -> Result<Vec<SandboxRecord>, ApiError> {
         let parent = self.get(id)?;
-        if parent.state != SandboxState::Running {
-            return Err(ApiError::conflict(format!(
-                "sandbox {id} is paused; resume it to fork it"
-            )));
-        }
-        let entry = self
-            .live
-            .lock()
-            .await
-            .get(id)
-            .cloned()
-            .ok_or_else(|| not_found(id))?;
-        let copies = {
-            let mut live = entry.lock().await;
-            let live = live.as_mut().ok_or_else(|| not_found(id))?;
-            live.sandbox.fork(&self.node, count).await?
-        };
+        let running = self.running(id, "fork it")?;
+        let node = Arc::clone(&self.node);
+        let copies = running
+            .handle
+            .with(move |sandbox: &mut Sandbox| {
+                Box::pin(async move { sandbox.fork(&node, count).await })
+            })
+            .await??;
         let mut records = Vec::with_capacity(copies.len());
         let mut failure = None;
-        for mut copy in copies {
+        for copy in copies {
             let init = InitRequest {
                 access_token: parent.envd_access_token.clone(),
                 ..InitRequest::default()
             };
-            if let Err(e) = copy.wait_ready(READY_TIMEOUT, init).await {
-                let _ = copy.destroy().await;
-                failure = Some(ApiError::from(e));
-                continue;
-            }
+            let running = match self.supervise(copy, Origin::Created, init).await {
+                Ok(running) => running,
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
+            };
             let now = now_ms();
             let record = SandboxRecord {
-                sandbox_id: copy.id().to_owned(),
+                sandbox_id: running.handle.id().to_owned(),
                 started_at_ms: now,
                 end_at_ms: now.saturating_add(secs_ms(timeout_secs)),
                 ..parent.clone()
             };
             if let Err(e) = self.store.insert_sandbox(&record) {
-                let _ = copy.destroy().await;
+                let _ = running.handle.stop(StopReason::Killed).await;
                 failure = Some(e.into());
                 continue;
             }
-            self.live.lock().await.insert(
-                record.sandbox_id.clone(),
-                Arc::new(Mutex::new(Some(Live { sandbox: copy }))),
-            );
+            self.go_live(running);
             records.push(record);
         }
         match failure {
@@ -506,7 +624,7 @@ impl Manager {
     }
 
     /// Kills (or, with auto-pause, pauses) every running sandbox whose end
-    /// has passed.
+    /// has passed, and forgets sandboxes stopped a day ago.
     pub async fn expire(&self) {
         let expired = match self.store.expired(now_ms()) {
             Ok(expired) => expired,
@@ -520,7 +638,7 @@ impl Manager {
             let done = if record.auto_pause {
                 self.pause(id).await
             } else {
-                self.kill(id).await
+                self.end(id, StopReason::TimedOut).await
             };
             match done {
                 Ok(()) => tracing::info!(
@@ -531,35 +649,34 @@ impl Manager {
                 Err(e) => tracing::warn!(sandbox = id, "ending a timed-out sandbox: {e}"),
             }
         }
+        if let Err(e) = self.store.forget_stopped(now_ms() - KEEP_STOPPED_MS) {
+            tracing::warn!("forgetting stopped sandboxes: {e}");
+        }
     }
 
     /// Kills the running sandboxes and stops the pools (server shutdown).
     /// Paused sandboxes stay.
     pub async fn shutdown(&self) {
-        let ids: Vec<String> = self.live.lock().await.keys().cloned().collect();
-        for id in ids {
-            if let Err(e) = self.kill(&id).await {
-                tracing::warn!(sandbox = id, "killing at shutdown: {e}");
+        let running: Vec<Running> = self.live.lock().values().cloned().collect();
+        for running in running {
+            if let Err(e) = running.handle.stop(StopReason::Killed).await {
+                tracing::warn!(sandbox = running.handle.id(), "killing at shutdown: {e}");
             }
         }
-        let pools: Vec<Arc<Pool>> = self
-            .pools
-            .lock()
-            .await
-            .drain()
-            .map(|(_, p)| p.pool)
-            .collect();
-        for pool in pools {
-            match Arc::try_unwrap(pool) {
-                Ok(pool) => pool.close().await,
-                Err(_) => tracing::warn!("a pool is still in use at shutdown"),
-            }
+        let cells: Vec<PoolCell> = self.pools().drain().map(|(_, cell)| cell).collect();
+        for cell in cells {
+            close_cell(cell).await;
         }
     }
 }
 
-/// Closes a pool once no create holds it any more.
-async fn close_pool(mut pool: Arc<Pool>) {
+/// Closes the pool a cell holds, if it was started, once no create holds
+/// it any more.
+async fn close_cell(cell: PoolCell) {
+    let Some(mut pool) = cell.get().map(|p| Arc::clone(&p.pool)) else {
+        return;
+    };
+    drop(cell);
     loop {
         match Arc::try_unwrap(pool) {
             Ok(pool) => return pool.close().await,
@@ -631,7 +748,7 @@ impl Manager {
         if record.state != SandboxState::Running {
             return Ok(None);
         }
-        let addr = self.address(id, hearth_proto::agent::AGENT_PORT).await?;
+        let addr = self.route(id, hearth_proto::agent::AGENT_PORT)?.addr;
         let agent = hearth_node::AgentClient::new(addr);
         let m = agent
             .get_json("/metrics", record.envd_access_token.as_deref())

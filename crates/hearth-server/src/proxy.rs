@@ -4,18 +4,24 @@
 //! goes to that port of that sandbox. Bodies stream both ways; upgrades
 //! (WebSocket) are spliced. The agent's internal routes are refused.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::api::Api;
 use crate::error::ApiError;
+use crate::manager::Route;
 
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
@@ -99,8 +105,8 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
     // ("was not found", "port is not open"): `is_running()` is false on the
     // first, and a command raises SandboxNotRunningException.
     let id = &target.sandbox;
-    let addr = match api.manager.address(id, target.port).await {
-        Ok(addr) => addr,
+    let route = match api.manager.route(id, target.port) {
+        Ok(route) => route,
         Err(e) if matches!(e.status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) => {
             let paused = if e.status == StatusCode::CONFLICT {
                 ": it is paused; connect to it to resume it"
@@ -114,44 +120,21 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
         }
         Err(e) => return Err(e),
     };
-    let stream = TcpStream::connect(addr).await.map_err(|e| {
+    let Route { addr, mut ended } = route;
+    // A sandbox that stops meanwhile ends the request at once (its guest
+    // never answers, and its address may be given to another).
+    let gone = || {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
-            format!(
-                "The sandbox {id} is running but port is not open: port {}: {e}",
-                target.port
-            ),
+            format!("The sandbox {id} was not found: it stopped"),
         )
-    })?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox connection: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!("proxied connection ended: {e}");
-        }
-    });
-
+    };
     // The client's side of an upgrade, resolved once we answer 101.
     let client_upgrade = hyper::upgrade::on(&mut request);
-    let (mut parts, body) = request.into_parts();
-    for name in [SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER] {
-        parts.headers.remove(name);
-    }
-    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-        parts.headers.insert(header::HOST, host);
-    }
-    // HTTP/1.1 upstream: an HTTP/2 request's URI carries scheme and authority.
-    if let Some(path) = parts.uri.path_and_query() {
-        parts.uri = path.as_str().parse().unwrap_or_default();
-    }
-    parts.version = hyper::Version::HTTP_11;
-    let upstream = hyper::Request::from_parts(parts, body);
-    let mut response = sender
-        .send_request(upstream)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox request: {e}")))?;
+    let mut response = tokio::select! {
+        response = send(addr, target.port, id, &mut request) => response?,
+        () = &mut ended => return Err(gone()),
+    };
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let sandbox_upgrade = hyper::upgrade::on(&mut response);
@@ -167,7 +150,80 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
         });
     }
     let (parts, body) = response.into_parts();
+    let body = UntilEnded { body, ended };
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Connects to `addr` and sends it the request (whose body streams on).
+async fn send(
+    addr: SocketAddr,
+    port: u16,
+    id: &str,
+    request: &mut Request,
+) -> Result<hyper::Response<Incoming>, ApiError> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id} is running but port is not open: port {port}: {e}"),
+        )
+    })?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox connection: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!("proxied connection ended: {e}");
+        }
+    });
+    let request = std::mem::take(request);
+    let (mut parts, body) = request.into_parts();
+    for name in [SANDBOX_ID_HEADER, SANDBOX_PORT_HEADER] {
+        parts.headers.remove(name);
+    }
+    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+        parts.headers.insert(header::HOST, host);
+    }
+    // HTTP/1.1 upstream: an HTTP/2 request's URI carries scheme and authority.
+    if let Some(path) = parts.uri.path_and_query() {
+        parts.uri = path.as_str().parse().unwrap_or_default();
+    }
+    parts.version = hyper::Version::HTTP_11;
+    let upstream = hyper::Request::from_parts(parts, body);
+    sender
+        .send_request(upstream)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("sandbox request: {e}")))
+}
+
+/// A sandbox's response body, cut off with an error when the sandbox goes
+/// out of service, so a client streaming from it learns at once.
+struct UntilEnded {
+    body: Incoming,
+    ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl HttpBody for UntilEnded {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("the sandbox stopped".into())));
+        }
+        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]

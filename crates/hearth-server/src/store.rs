@@ -32,7 +32,7 @@ mod builds;
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,6 +71,9 @@ CREATE INDEX sandboxes_by_end ON sandboxes (state, end_at_ms);
 /// Version 2: each sandbox's egress policy, as JSON.
 const SCHEMA_2: &str = "ALTER TABLE sandboxes ADD COLUMN egress TEXT NOT NULL DEFAULT '{}';";
 
+/// Version 4: why a killed sandbox stopped.
+const SCHEMA_4: &str = "ALTER TABLE sandboxes ADD COLUMN stop_reason TEXT;";
+
 /// Version 3: template builds of the E2B build API, their logs and tags.
 const SCHEMA_3: &str = "
 CREATE TABLE template_builds (
@@ -108,7 +111,7 @@ CREATE TABLE template_tags (
 
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
-    auto_pause, allow_internet_access, egress";
+    auto_pause, allow_internet_access, egress, stop_reason";
 
 const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked";
 
@@ -234,6 +237,8 @@ pub struct SandboxRecord {
     /// What the guest may connect to (`allow_internet_access` and the
     /// request's `network` lists together).
     pub egress: Egress,
+    /// Why a killed sandbox stopped (`killed`, `timed out`, `VM exited: …`).
+    pub stop_reason: Option<String>,
 }
 
 /// Which sandboxes [`Store::list_sandboxes`] returns.
@@ -338,6 +343,9 @@ impl Store {
         }
         if version < 3 {
             tx.execute_batch(SCHEMA_3).map_err(self.query())?;
+        }
+        if version < 4 {
+            tx.execute_batch(SCHEMA_4).map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
@@ -477,7 +485,7 @@ impl Store {
         let result = self.lock().execute(
             &format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
             row.params(),
         );
@@ -513,7 +521,7 @@ impl Store {
                 "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
-                 auto_pause = ?14, allow_internet_access = ?15, egress = ?16 \
+                 auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17 \
                  WHERE sandbox_id = ?1",
                 row.params(),
             )
@@ -563,13 +571,29 @@ impl Store {
         found(changed, id)
     }
 
-    /// Removes sandbox `id`; false if there was none.
-    pub fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+    /// Records that sandbox `id` stopped at `now_ms` for `reason`; false if
+    /// there is no such sandbox. Its row stays (state `killed`) for the
+    /// list of stopped sandboxes until [`Store::forget_stopped`].
+    pub fn stop_sandbox(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
         let changed = self
             .lock()
-            .execute("DELETE FROM sandboxes WHERE sandbox_id = ?1", [id])
+            .execute(
+                "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3 \
+                 WHERE sandbox_id = ?1 AND state != 'killed'",
+                params![id, reason, now_ms],
+            )
             .map_err(self.query())?;
         Ok(changed > 0)
+    }
+
+    /// Removes the rows of sandboxes that stopped before `before_ms`.
+    pub fn forget_stopped(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM sandboxes WHERE state = 'killed' AND end_at_ms < ?1",
+                [before_ms],
+            )
+            .map_err(self.query())
     }
 
     /// One page of the sandboxes `query` selects, newest first (ties by
@@ -712,6 +736,7 @@ struct SandboxRow {
     auto_pause: bool,
     allow_internet_access: bool,
     egress: String,
+    stop_reason: Option<String>,
 }
 
 impl SandboxRow {
@@ -733,11 +758,12 @@ impl SandboxRow {
             auto_pause: r.auto_pause,
             allow_internet_access: r.allow_internet_access,
             egress: serde_json::to_string(&r.egress).expect("a policy serialises"),
+            stop_reason: r.stop_reason.clone(),
         }
     }
 
-    /// The 16 values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 16] {
+    /// The 17 values in [`SANDBOX_COLUMNS`] order.
+    fn params(&self) -> [&dyn ToSql; 17] {
         [
             &self.sandbox_id,
             &self.template_id,
@@ -755,6 +781,7 @@ impl SandboxRow {
             &self.auto_pause,
             &self.allow_internet_access,
             &self.egress,
+            &self.stop_reason,
         ]
     }
 
@@ -776,6 +803,7 @@ impl SandboxRow {
             auto_pause: row.get(13)?,
             allow_internet_access: row.get(14)?,
             egress: row.get(15)?,
+            stop_reason: row.get(16)?,
         })
     }
 
@@ -811,6 +839,7 @@ impl SandboxRow {
             auto_pause: self.auto_pause,
             allow_internet_access: self.allow_internet_access,
             egress,
+            stop_reason: self.stop_reason,
         })
     }
 }
@@ -895,6 +924,7 @@ mod tests {
             auto_pause: false,
             allow_internet_access: true,
             egress: Egress::open(),
+            stop_reason: None,
         }
     }
 
@@ -1102,8 +1132,24 @@ mod tests {
             Err(StoreError::NoSandbox(_))
         ));
 
-        assert!(store.delete_sandbox("sbx1").unwrap());
-        assert!(!store.delete_sandbox("sbx1").unwrap());
+        // A stop is recorded once, with its reason; the row goes later.
+        assert!(
+            store
+                .stop_sandbox("sbx1", "VM exited: VMM exit status 0", 50)
+                .unwrap()
+        );
+        assert!(!store.stop_sandbox("sbx1", "killed", 60).unwrap());
+        assert!(!store.stop_sandbox("ghost", "killed", 60).unwrap());
+        let stopped = store.get_sandbox("sbx1").unwrap().unwrap();
+        assert_eq!(stopped.state, SandboxState::Killed);
+        assert_eq!(
+            stopped.stop_reason.as_deref(),
+            Some("VM exited: VMM exit status 0")
+        );
+        assert_eq!(stopped.end_at_ms, 50);
+        assert!(store.running_sandboxes().unwrap().is_empty());
+        assert_eq!(store.forget_stopped(50).unwrap(), 0);
+        assert_eq!(store.forget_stopped(51).unwrap(), 1);
         assert_eq!(store.get_sandbox("sbx1").unwrap(), None);
     }
 

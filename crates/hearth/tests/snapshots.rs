@@ -206,11 +206,13 @@ const COUNTER: &str = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /d
 fn paused_sandbox_survives_a_node_restart_and_resumes_running() {
     with_runtime(|| async {
         let node = node();
-        let sandbox = ready_sandbox(&node, InitRequest::default()).await;
+        let mut sandbox = ready_sandbox(&node, InitRequest::default()).await;
         let (code, before) = sh(&sandbox, &format!("echo kept > /home/user/file; {COUNTER}")).await;
         assert_eq!(code, 0);
         let before: u64 = before.trim().parse().expect("a count");
-        let id = sandbox.pause().await.expect("pause");
+        sandbox.pause().await.expect("pause");
+        let id = sandbox.id().to_owned();
+        drop(sandbox);
         assert!(common::qemu_pids().is_empty(), "the paused VM still runs");
         drop(node);
 

@@ -331,8 +331,9 @@ async fn pause_resume(
     for _ in 0..cycles {
         let dir = sandbox.dir().to_owned();
         let started = Instant::now();
-        let id = sandbox.pause().await?;
+        sandbox.pause().await?;
         pauses.push(started.elapsed());
+        let id = sandbox.id().to_owned();
         state_bytes = std::fs::metadata(dir.join("state"))
             .map(|m| m.len())
             .unwrap_or(0);

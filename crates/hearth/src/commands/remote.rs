@@ -63,7 +63,8 @@ pub(crate) struct CreateArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     remote: Remote,
-    /// States to list (running, paused), comma-separated.
+    /// States to list (running, paused, killed: stopped in the last day,
+    /// with the reason), comma-separated.
     #[arg(long, default_value = "running,paused")]
     state: String,
 }
@@ -214,17 +215,18 @@ pub(crate) fn list(args: ListArgs, layout: &Layout) -> CommandResult {
         async |c| c.call(Method::GET, &path, None).await,
         |v| {
             println!(
-                "{:<22} {:<10} {:<8} {:<28} {:<28}",
+                "{:<22} {:<10} {:<8} {:<28} {:<28} REASON",
                 "ID", "TEMPLATE", "STATE", "STARTED", "ENDS"
             );
             for s in v.as_array().into_iter().flatten() {
                 println!(
-                    "{:<22} {:<10} {:<8} {:<28} {:<28}",
+                    "{:<22} {:<10} {:<8} {:<28} {:<28} {}",
                     text(s, "sandboxID"),
                     text(s, "templateID"),
                     text(s, "state"),
                     text(s, "startedAt"),
                     text(s, "endAt"),
+                    text(s, "stopReason"),
                 );
             }
         },
