@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_net::{Egress, Slot};
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_vmm::qemu::QemuVm;
-use hearth_vmm::{Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmExit, VmSpec, Vmm};
+use hearth_vmm::{Accel, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmExit, VmSpec, Vmm};
 
-use crate::{AgentClient, Node, NodeError};
+use crate::{AgentClient, Node, NodeError, cgroup};
 
 /// How the VM comes to life.
 pub(crate) enum Launch {
@@ -36,6 +36,30 @@ pub(crate) struct Instance {
     pub(crate) slot: Option<Slot>,
     pub(crate) vm: QemuVm,
     pub(crate) agent: AgentClient,
+    /// The VMM's cgroup, removed once the VMM is gone.
+    cgroup: Option<cgroup::Owned>,
+}
+
+/// Memory a VMM may use beyond its guest's: QEMU itself, and under TCG its
+/// translation cache (up to 1 GiB by default).
+const VMM_OVERHEAD_MIB: [(Accel, u64); 2] = [(Accel::Kvm, 256), (Accel::Tcg, 1024)];
+
+impl Drop for Instance {
+    /// Backstop for an instance dropped without [`Instance::release`] (a
+    /// cancelled start, a panic): kills the VMM now and removes its cgroup
+    /// once it has exited, waiting for that (bounded): a process about to
+    /// exit must not leave the cgroup behind.
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            if let Ok(pid) = i32::try_from(self.vm.pid()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            drop(cgroup);
+        }
+    }
 }
 
 impl Instance {
@@ -60,14 +84,46 @@ impl Instance {
         })
         .await
         .expect("slot acquisition does not panic")?;
-        match Self::start_vm(node, &slot, run_dir, machine, launch).await {
+        let cgroup = node.cgroups.as_ref().map(|hierarchy| {
+            let overhead = VMM_OVERHEAD_MIB
+                .iter()
+                .find(|(accel, _)| *accel == node.accel.accel)
+                .map_or(1024, |(_, mib)| *mib);
+            let name = run_dir
+                .file_name()
+                .map_or_else(|| "vmm".into(), |n| n.to_string_lossy().into_owned());
+            hierarchy.plan(
+                &name,
+                cgroup::Limits {
+                    cpus: machine.vcpus,
+                    memory_bytes: (u64::from(machine.memory_mib) + overhead) << 20,
+                    pids: cgroup::PIDS_MAX,
+                },
+            )
+        });
+        if let Some(plan) = &cgroup
+            && let Err(e) = plan.apply()
+        {
+            release_slot(slot).await;
+            return Err(e);
+        }
+        let mut cgroup = cgroup.map(cgroup::Owned::new);
+        let procs = cgroup
+            .as_ref()
+            .map(cgroup::Owned::procs)
+            .unwrap_or_default();
+        match Self::start_vm(node, &slot, run_dir, machine, launch, procs).await {
             Ok((vm, agent)) => Ok(Self {
                 slot: Some(slot),
                 vm,
                 agent,
+                cgroup,
             }),
             Err(e) => {
                 release_slot(slot).await;
+                if let Some(plan) = cgroup.as_mut().and_then(cgroup::Owned::take) {
+                    let _ = tokio::task::spawn_blocking(move || plan.remove()).await;
+                }
                 Err(e)
             }
         }
@@ -79,8 +135,14 @@ impl Instance {
         run_dir: &Path,
         machine: &Machine,
         launch: &Launch,
+        cgroups: Vec<PathBuf>,
     ) -> Result<(QemuVm, AgentClient), NodeError> {
         let plan = slot.plan();
+        let uid = crate::node::VMM_UID_BASE + plan.index;
+        if let Launch::Restore { .. } = launch {
+            // A restored VM reopens its disk when it continues, as its uid.
+            give_to(uid, run_dir, &machine.disk.path)?;
+        }
         let (kernel_args, start) = match launch {
             Launch::Boot { kernel_args } => (kernel_args.clone(), Start::Boot),
             Launch::Restore { .. } => (String::new(), Start::Incoming),
@@ -101,6 +163,8 @@ impl Instance {
             run_dir: run_dir.to_owned(),
             accel: node.accel.accel,
             die_with_parent: true,
+            run_as: Some(format!("{uid}:{uid}")),
+            cgroups,
         };
         let mut vm = node.qemu.boot(&spec).await?;
         let pid_file = run_dir.join("vmm.pid");
@@ -206,14 +270,28 @@ impl Instance {
         Ok(result?)
     }
 
-    /// Stops the VM and releases the slot.
+    /// Stops the VM and releases the slot and the cgroup.
     pub(crate) async fn release(mut self) -> Result<(), NodeError> {
         let stopped = self.vm.stop().await;
         if let Some(slot) = self.slot.take() {
             release_slot(slot).await;
         }
+        if let Some(plan) = self.cgroup.as_mut().and_then(cgroup::Owned::take) {
+            let _ = tokio::task::spawn_blocking(move || plan.remove()).await;
+        }
         stopped.map(drop).map_err(NodeError::from)
     }
+}
+
+/// Makes `dir` (private: 0700) and `disk` owned by `uid` and the group of
+/// that number.
+fn give_to(uid: u32, dir: &Path, disk: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in [dir, disk] {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(NodeError::io(path))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(NodeError::io(dir))
 }
 
 async fn release_slot(slot: Slot) {

@@ -11,6 +11,7 @@
 
 mod agent;
 mod build;
+mod cgroup;
 mod error;
 mod id;
 mod instance;
@@ -31,7 +32,7 @@ pub use hearth_net::{Cidr, CidrError, Egress, NetError};
 pub use instance::last_console_line;
 pub use layout::Layout;
 pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};
-pub use node::{Node, NodeOptions};
+pub use node::{Node, NodeOptions, VMM_UID_BASE};
 pub use pool::Pool;
 pub use sandbox::{STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};

@@ -1,5 +1,6 @@
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -9,6 +10,7 @@ use hearth_net::Slots;
 use hearth_vmm::qemu::Qemu;
 use hearth_vmm::{Accel, AccelChoice, AccelDecision};
 
+use crate::cgroup::{self, Hierarchy};
 use crate::{HostProfile, Layout, NodeError, preflight};
 
 /// Node-wide settings.
@@ -38,7 +40,17 @@ pub struct Node {
     pub(crate) dns: Vec<Ipv4Addr>,
     /// What saved states made here depend on.
     pub(crate) host: HostProfile,
+    /// Where each VMM's cgroup goes; `None` on a host without cpu, memory
+    /// and pids controllers (VMMs then run unlimited, with a warning).
+    pub(crate) cgroups: Option<Hierarchy>,
 }
+
+/// The first of the host uids (and gids) VMMs run as: the VMM in network
+/// slot `i` drops to `VMM_UID_BASE + i` once it has opened its files and
+/// devices, so no two running VMMs share a uid (as Firecracker's jailer
+/// gives each microVM its own). Far above the ranges of people, system
+/// users and the usual subordinate ids.
+pub const VMM_UID_BASE: u32 = 2_000_000_000;
 
 impl Node {
     /// Checks the host, chooses the accelerator and removes what crashed
@@ -65,6 +77,15 @@ impl Node {
         // A build step's VM dies with its build.
         remove_leftovers(&layout.builds(), &layout.build_locks(), "build VM")?;
         remove_abandoned_work(&layout);
+        restrict_data_dir(&layout)?;
+        let cgroups = Hierarchy::detect(Path::new("/sys/fs/cgroup"));
+        match &cgroups {
+            Some(hierarchy) => cgroup::remove_leftovers(hierarchy),
+            None => tracing::warn!(
+                "no cgroup hierarchy with the cpu, memory and pids controllers: VMMs run \
+                 without CPU, memory and process limits"
+            ),
+        }
         let host = HostProfile {
             vmm: qemu.version()?,
             tsc_khz: tsc_khz(&layout)?,
@@ -81,6 +102,7 @@ impl Node {
             accel,
             dns: host_nameservers(Path::new("/etc/resolv.conf")),
             host,
+            cgroups,
         })
     }
 
@@ -158,6 +180,26 @@ impl Node {
         hearth_image::find_build(&self.layout.templates(), name, build_id)?
             .ok_or_else(|| NodeError::NoTemplate(format!("{name} (build {build_id})")))
     }
+}
+
+/// VMMs open their files as root and then drop to their own uid, which may
+/// reach only what they need again (a restored VM reopens its disks): its
+/// own sandbox directory and the templates, by path. The data directory and
+/// the sandboxes directory can be crossed but not listed; the build caches
+/// (images may be private) are root's alone; the catalog is made 0600 by
+/// the server's store.
+fn restrict_data_dir(layout: &Layout) -> Result<(), NodeError> {
+    let cache = layout.data_dir().join("cache");
+    std::fs::create_dir_all(&cache).map_err(NodeError::io(&cache))?;
+    for (dir, mode) in [
+        (layout.data_dir().to_owned(), 0o711),
+        (layout.sandboxes(), 0o711),
+        (cache, 0o700),
+    ] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(NodeError::io(&dir))?;
+    }
+    Ok(())
 }
 
 /// Removes the directories under `dir` whose owner is gone, killing their

@@ -17,8 +17,6 @@ pub enum VmmError {
     DiskMissing(PathBuf),
     #[error("saved VM state {0} does not exist")]
     StateMissing(PathBuf),
-    #[error("path {0} cannot be handed to the VMM (quote or newline in it, or not UTF-8)")]
-    UnsupportedPath(PathBuf),
     #[error("failed to start {binary}")]
     Spawn {
         binary: String,

@@ -27,6 +27,13 @@ pub struct VmSpec {
     /// short-lived callers (`hearth sandbox run`), wrong for a daemon that
     /// re-adopts its VMs after a restart.
     pub die_with_parent: bool,
+    /// The unprivileged host user the VMM drops to once it has opened its
+    /// files and devices (it starts as root to open the tap). `None` keeps
+    /// the caller's user.
+    pub run_as: Option<String>,
+    /// `cgroup.procs` files the VMM process joins before it starts (one
+    /// per hierarchy); empty leaves it in the caller's cgroups.
+    pub cgroups: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

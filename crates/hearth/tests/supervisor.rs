@@ -3,7 +3,9 @@
 //! its init to reboot, a VMM crash. Each is seen at once, the
 //! sandbox is stopped with that reason (listed with `--state killed`), and
 //! everything it held is freed; the stock SDK's `is_running()` turns False
-//! within 1 s of a `kill -9`. Real VMs, as root, and `HEARTH_E2B_PYTHON`;
+//! within 1 s of a `kill -9`. Each VMM runs as a uid of its own, without
+//! capabilities, under QEMU's seccomp filter, in a cgroup of its own with
+//! its limits, and reaches neither another sandbox's files nor the catalog. Real VMs, as root, and `HEARTH_E2B_PYTHON`;
 //! CI runs it with `--include-ignored`.
 
 mod common;
@@ -69,6 +71,87 @@ fn wait_stopped(server: &Server, data: &Path, id: &str, since: Instant) -> (Stri
     }
 }
 
+/// The VMM of the sandbox in `dir` runs as a uid of its own, without
+/// capabilities, under a seccomp filter; that uid.
+fn vmm_is_unprivileged(dir: &Path) -> u32 {
+    let pid = std::fs::read_to_string(dir.join("vmm.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+            .to_owned()
+    };
+    let uids: Vec<u32> = field("Uid:")
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    let uid = uids[0];
+    assert_eq!(uids, [uid; 4], "real, effective, saved, fs");
+    assert!(uid >= hearth_node::VMM_UID_BASE, "uid {uid}");
+    let gids: Vec<u32> = field("Gid:")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    assert_eq!(gids, [uid; 4]);
+    assert_eq!(field("Groups:"), uid.to_string(), "only its own group");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("Seccomp:"), "2");
+    // Its own cgroup with its vCPUs (2) as the CPU quota.
+    let id = dir.file_name().unwrap().to_str().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    let own = format!("/hearth/{id}");
+    let (quota, pids_max) = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && cgroups.lines().any(|l| l == format!("0::{own}"))
+    {
+        let group = Path::new("/sys/fs/cgroup").join(&own[1..]);
+        let cpu = std::fs::read_to_string(group.join("cpu.max")).unwrap();
+        (
+            cpu.trim().to_owned(),
+            std::fs::read_to_string(group.join("pids.max")).unwrap(),
+        )
+    } else {
+        for controller in ["cpu", "memory", "pids"] {
+            assert!(
+                cgroups
+                    .lines()
+                    .any(|l| l.contains(controller) && l.ends_with(&own)),
+                "{controller} cgroup of {id}: {cgroups}"
+            );
+        }
+        let quota =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{own}/cpu.cfs_quota_us")).unwrap();
+        let pids = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{own}/pids.max")).unwrap();
+        let memory =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory{own}/memory.limit_in_bytes"))
+                .unwrap();
+        let memory: u64 = memory.trim().parse().unwrap();
+        assert!(
+            memory > 512 << 20 && memory <= 2048 << 20,
+            "memory limit {memory}"
+        );
+        (format!("{} 100000", quota.trim()), pids)
+    };
+    assert_eq!(quota, "200000 100000");
+    assert_eq!(pids_max.trim(), "256");
+    uid
+}
+
+/// Whether `uid` can read the first byte of `path`.
+fn can_read(uid: u32, path: &Path) -> bool {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "head", "-c1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn vms_that_end_by_themselves_are_noticed_stopped_and_cleaned() {
@@ -83,6 +166,26 @@ fn vms_that_end_by_themselves_are_noticed_stopped_and_cleaned() {
         .collect();
     let running = listed(&server, data.path(), "running");
     assert_eq!(running.len(), 3, "{running:?}");
+    let uids: Vec<u32> = ids
+        .iter()
+        .map(|id| vmm_is_unprivileged(&data.path().join("sandboxes").join(id)))
+        .collect();
+    assert!(
+        uids[0] != uids[1] && uids[1] != uids[2] && uids[0] != uids[2],
+        "{uids:?}"
+    );
+    // A VMM's uid reaches its own disk, but neither another sandbox's nor
+    // the catalog.
+    let disk = |i: usize| {
+        data.path()
+            .join("sandboxes")
+            .join(&ids[i])
+            .join("disk.qcow2")
+    };
+    assert!(can_read(uids[0], &disk(0)));
+    assert!(!can_read(uids[0], &disk(1)));
+    assert!(!can_read(uids[0], &data.path().join("hearth.db")));
+
     // kill -9 of the VMM, watched through the stock SDK.
     let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
     let pid_file = data.path().join("sandboxes").join(&ids[0]).join("vmm.pid");

@@ -87,6 +87,19 @@ impl<'a> QemuArgs<'a> {
         if spec.start == Start::Incoming {
             args.extend(["-incoming".into(), "defer".into()]);
         }
+        // QEMU's seccomp filter: no obsolete system calls, no new
+        // processes (saved states travel over descriptors the host
+        // passes), no scheduler or resource changes. `elevateprivileges`
+        // stays allowed only because QEMU itself calls setuid for `-runas`
+        // after the filter is in force; once it has, it holds no
+        // capabilities and no saved root uid to go back to.
+        args.extend([
+            "-sandbox".into(),
+            "on,obsolete=deny,spawn=deny,resourcecontrol=deny".into(),
+        ]);
+        if let Some(user) = &spec.run_as {
+            args.extend(["-runas".into(), user.clone()]);
+        }
         args
     }
 }
@@ -136,6 +149,8 @@ mod tests {
             run_dir: PathBuf::from("/s"),
             accel,
             die_with_parent: true,
+            run_as: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -190,6 +205,19 @@ mod tests {
             value_of(&args, "-qmp"),
             ["unix:/s/qmp.sock,server=on,wait=off"]
         );
+        assert_eq!(
+            value_of(&args, "-sandbox"),
+            ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+        );
+        assert!(value_of(&args, "-runas").is_empty());
+    }
+
+    #[test]
+    fn an_unprivileged_user_is_passed_on() {
+        let mut s = spec(Accel::Tcg, false);
+        s.run_as = Some("hearth-vmm".into());
+        let args = QemuArgs::new(&s, Path::new("/q"), Path::new("/c")).render();
+        assert_eq!(value_of(&args, "-runas"), ["hearth-vmm"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod args;
 mod qmp;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(1);
+/// The name a saved state's descriptor has in QEMU (`getfd`, `fd:NAME`).
+const MIGRATION_FD: &str = "migration";
 
 /// The QEMU microvm driver.
 #[derive(Debug, Clone)]
@@ -85,6 +87,18 @@ impl Vmm for Qemu {
             )),
             None => None,
         };
+        // Opened here (close-on-exec) so the child only writes to them.
+        let cgroups = spec
+            .cgroups
+            .iter()
+            .map(|procs| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(procs)
+                    .map(OwnedFd::from)
+                    .map_err(VmmError::io(procs.display().to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args)
@@ -94,9 +108,10 @@ impl Vmm for Qemu {
             .kill_on_drop(spec.die_with_parent);
         let die_with_parent = spec.die_with_parent;
         let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
+        let cgroup_fds: Vec<i32> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (setsid, prctl, setns) on
-        // values captured by copy; it allocates nothing.
+        // makes async-signal-safe system calls (setsid, prctl, setns, write)
+        // on values captured before the fork; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 // Own session: a Ctrl-C on the caller's terminal reaches the
@@ -112,6 +127,13 @@ impl Vmm for Qemu {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // "0" moves the writer: the VMM is in its cgroups from its
+                // first instruction.
+                for &fd in &cgroup_fds {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -120,6 +142,7 @@ impl Vmm for Qemu {
             source,
         })?;
         drop(netns);
+        drop(cgroups);
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, accel = %spec.accel, "qemu started: {}", args.join(" "));
 
@@ -269,11 +292,19 @@ impl Vm for QemuVm {
     }
 
     async fn save(&mut self, path: &Path, memory: SavedMemory) -> Result<(), VmmError> {
-        let uri = format!("exec:cat > {}", shell_quote(path)?);
+        // The host opens the file and passes it: the VMM may neither start
+        // a process nor, as another user, write where the state goes.
+        let file = std::fs::File::create(path).map_err(VmmError::io(path.display().to_string()))?;
         let qmp = self.control()?;
         qmp.execute("stop", None).await?;
         set_ignore_shared(qmp, memory).await?;
-        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
+        drop(file);
+        qmp.execute(
+            "migrate",
+            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+        )
+        .await?;
         let started = Instant::now();
         loop {
             let status = qmp.execute("query-migrate", None).await?;
@@ -302,11 +333,16 @@ impl Vm for QemuVm {
         if !path.is_file() {
             return Err(VmmError::StateMissing(path.to_owned()));
         }
-        let uri = format!("exec:cat {}", shell_quote(path)?);
+        let file = std::fs::File::open(path).map_err(VmmError::io(path.display().to_string()))?;
         let qmp = self.control()?;
         set_ignore_shared(qmp, memory).await?;
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
-            .await?;
+        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
+        drop(file);
+        qmp.execute(
+            "migrate-incoming",
+            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+        )
+        .await?;
         let started = Instant::now();
         loop {
             // A state QEMU cannot load ends the process, which closes QMP.
@@ -367,32 +403,4 @@ async fn set_ignore_shared(qmp: &mut Qmp, memory: SavedMemory) -> Result<(), Vmm
     qmp.execute("migrate-set-capabilities", Some(capabilities))
         .await
         .map(drop)
-}
-
-/// `path` in single quotes for the `/bin/sh -c` that QEMU's `exec:` runs.
-fn shell_quote(path: &Path) -> Result<String, VmmError> {
-    let text = path
-        .to_str()
-        .filter(|p| !p.contains('\'') && !p.contains('\n'))
-        .ok_or_else(|| VmmError::UnsupportedPath(path.to_owned()))?;
-    Ok(format!("'{text}'"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_paths_are_quoted_for_the_shell() {
-        assert_eq!(
-            shell_quote(Path::new("/var/lib/hearth/a b/state")).unwrap(),
-            "'/var/lib/hearth/a b/state'"
-        );
-        for bad in ["/x/it's", "/x/a\nb"] {
-            assert!(matches!(
-                shell_quote(Path::new(bad)),
-                Err(VmmError::UnsupportedPath(_))
-            ));
-        }
-    }
 }

@@ -1,9 +1,13 @@
 //! A minimal QMP client: one command at a time, events skipped.
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -60,6 +64,50 @@ impl Qmp {
                 return Err(VmmError::Qmp(format!("{command}: {desc}")));
             }
             // Asynchronous events (STOP, SHUTDOWN, …) are not needed yet.
+        }
+    }
+
+    /// Hands `fd` to QEMU under `name` (`getfd`, the descriptor riding on
+    /// the command as SCM_RIGHTS), for a later `fd:NAME` URI.
+    pub(super) async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), VmmError> {
+        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        line.push('\n');
+        let socket: &UnixStream = self.writer.as_ref();
+        let fds = [fd.as_raw_fd()];
+        let mut sent = 0;
+        while sent < line.len() {
+            socket
+                .writable()
+                .await
+                .map_err(VmmError::io("the QMP socket"))?;
+            // The descriptor goes with the first byte only.
+            let rights = [ControlMessage::ScmRights(&fds)];
+            let control: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
+            let bytes = &line.as_bytes()[sent..];
+            match socket.try_io(Interest::WRITABLE, || {
+                sendmsg::<()>(
+                    socket.as_raw_fd(),
+                    &[IoSlice::new(bytes)],
+                    control,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            }) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(VmmError::io("the QMP socket")(e)),
+            }
+        }
+        loop {
+            let message = self.read_message().await?;
+            if message.get("return").is_some() {
+                return Ok(());
+            }
+            if let Some(err) = message.get("error") {
+                let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown");
+                return Err(VmmError::Qmp(format!("getfd: {desc}")));
+            }
         }
     }
 

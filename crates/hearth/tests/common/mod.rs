@@ -20,6 +20,14 @@ pub fn assert_nothing_left(when: &str) {
     );
     let qemus = qemu_pids();
     assert!(qemus.is_empty(), "{when}: VMM processes left: {qemus}");
+    let cgroups: Vec<_> = ["", "cpu/", "memory/", "pids/"]
+        .iter()
+        .filter_map(|c| std::fs::read_dir(format!("/sys/fs/cgroup/{c}hearth")).ok())
+        .flat_map(|d| d.filter_map(Result::ok))
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert!(cgroups.is_empty(), "{when}: VMM cgroups left: {cgroups:?}");
     let sandboxes: Vec<_> = std::fs::read_dir(data_dir().join("sandboxes"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();

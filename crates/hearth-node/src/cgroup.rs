@@ -1,0 +1,342 @@
+//! A cgroup per VMM: its vCPUs as a CPU quota, its guest memory plus the
+//! VMM's own overhead as a memory limit, and a cap on its threads. The
+//! unified hierarchy (cgroup v2) when the host has one with these
+//! controllers, else the legacy per-controller hierarchies (v1), under a
+//! `hearth` group in each. What to write is a pure plan; applying it is a
+//! handful of file writes.
+
+use std::path::{Path, PathBuf};
+
+use crate::NodeError;
+
+/// The group every VMM's cgroup lives under.
+const PARENT: &str = "hearth";
+/// The CPU quota's period (cgroup's default).
+const PERIOD_US: u64 = 100_000;
+/// Threads a VMM may have: vCPUs, I/O and RCU threads, with room to spare.
+pub(crate) const PIDS_MAX: u32 = 256;
+
+/// What one VMM may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Whole CPUs of time per period.
+    pub(crate) cpus: u32,
+    pub(crate) memory_bytes: u64,
+    pub(crate) pids: u32,
+}
+
+/// Where the host keeps its cgroups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hierarchy {
+    /// cgroup v2, mounted at this path, with cpu, memory and pids.
+    Unified(PathBuf),
+    /// cgroup v1: one mount per controller.
+    Legacy {
+        cpu: PathBuf,
+        memory: PathBuf,
+        pids: PathBuf,
+    },
+}
+
+/// The directories, limit files and membership files of one VMM's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Made in order (parents first).
+    pub(crate) dirs: Vec<PathBuf>,
+    /// `(file, value)` written in order.
+    pub(crate) writes: Vec<(PathBuf, String)>,
+    /// The `cgroup.procs` files the VMM joins.
+    pub(crate) procs: Vec<PathBuf>,
+    /// Removed, in order, once the VMM is gone.
+    pub(crate) remove: Vec<PathBuf>,
+}
+
+impl Hierarchy {
+    /// What `root` (normally `/sys/fs/cgroup`) offers, if it has cpu,
+    /// memory and pids in one hierarchy or the other.
+    pub(crate) fn detect(root: &Path) -> Option<Self> {
+        let controllers =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let words: Vec<&str> = controllers.split_whitespace().collect();
+        if ["cpu", "memory", "pids"].iter().all(|c| words.contains(c)) {
+            return Some(Self::Unified(root.to_owned()));
+        }
+        let legacy = Self::Legacy {
+            cpu: root.join("cpu"),
+            memory: root.join("memory"),
+            pids: root.join("pids"),
+        };
+        let Self::Legacy { cpu, memory, pids } = &legacy else {
+            unreachable!()
+        };
+        (cpu.join("cpu.cfs_quota_us").exists()
+            && memory.join("memory.limit_in_bytes").exists()
+            && pids.join("cgroup.procs").exists())
+        .then_some(legacy)
+    }
+
+    /// The cgroup `name` with `limits`.
+    pub(crate) fn plan(&self, name: &str, limits: Limits) -> Plan {
+        let quota = u64::from(limits.cpus.max(1)) * PERIOD_US;
+        match self {
+            Self::Unified(root) => {
+                let parent = root.join(PARENT);
+                let dir = parent.join(name);
+                let enable = "+cpu +memory +pids".to_owned();
+                Plan {
+                    dirs: vec![parent.clone(), dir.clone()],
+                    writes: vec![
+                        (root.join("cgroup.subtree_control"), enable.clone()),
+                        (parent.join("cgroup.subtree_control"), enable),
+                        (dir.join("cpu.max"), format!("{quota} {PERIOD_US}")),
+                        (dir.join("memory.max"), limits.memory_bytes.to_string()),
+                        (dir.join("memory.swap.max"), "0".to_owned()),
+                        (dir.join("pids.max"), limits.pids.to_string()),
+                    ],
+                    procs: vec![dir.join("cgroup.procs")],
+                    remove: vec![dir],
+                }
+            }
+            Self::Legacy { cpu, memory, pids } => {
+                let [cpu, memory, pids] = [cpu, memory, pids].map(|c| c.join(PARENT).join(name));
+                Plan {
+                    dirs: [&cpu, &memory, &pids]
+                        .into_iter()
+                        .flat_map(|d| [d.parent().expect("has a parent").to_owned(), d.clone()])
+                        .collect(),
+                    writes: vec![
+                        (cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string()),
+                        (cpu.join("cpu.cfs_quota_us"), quota.to_string()),
+                        (
+                            memory.join("memory.limit_in_bytes"),
+                            limits.memory_bytes.to_string(),
+                        ),
+                        (pids.join("pids.max"), limits.pids.to_string()),
+                    ],
+                    procs: [&cpu, &memory, &pids]
+                        .into_iter()
+                        .map(|d| d.join("cgroup.procs"))
+                        .collect(),
+                    remove: vec![cpu, memory, pids],
+                }
+            }
+        }
+    }
+
+    /// The `hearth` groups, whose empty children are leftovers of VMMs
+    /// that are gone.
+    pub(crate) fn parents(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Unified(root) => vec![root.join(PARENT)],
+            Self::Legacy { cpu, memory, pids } => {
+                [cpu, memory, pids].map(|c| c.join(PARENT)).to_vec()
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// Makes the cgroup and sets its limits; on failure removes what it
+    /// made.
+    pub(crate) fn apply(&self) -> Result<(), NodeError> {
+        let made = (|| {
+            for dir in &self.dirs {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(NodeError::io(dir)(e)),
+                }
+            }
+            for (file, value) in &self.writes {
+                std::fs::write(file, value).map_err(NodeError::io(file))?;
+            }
+            Ok(())
+        })();
+        if made.is_err() {
+            self.remove();
+        }
+        made
+    }
+
+    /// Removes the cgroup once its VMM has exited (the kernel refuses a
+    /// group whose last task is still exiting: EBUSY, retried for up to
+    /// 2 s); failures are logged. Blocks: call it off the async threads.
+    pub(crate) fn remove(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for dir in &self.remove {
+            loop {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        tracing::warn!(cgroup = %dir.display(), "removing a VMM cgroup: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A cgroup that is removed when dropped (its VMM killed by then, or about
+/// to exit: [`Plan::remove`] waits for it), unless [`Owned::take`]n first.
+/// A start that is cancelled half way leaves no cgroup behind.
+pub(crate) struct Owned(Option<Plan>);
+
+impl Owned {
+    pub(crate) fn new(plan: Plan) -> Self {
+        Self(Some(plan))
+    }
+
+    pub(crate) fn procs(&self) -> Vec<PathBuf> {
+        self.0.as_ref().map(|p| p.procs.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn take(&mut self) -> Option<Plan> {
+        self.0.take()
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(plan) = self.0.take() {
+            plan.remove();
+        }
+    }
+}
+
+/// Removes the cgroups under the `hearth` groups that hold no process:
+/// leftovers of VMMs that died with a crashed process.
+pub(crate) fn remove_leftovers(hierarchy: &Hierarchy) {
+    for parent in hierarchy.parents() {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let empty = std::fs::read_to_string(path.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.trim().is_empty());
+            if path.is_dir() && empty && std::fs::remove_dir(&path).is_ok() {
+                tracing::info!(cgroup = %path.display(), "removed a leftover VMM cgroup");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        cpus: 2,
+        memory_bytes: 768 << 20,
+        pids: PIDS_MAX,
+    };
+
+    #[test]
+    fn unified_hierarchy_plan() {
+        let plan = Hierarchy::Unified("/cg".into()).plan("sb1", LIMITS);
+        let p = PathBuf::from;
+        assert_eq!(plan.dirs, [p("/cg/hearth"), p("/cg/hearth/sb1")]);
+        let writes: Vec<(String, &str)> = plan
+            .writes
+            .iter()
+            .map(|(f, v)| (f.display().to_string(), v.as_str()))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                ("/cg/cgroup.subtree_control".into(), "+cpu +memory +pids"),
+                (
+                    "/cg/hearth/cgroup.subtree_control".into(),
+                    "+cpu +memory +pids"
+                ),
+                ("/cg/hearth/sb1/cpu.max".into(), "200000 100000"),
+                ("/cg/hearth/sb1/memory.max".into(), "805306368"),
+                ("/cg/hearth/sb1/memory.swap.max".into(), "0"),
+                ("/cg/hearth/sb1/pids.max".into(), "256"),
+            ]
+        );
+        assert_eq!(plan.procs, [p("/cg/hearth/sb1/cgroup.procs")]);
+        assert_eq!(plan.remove, [p("/cg/hearth/sb1")]);
+    }
+
+    #[test]
+    fn legacy_hierarchy_plan() {
+        let h = Hierarchy::Legacy {
+            cpu: "/cg/cpu".into(),
+            memory: "/cg/memory".into(),
+            pids: "/cg/pids".into(),
+        };
+        let plan = h.plan("sb1", Limits { cpus: 1, ..LIMITS });
+        let p = PathBuf::from;
+        assert_eq!(
+            plan.writes,
+            [
+                (p("/cg/cpu/hearth/sb1/cpu.cfs_period_us"), "100000".into()),
+                (p("/cg/cpu/hearth/sb1/cpu.cfs_quota_us"), "100000".into()),
+                (
+                    p("/cg/memory/hearth/sb1/memory.limit_in_bytes"),
+                    "805306368".into()
+                ),
+                (p("/cg/pids/hearth/sb1/pids.max"), "256".into()),
+            ]
+        );
+        assert_eq!(plan.dirs.len(), 6);
+        assert_eq!(plan.procs.len(), 3);
+        assert_eq!(h.parents()[1], p("/cg/memory/hearth"));
+    }
+
+    #[test]
+    fn detects_what_the_host_has() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Hierarchy::detect(dir.path()), None);
+        std::fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Hierarchy::detect(dir.path()),
+            Some(Hierarchy::Unified(dir.path().to_owned()))
+        );
+        // Without the memory controller in v2, v1 mounts decide.
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu pids\n").unwrap();
+        assert_eq!(Hierarchy::detect(dir.path()), None);
+        for (c, f) in [
+            ("cpu", "cpu.cfs_quota_us"),
+            ("memory", "memory.limit_in_bytes"),
+            ("pids", "cgroup.procs"),
+        ] {
+            std::fs::create_dir(dir.path().join(c)).unwrap();
+            std::fs::write(dir.path().join(c).join(f), "").unwrap();
+        }
+        assert!(matches!(
+            Hierarchy::detect(dir.path()),
+            Some(Hierarchy::Legacy { .. })
+        ));
+    }
+
+    #[test]
+    fn applying_makes_the_groups_and_removing_takes_them_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hierarchy::Unified(dir.path().to_owned());
+        let plan = h.plan("sb1", LIMITS);
+        plan.apply().unwrap();
+        let max = std::fs::read_to_string(dir.path().join("hearth/sb1/cpu.max")).unwrap();
+        assert_eq!(max, "200000 100000");
+        // A real cgroupfs removes a group with its files; here, the files.
+        for (file, _) in &plan.writes[2..] {
+            std::fs::remove_file(file).unwrap();
+        }
+        plan.remove();
+        assert!(!dir.path().join("hearth/sb1").exists());
+        assert!(dir.path().join("hearth").exists());
+    }
+}
