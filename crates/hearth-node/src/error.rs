@@ -40,6 +40,14 @@ pub enum NodeError {
     #[error("sandbox {0} has stopped")]
     Gone(String),
     #[error(
+        "not enough host memory for another VM: {available_mib} MiB available, at least \
+         {min_free_mib} MiB must stay free; stop some sandboxes"
+    )]
+    OutOfMemory {
+        available_mib: u64,
+        min_free_mib: u64,
+    },
+    #[error(
         "{what} was saved under another {field} ({saved}) than this host's ({host}); rebuild the template or resume it where it was paused"
     )]
     Incompatible {

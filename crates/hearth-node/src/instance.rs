@@ -72,6 +72,8 @@ impl Instance {
         launch: &Launch,
         egress: &Egress,
     ) -> Result<Self, NodeError> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        crate::preflight::check_memory(&meminfo)?;
         let slots = Arc::clone(&node.slots);
         let egress = egress.clone();
         let slot = tokio::task::spawn_blocking(move || {

@@ -70,9 +70,8 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Busy(_) | NodeError::TemplateInUse { .. } => StatusCode::CONFLICT,
             // Out of capacity: a client may try again later.
-            NodeError::Net(hearth_node::NetError::Exhausted { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            NodeError::Net(hearth_node::NetError::Exhausted { .. })
+            | NodeError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, chain(&e))
