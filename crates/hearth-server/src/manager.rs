@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_node::{
-    Egress, Lifecycle, Node, NodeError, Origin, Pool, Sandbox, SandboxHandle, SandboxSpec, State,
-    StopReason, Watcher,
+    Egress, Lifecycle, Node, NodeError, Origin, Pool, Sandbox, SandboxHandle, SandboxSpec,
+    Snapshot, State, StopReason, Watcher,
 };
 use hearth_proto::agent::InitRequest;
 
@@ -253,24 +253,11 @@ impl Manager {
     }
 
     async fn start_pool(&self, template: &str) -> Result<TemplatePool, ApiError> {
-        let found = match self.node.template(template) {
-            Ok(found) => found,
-            Err(NodeError::NoTemplate(_) | NodeError::Template(_)) => {
-                return Err(ApiError::not_found(format!(
-                    "template '{template}' not found"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let shape = self.shape_of(&found);
-        let spec = SandboxSpec {
-            template: found,
-            kernel: self.node.kernel()?,
-            vcpus: shape.vcpus,
-            memory_mib: shape.memory_mib,
-            boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
-        };
-        let snapshot = self.node.snapshot(&spec).await?;
+        let (snapshot, shape) = self
+            .snapshot_of(self.node.template(template), || {
+                format!("template '{template}' not found")
+            })
+            .await?;
         Ok(TemplatePool {
             pool: Arc::new(Pool::start(
                 Arc::clone(&self.node),
@@ -290,12 +277,27 @@ impl Manager {
         build: &str,
         egress: &Egress,
     ) -> Result<(Sandbox, Shape), ApiError> {
-        let found = match self.node.template_build(name, build) {
+        let (snapshot, shape) = self
+            .snapshot_of(self.node.template_build(name, build), || {
+                format!("build {build} of template '{name}' is gone")
+            })
+            .await?;
+        let sandbox = Sandbox::from_snapshot(&self.node, &snapshot, egress).await?;
+        Ok((sandbox, shape))
+    }
+
+    /// The snapshot of a template build, in its machine shape, taken (one
+    /// boot) if it does not exist yet; a missing build is a 404 saying
+    /// `missing()`.
+    async fn snapshot_of(
+        &self,
+        found: Result<hearth_image::Template, NodeError>,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(Snapshot, Shape), ApiError> {
+        let found = match found {
             Ok(found) => found,
             Err(NodeError::NoTemplate(_) | NodeError::Template(_)) => {
-                return Err(ApiError::not_found(format!(
-                    "build {build} of template '{name}' is gone"
-                )));
+                return Err(ApiError::not_found(missing()));
             }
             Err(e) => return Err(e.into()),
         };
@@ -307,9 +309,7 @@ impl Manager {
             memory_mib: shape.memory_mib,
             boot_timeout: SNAPSHOT_BOOT_TIMEOUT,
         };
-        let snapshot = self.node.snapshot(&spec).await?;
-        let sandbox = Sandbox::from_snapshot(&self.node, &snapshot, egress).await?;
-        Ok((sandbox, shape))
+        Ok((self.node.snapshot(&spec).await?, shape))
     }
 
     /// Stops the pool of `template` if it restores an older build than the
