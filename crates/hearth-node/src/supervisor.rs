@@ -313,12 +313,18 @@ async fn stop<S: Supervised>(
     destroyed
 }
 
+/// Applies `event`, tells the watcher (which persists it), then publishes
+/// the new state: persisted before anyone sees it, and no lock of the
+/// channel held while the watcher writes. Only the supervisor writes, so
+/// nothing moves between the read and the publish.
 fn move_to(id: &str, state: &watch::Sender<Lifecycle>, watcher: &dyn Watcher, event: Event) {
-    state.send_modify(|lifecycle| match lifecycle.apply(event) {
-        Ok(_) => watcher.changed(id, lifecycle),
+    let mut next = state.borrow().clone();
+    if let Err(e) = next.apply(event) {
         // The supervisor only makes moves its own states allow.
-        Err(e) => unreachable!("supervisor of {id}: {e}"),
-    });
+        unreachable!("supervisor of {id}: {e}");
+    }
+    watcher.changed(id, &next);
+    state.send_replace(next);
 }
 
 #[cfg(test)]
