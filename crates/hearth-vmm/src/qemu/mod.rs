@@ -298,13 +298,7 @@ impl Vm for QemuVm {
         let qmp = self.control()?;
         qmp.execute("stop", None).await?;
         set_ignore_shared(qmp, memory).await?;
-        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
-        drop(file);
-        qmp.execute(
-            "migrate",
-            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
-        )
-        .await?;
+        migrate_over(qmp, "migrate", file).await?;
         let started = Instant::now();
         loop {
             let status = qmp.execute("query-migrate", None).await?;
@@ -336,13 +330,7 @@ impl Vm for QemuVm {
         let file = std::fs::File::open(path).map_err(VmmError::io(path.display().to_string()))?;
         let qmp = self.control()?;
         set_ignore_shared(qmp, memory).await?;
-        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
-        drop(file);
-        qmp.execute(
-            "migrate-incoming",
-            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
-        )
-        .await?;
+        migrate_over(qmp, "migrate-incoming", file).await?;
         let started = Instant::now();
         loop {
             // A state QEMU cannot load ends the process, which closes QMP.
@@ -391,6 +379,17 @@ impl QemuVm {
             .as_mut()
             .ok_or_else(|| VmmError::Qmp("the VMM has exited".to_owned()))
     }
+}
+
+/// Starts migration `command` (`migrate` or `migrate-incoming`) over
+/// `file`, which QEMU gets as a descriptor (`getfd`, then `fd:NAME`).
+async fn migrate_over(qmp: &mut Qmp, command: &str, file: std::fs::File) -> Result<(), VmmError> {
+    qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
+    drop(file);
+    let uri = format!("fd:{MIGRATION_FD}");
+    qmp.execute(command, Some(json!({ "uri": uri })))
+        .await
+        .map(drop)
 }
 
 /// With `x-ignore-shared`, memory in a shared backend file is left out of

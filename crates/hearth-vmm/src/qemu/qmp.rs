@@ -54,6 +54,12 @@ impl Qmp {
             .write_all(line.as_bytes())
             .await
             .map_err(VmmError::io("the QMP socket"))?;
+        self.reply(command).await
+    }
+
+    /// The answer to the command just sent: its `return` value or its
+    /// error. Asynchronous events (STOP, SHUTDOWN, …) are skipped.
+    async fn reply(&mut self, command: &str) -> Result<Value, VmmError> {
         loop {
             let message = self.read_message().await?;
             if let Some(ret) = message.get("return") {
@@ -63,7 +69,6 @@ impl Qmp {
                 let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown");
                 return Err(VmmError::Qmp(format!("{command}: {desc}")));
             }
-            // Asynchronous events (STOP, SHUTDOWN, …) are not needed yet.
         }
     }
 
@@ -99,16 +104,7 @@ impl Qmp {
                 Err(e) => return Err(VmmError::io("the QMP socket")(e)),
             }
         }
-        loop {
-            let message = self.read_message().await?;
-            if message.get("return").is_some() {
-                return Ok(());
-            }
-            if let Some(err) = message.get("error") {
-                let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown");
-                return Err(VmmError::Qmp(format!("getfd: {desc}")));
-            }
-        }
+        self.reply("getfd").await.map(drop)
     }
 
     async fn read_message(&mut self) -> Result<Value, VmmError> {
