@@ -92,9 +92,33 @@ impl Slots {
         Ok(cleaned)
     }
 
+    /// The lock file of slot `index`.
+    pub fn lock_path(&self, index: u32) -> PathBuf {
+        self.lock_dir.join(format!("slot-{index}.lock"))
+    }
+
+    /// Takes over slot `index`, built by an earlier process and still in
+    /// use (by a VM that outlived it): `lock` is an open file of
+    /// [`Slots::lock_path`] that holds its lock (a copy of the VM's). Its
+    /// network namespace must still exist; nothing is rebuilt.
+    pub fn adopt(&self, index: u32, lock: File) -> Result<Slot, NetError> {
+        let plan = SlotPlan::new(index)?;
+        let path = plan.netns_path();
+        if let Err(source) = fs::metadata(&path) {
+            return Err(NetError::Netns { path, source });
+        }
+        tracing::info!(index, netns = %plan.netns, "adopted network slot");
+        Ok(Slot {
+            plan,
+            lock,
+            runner: Arc::clone(&self.runner),
+            released: false,
+        })
+    }
+
     /// The locked lock file of `index`, or `None` when another holder has it.
     fn try_lock(&self, index: u32) -> Result<Option<File>, NetError> {
-        let path = self.lock_dir.join(format!("slot-{index}.lock"));
+        let path = self.lock_path(index);
         let lock_error = |source| NetError::Lock {
             path: path.clone(),
             source,
@@ -174,6 +198,19 @@ impl Slot {
         self.runner.run(&self.plan.egress_step(egress))?;
         tracing::debug!(index = self.plan.index, ?egress, "set egress policy");
         Ok(())
+    }
+
+    /// The open lock file that holds the slot: a VMM that inherits it
+    /// holds the slot for as long as it runs.
+    pub fn lock(&self) -> &File {
+        &self.lock
+    }
+
+    /// Lets go of the slot without removing it, for a VM that outlives this
+    /// process: whoever else holds its lock (that VM) keeps it, and a later
+    /// [`Slots::adopt`] takes it over.
+    pub fn detach(mut self) {
+        self.released = true;
     }
 
     /// Removes the netns (with `veth0`, `tap0` and the in-netns table), the

@@ -66,6 +66,8 @@ pub enum NodeError {
         code: i32,
         tail: String,
     },
+    #[error("sandbox {id} cannot be taken over: {why}")]
+    NotAdoptable { id: String, why: String },
     #[error("{path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("I/O error on {path}")]

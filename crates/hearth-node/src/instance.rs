@@ -1,7 +1,9 @@
 //! One VM in one network slot: what a sandbox runs on, and what a template
 //! snapshot is taken from.
 
+use std::fs::File;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_net::{Egress, Slot};
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_vmm::qemu::QemuVm;
-use hearth_vmm::{Accel, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmExit, VmSpec, Vmm};
+use hearth_vmm::{Accel, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmSpec, Vmm};
 
 use crate::{AgentClient, Node, NodeError, cgroup};
 
@@ -38,6 +40,9 @@ pub(crate) struct Instance {
     pub(crate) agent: AgentClient,
     /// The VMM's cgroup, removed once the VMM is gone.
     cgroup: Option<cgroup::Owned>,
+    /// Whether the VMM outlives this process (it holds its owner's lock
+    /// and its slot's; see [`Instance::detach`]).
+    pub(crate) outlives: bool,
 }
 
 /// Memory a VMM may use beyond its guest's: QEMU itself, and under TCG its
@@ -50,27 +55,35 @@ impl Drop for Instance {
     /// once it has exited, waiting for that (bounded): a process about to
     /// exit must not leave the cgroup behind.
     fn drop(&mut self) {
-        if let Some(cgroup) = self.cgroup.take() {
-            if let Ok(pid) = i32::try_from(self.vm.pid()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            drop(cgroup);
+        if self.slot.is_none() && self.cgroup.is_none() {
+            // Released or detached.
+            return;
         }
+        if let Ok(pid) = i32::try_from(self.vm.pid()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop(self.cgroup.take());
     }
 }
 
 impl Instance {
     /// Takes a network slot, gives it the `egress` policy, and starts the VM
     /// in it, with its files in `run_dir`. On failure the slot is released.
+    ///
+    /// With `owner`, the lock file of what the VM runs for (a sandbox), and
+    /// a node whose VMMs outlive it, the VMM holds that lock and its
+    /// slot's for as long as it runs, and does not die with this process;
+    /// otherwise it does.
     pub(crate) async fn launch(
         node: &Node,
         run_dir: &Path,
         machine: &Machine,
         launch: &Launch,
         egress: &Egress,
+        owner: Option<&File>,
     ) -> Result<Self, NodeError> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         crate::preflight::check_memory(&meminfo)?;
@@ -86,23 +99,7 @@ impl Instance {
         })
         .await
         .expect("slot acquisition does not panic")?;
-        let cgroup = node.cgroups.as_ref().map(|hierarchy| {
-            let overhead = VMM_OVERHEAD_MIB
-                .iter()
-                .find(|(accel, _)| *accel == node.accel.accel)
-                .map_or(1024, |(_, mib)| *mib);
-            let name = run_dir
-                .file_name()
-                .map_or_else(|| "vmm".into(), |n| n.to_string_lossy().into_owned());
-            hierarchy.plan(
-                &name,
-                cgroup::Limits {
-                    cpus: machine.vcpus,
-                    memory_bytes: (u64::from(machine.memory_mib) + overhead) << 20,
-                    pids: cgroup::PIDS_MAX,
-                },
-            )
-        });
+        let cgroup = cgroup_plan(node, run_dir, machine);
         if let Some(plan) = &cgroup
             && let Err(e) = plan.apply()
         {
@@ -114,12 +111,18 @@ impl Instance {
             .as_ref()
             .map(cgroup::Owned::procs)
             .unwrap_or_default();
-        match Self::start_vm(node, &slot, run_dir, machine, launch, procs).await {
+        let held = match owner {
+            Some(owner) if node.vmms_outlive => vec![owner.as_raw_fd(), slot.lock().as_raw_fd()],
+            _ => Vec::new(),
+        };
+        let outlives = !held.is_empty();
+        match Self::start_vm(node, &slot, run_dir, machine, launch, procs, held).await {
             Ok((vm, agent)) => Ok(Self {
                 slot: Some(slot),
                 vm,
                 agent,
                 cgroup,
+                outlives,
             }),
             Err(e) => {
                 release_slot(slot).await;
@@ -138,6 +141,7 @@ impl Instance {
         machine: &Machine,
         launch: &Launch,
         cgroups: Vec<PathBuf>,
+        held: Vec<RawFd>,
     ) -> Result<(QemuVm, AgentClient), NodeError> {
         let plan = slot.plan();
         let uid = crate::node::VMM_UID_BASE + plan.index;
@@ -164,9 +168,10 @@ impl Instance {
             }),
             run_dir: run_dir.to_owned(),
             accel: node.accel.accel,
-            die_with_parent: true,
+            die_with_parent: held.is_empty(),
             run_as: Some(format!("{uid}:{uid}")),
             cgroups,
+            inherit: held,
         };
         let mut vm = node.qemu.boot(&spec).await?;
         let pid_file = run_dir.join("vmm.pid");
@@ -232,7 +237,7 @@ impl Instance {
     }
 
     /// Waits until the guest agent answers its health check.
-    async fn wait_agent(&mut self, timeout: Duration) -> Result<(), NodeError> {
+    pub(crate) async fn wait_agent(&mut self, timeout: Duration) -> Result<(), NodeError> {
         let started = Instant::now();
         loop {
             let probe = self.agent.health(Duration::from_millis(250));
@@ -240,7 +245,7 @@ impl Instance {
                 exit = self.vm.wait() => {
                     let exit = exit?;
                     return Err(NodeError::BootExit {
-                        exit: describe_exit(exit),
+                        exit: exit.to_string(),
                         console: last_console_line(self.vm.console_log()),
                     });
                 }
@@ -272,6 +277,43 @@ impl Instance {
         Ok(result?)
     }
 
+    /// Takes over the VM that an earlier process started in `run_dir` and
+    /// left running (`outlives`): `pid` is its VMM, `slot` its slot (taken
+    /// over with the lock the VMM holds). The VM runs on as it was; if its
+    /// vCPUs were stopped (that process died half way through a pause or a
+    /// fork), they continue.
+    pub(crate) async fn adopt(
+        node: &Node,
+        run_dir: &Path,
+        machine: &Machine,
+        pid: u32,
+        slot: impl FnOnce(&QemuVm) -> Result<Slot, NodeError>,
+    ) -> Result<Self, NodeError> {
+        let vm = node.qemu.adopt(pid, run_dir).await?;
+        let slot = slot(&vm)?;
+        let agent = AgentClient::new(SocketAddr::from((slot.plan().ns_ip, AGENT_PORT)));
+        let mut instance = Self {
+            slot: Some(slot),
+            vm,
+            agent,
+            cgroup: cgroup_plan(node, run_dir, machine).map(cgroup::Owned::new),
+            outlives: true,
+        };
+        instance.vm.resume().await?;
+        Ok(instance)
+    }
+
+    /// Lets go of a VM that outlives this process without stopping it:
+    /// its slot, cgroup and files stay, for [`Instance::adopt`] later.
+    pub(crate) fn detach(mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.detach();
+        }
+        if let Some(mut cgroup) = self.cgroup.take() {
+            cgroup.take();
+        }
+    }
+
     /// Stops the VM and releases the slot and the cgroup.
     pub(crate) async fn release(mut self) -> Result<(), NodeError> {
         let stopped = self.vm.stop().await;
@@ -283,6 +325,28 @@ impl Instance {
         }
         stopped.map(drop).map_err(NodeError::from)
     }
+}
+
+/// The cgroup of the VMM that runs `machine` in `run_dir` (named after the
+/// directory), if the host has the controllers.
+fn cgroup_plan(node: &Node, run_dir: &Path, machine: &Machine) -> Option<cgroup::Plan> {
+    node.cgroups.as_ref().map(|hierarchy| {
+        let overhead = VMM_OVERHEAD_MIB
+            .iter()
+            .find(|(accel, _)| *accel == node.accel.accel)
+            .map_or(1024, |(_, mib)| *mib);
+        let name = run_dir
+            .file_name()
+            .map_or_else(|| "vmm".into(), |n| n.to_string_lossy().into_owned());
+        hierarchy.plan(
+            &name,
+            cgroup::Limits {
+                cpus: machine.vcpus,
+                memory_bytes: (u64::from(machine.memory_mib) + overhead) << 20,
+                pids: cgroup::PIDS_MAX,
+            },
+        )
+    })
 }
 
 /// Makes `dir` (private: 0700) and `disk` owned by `uid` and the group of
@@ -302,13 +366,6 @@ async fn release_slot(slot: Slot) {
         .expect("slot release does not panic");
     if let Err(e) = released {
         tracing::warn!("releasing a network slot: {e}");
-    }
-}
-
-pub(crate) fn describe_exit(exit: VmExit) -> String {
-    match exit {
-        VmExit::Exited(code) => format!("VMM exit status {code}"),
-        VmExit::Signaled(sig) => format!("VMM killed by signal {sig}"),
     }
 }
 

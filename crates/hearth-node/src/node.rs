@@ -19,6 +19,11 @@ pub struct NodeOptions {
     pub accel: AccelChoice,
     /// How many network slots (so sandboxes) may exist at once.
     pub slot_capacity: u32,
+    /// Whether the VMMs of sandboxes outlive this process, for a later one
+    /// to take over ([`crate::Sandbox::adopt`]): right for a server, which
+    /// may be restarted or upgraded under running sandboxes; wrong for a
+    /// short-lived caller (`hearth sandbox run`), whose VMs die with it.
+    pub vmms_outlive: bool,
 }
 
 impl Default for NodeOptions {
@@ -26,6 +31,7 @@ impl Default for NodeOptions {
         Self {
             accel: AccelChoice::Auto,
             slot_capacity: 1024,
+            vmms_outlive: false,
         }
     }
 }
@@ -43,6 +49,8 @@ pub struct Node {
     /// Where each VMM's cgroup goes; `None` on a host without cpu, memory
     /// and pids controllers (VMMs then run unlimited, with a warning).
     pub(crate) cgroups: Option<Hierarchy>,
+    /// See [`NodeOptions::vmms_outlive`].
+    pub(crate) vmms_outlive: bool,
 }
 
 /// The first of the host uids (and gids) VMMs run as: the VMM in network
@@ -69,23 +77,20 @@ impl Node {
             std::fs::create_dir_all(&dir).map_err(NodeError::io(&dir))?;
         }
         let slots = Slots::new(layout.slot_locks(), options.slot_capacity);
-        let cleaned = slots.cleanup_leftovers()?;
-        if !cleaned.is_empty() {
-            tracing::info!("removed leftover network slots {cleaned:?}");
-        }
-        remove_leftovers(&layout.sandboxes(), &layout.sandbox_locks(), "sandbox")?;
-        // A build step's VM dies with its build.
-        remove_leftovers(&layout.builds(), &layout.build_locks(), "build VM")?;
-        remove_abandoned_work(&layout);
-        restrict_data_dir(&layout)?;
         let cgroups = Hierarchy::detect(Path::new("/sys/fs/cgroup"));
-        match &cgroups {
-            Some(hierarchy) => cgroup::remove_leftovers(hierarchy),
-            None => tracing::warn!(
+        if cgroups.is_none() {
+            tracing::warn!(
                 "no cgroup hierarchy with the cpu, memory and pids controllers: VMMs run \
                  without CPU, memory and process limits"
-            ),
+            );
         }
+        // VMMs that outlived their server hold their locks: they and what
+        // they use stay, for that server's successor to adopt or remove.
+        remove_leftovers(&layout, &slots, cgroups.as_ref())?;
+        // A build step's VM dies with its build.
+        remove_leftover_dirs(&layout.builds(), &layout.build_locks(), "build VM")?;
+        remove_abandoned_work(&layout);
+        restrict_data_dir(&layout)?;
         let host = HostProfile {
             vmm: qemu.version()?,
             tsc_khz: tsc_khz(&layout)?,
@@ -103,6 +108,7 @@ impl Node {
             dns: host_nameservers(Path::new("/etc/resolv.conf")),
             host,
             cgroups,
+            vmms_outlive: options.vmms_outlive,
         })
     }
 
@@ -145,6 +151,29 @@ impl Node {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Stops the VMMs that an earlier process left running (see
+    /// [`NodeOptions::vmms_outlive`]) for sandboxes not in `adopted`, and
+    /// removes what they used: their directories, slots and cgroups.
+    /// Paused sandboxes stay. For the one process that owns this node's
+    /// sandboxes (the server), once it has adopted the ones it keeps.
+    pub fn remove_unadopted(&self, adopted: &[String]) -> Result<(), NodeError> {
+        let dir = self.layout.sandboxes();
+        for entry in std::fs::read_dir(&dir).map_err(NodeError::io(&dir))? {
+            let entry = entry.map_err(NodeError::io(&dir))?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if adopted.contains(&id)
+                || crate::sandbox::is_paused(&path)
+                || !crate::sandbox::has_vm_record(&path)
+            {
+                continue;
+            }
+            tracing::info!(sandbox = id, "stopping a VMM no one adopted");
+            kill_leftover_vmm(&path);
+        }
+        remove_leftovers(&self.layout, &self.slots, self.cgroups.as_ref())
     }
 
     pub fn accel(&self) -> &AccelDecision {
@@ -202,13 +231,31 @@ fn restrict_data_dir(layout: &Layout) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Removes the sandbox directories, network slots and VMM cgroups that no
+/// live process holds.
+fn remove_leftovers(
+    layout: &Layout,
+    slots: &Slots,
+    cgroups: Option<&Hierarchy>,
+) -> Result<(), NodeError> {
+    remove_leftover_dirs(&layout.sandboxes(), &layout.sandbox_locks(), "sandbox")?;
+    let cleaned = slots.cleanup_leftovers()?;
+    if !cleaned.is_empty() {
+        tracing::info!("removed leftover network slots {cleaned:?}");
+    }
+    if let Some(hierarchy) = cgroups {
+        cgroup::remove_leftovers(hierarchy);
+    }
+    Ok(())
+}
+
 /// Removes the directories under `dir` whose owner is gone, killing their
 /// VMM first; paused sandboxes stay.
 ///
 /// An owner holds `<locks>/<id>.lock` from before it creates the directory
 /// until after it has removed it, so a directory whose lock can be taken is
-/// a leftover.
-fn remove_leftovers(dir: &Path, locks: &Path, what: &str) -> Result<(), NodeError> {
+/// a leftover. (A VMM that outlives its starter holds that lock too.)
+fn remove_leftover_dirs(dir: &Path, locks: &Path, what: &str) -> Result<(), NodeError> {
     let entries = std::fs::read_dir(dir).map_err(NodeError::io(dir))?;
     for entry in entries {
         let entry = entry.map_err(NodeError::io(dir))?;
@@ -360,9 +407,23 @@ pub(crate) fn kill_leftover_vmm(sandbox_dir: &Path) {
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(2);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+    while runs(pid.as_raw()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether process `pid` exists and has not ended: an ended process whose
+/// parent has not reaped it yet (a VMM that outlived its starter is
+/// reaped by whoever inherited it) has closed its files already.
+fn runs(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: the state follows the last `)`.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// The host's IPv4 name servers, minus loopback ones (a guest cannot reach

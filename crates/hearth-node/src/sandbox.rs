@@ -29,6 +29,10 @@ const PAUSED_STATE: &str = "state";
 /// What the sandbox was made from ([`Origin`]), written when its directory
 /// is created: it tells which template build the sandbox's disk needs.
 const ORIGIN: &str = "origin.json";
+/// Written into a running sandbox's directory when its VMM outlives the
+/// process that started it ([`VmRecord`]): what a later process needs to
+/// take it over ([`Sandbox::adopt`]).
+const VM_RECORD: &str = "vm.json";
 
 /// What to create.
 #[derive(Debug, Clone)]
@@ -78,6 +82,18 @@ struct Paused {
     egress: Egress,
     /// Unix seconds.
     paused_at: u64,
+}
+
+/// The VM of a running sandbox whose VMM outlives its starter
+/// (`vm.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VmRecord {
+    /// The VMM process.
+    pid: u32,
+    /// Its network slot's index.
+    slot: u32,
+    /// The policy in force in that slot.
+    egress: Egress,
 }
 
 /// A running sandbox and everything it owns: its directory (disk overlay,
@@ -142,9 +158,17 @@ impl Sandbox {
                 state: snapshot.state(),
                 saved: SavedMemory::InFile,
             };
-            let instance = Instance::launch(node, &sandbox.dir, &machine, &launch, egress).await?;
+            let instance = Instance::launch(
+                node,
+                &sandbox.dir,
+                &machine,
+                &launch,
+                egress,
+                sandbox.lock.as_ref(),
+            )
+            .await?;
             sandbox.instance = Some(instance);
-            Ok::<_, NodeError>(())
+            sandbox.record_vm()
         }
         .await;
         match started {
@@ -232,6 +256,99 @@ impl Sandbox {
     pub async fn set_egress(&mut self, egress: &Egress) -> Result<(), NodeError> {
         self.instance_mut().set_egress(egress).await?;
         self.egress = egress.clone();
+        self.record_vm()
+    }
+
+    /// Writes `vm.json` if the VMM outlives this process.
+    fn record_vm(&self) -> Result<(), NodeError> {
+        let instance = self.instance();
+        if !instance.outlives {
+            return Ok(());
+        }
+        let record = VmRecord {
+            pid: instance.vm.pid(),
+            slot: instance
+                .slot
+                .as_ref()
+                .expect("a launched instance has a slot")
+                .plan()
+                .index,
+            egress: self.egress.clone(),
+        };
+        let path = self.dir.join(VM_RECORD);
+        let partial = self.dir.join(".vm.json.partial");
+        write_json(&partial, &record)?;
+        std::fs::rename(&partial, &path).map_err(NodeError::io(&path))
+    }
+
+    /// Takes over sandbox `id`, left running by an earlier process whose
+    /// VMMs outlived it (a server before a restart or an upgrade): its VMM,
+    /// slot, cgroup and directory, from `vm.json` and the locks the VMM
+    /// holds. The guest runs on undisturbed. Check its agent with
+    /// [`Sandbox::wait_agent`] next.
+    pub async fn adopt(node: &Node, id: &str) -> Result<Self, NodeError> {
+        let not_adoptable = |why: String| NodeError::NotAdoptable {
+            id: id.to_owned(),
+            why,
+        };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(not_adoptable("not a sandbox id".into()));
+        }
+        let dir = node.layout.sandboxes().join(id);
+        let origin: Origin = read_json(&dir.join(ORIGIN))?
+            .ok_or_else(|| not_adoptable("its directory has no origin.json".into()))?;
+        let record: VmRecord = read_json(&dir.join(VM_RECORD))?
+            .ok_or_else(|| not_adoptable("its directory has no vm.json".into()))?;
+        let lock_path = node.layout.sandbox_locks().join(format!("{id}.lock"));
+        let mut sandbox = Self {
+            dir,
+            id: id.to_owned(),
+            lock_path,
+            lock: None,
+            instance: None,
+            origin,
+            egress: record.egress.clone(),
+            parked: false,
+        };
+        let machine = sandbox.machine(Memory::Anonymous);
+        let mut lock = None;
+        let instance = Instance::adopt(node, &sandbox.dir, &machine, record.pid, |vm| {
+            let held = |path: &Path| {
+                vm.inherited(path)?.map(File::from).ok_or_else(|| {
+                    not_adoptable(format!("its VMM does not hold {}", path.display()))
+                })
+            };
+            lock = Some(held(&sandbox.lock_path)?);
+            let slot_lock = held(&node.slots.lock_path(record.slot))?;
+            Ok(node.slots.adopt(record.slot, slot_lock)?)
+        })
+        .await?;
+        sandbox.lock = lock;
+        sandbox.instance = Some(instance);
+        Ok(sandbox)
+    }
+
+    /// Waits until the guest agent answers its health check (an adopted
+    /// sandbox's agent has had its `/init`).
+    pub async fn wait_agent(&mut self, timeout: Duration) -> Result<(), NodeError> {
+        self.instance_mut().wait_agent(timeout).await
+    }
+
+    /// Lets go of the sandbox without stopping it, for a later process to
+    /// [`Sandbox::adopt`]: its VM, slot and files stay. A sandbox whose VMM
+    /// dies with this process (see [`crate::NodeOptions::vmms_outlive`]) is
+    /// destroyed instead.
+    pub async fn detach(mut self) -> Result<(), NodeError> {
+        let outlives = self.instance.as_ref().is_some_and(|i| i.outlives);
+        if !outlives || self.parked {
+            return self.destroy().await;
+        }
+        if let Some(instance) = self.instance.take() {
+            instance.detach();
+        }
+        // The VMM holds the lock from here on.
+        self.lock = None;
+        tracing::info!(sandbox = %self.id, "left running for the next server");
         Ok(())
     }
 
@@ -367,6 +484,7 @@ impl Sandbox {
         {
             tracing::warn!(sandbox = %self.id, "stopping the paused VM: {e}");
         }
+        let _ = std::fs::remove_file(self.dir.join(VM_RECORD));
         let _ = std::fs::remove_file(&self.lock_path);
         self.lock = None;
         Ok(())
@@ -385,7 +503,16 @@ impl Sandbox {
             state: state.clone(),
             saved: SavedMemory::Included,
         };
-        match Instance::launch(node, &sandbox.dir, &machine, &launch, &sandbox.egress).await {
+        let launched = Instance::launch(
+            node,
+            &sandbox.dir,
+            &machine,
+            &launch,
+            &sandbox.egress,
+            sandbox.lock.as_ref(),
+        )
+        .await;
+        match launched {
             Ok(instance) => sandbox.instance = Some(instance),
             Err(e) => {
                 // Keep the directory: the sandbox is still paused.
@@ -397,6 +524,7 @@ impl Sandbox {
         for done in [sandbox.dir.join(PAUSED), state] {
             std::fs::remove_file(&done).map_err(NodeError::io(&done))?;
         }
+        sandbox.record_vm()?;
         Ok(sandbox)
     }
 
@@ -463,9 +591,17 @@ impl Sandbox {
                 state: state.to_owned(),
                 saved: SavedMemory::Included,
             };
-            let instance =
-                Instance::launch(node, &copy.dir, &machine, &launch, &copy.egress).await?;
+            let instance = Instance::launch(
+                node,
+                &copy.dir,
+                &machine,
+                &launch,
+                &copy.egress,
+                copy.lock.as_ref(),
+            )
+            .await?;
             copy.instance = Some(instance);
+            copy.record_vm()?;
         }
         Ok(())
     }
@@ -554,6 +690,27 @@ impl Node {
             reason: e.to_string(),
         })
     }
+}
+
+/// `path` as JSON; `None` if it does not exist.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, NodeError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(NodeError::io(path)(e)),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| NodeError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Whether a sandbox directory has a `vm.json`: its VMM outlives whoever
+/// started it.
+pub(crate) fn has_vm_record(dir: &Path) -> bool {
+    dir.join(VM_RECORD).is_file()
 }
 
 /// Whether a sandbox directory holds a paused sandbox.

@@ -287,7 +287,8 @@ impl Node {
         let launch = Launch::Boot {
             kernel_args: self.kernel_args(&template.init_path, &template.name),
         };
-        let mut instance = Instance::launch(self, work, &machine, &launch, &Egress::open()).await?;
+        let mut instance =
+            Instance::launch(self, work, &machine, &launch, &Egress::open(), None).await?;
         let run = &template.run;
         let init = InitRequest {
             env_vars: (!run.config.env.is_empty())

@@ -15,17 +15,17 @@ use hearth_proto::agent::InitRequest;
 use hearth_vmm::VmExit;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::instance::describe_exit;
 use crate::lifecycle::{Event, Lifecycle, State, StopReason};
 use crate::{NodeError, Sandbox};
 
 /// What the supervisor needs of a sandbox: [`Sandbox`], or a fake in tests.
 pub trait Supervised: Send + 'static {
-    /// Waits for the agent and hands it `init`.
+    /// Waits for the agent and hands it `init`; without one, only waits
+    /// for it to answer.
     fn ready(
         &mut self,
         timeout: Duration,
-        init: InitRequest,
+        init: Option<InitRequest>,
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Resolves when the VM has ended by itself. Cancel-safe.
     fn wait_exit(&mut self) -> impl Future<Output = Result<VmExit, NodeError>> + Send;
@@ -34,15 +34,20 @@ pub trait Supervised: Send + 'static {
     fn pause(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Stops its VM and frees everything it holds.
     fn destroy(self) -> impl Future<Output = Result<(), NodeError>> + Send;
+    /// Lets go of it, running, for a later process to take over.
+    fn detach(self) -> impl Future<Output = Result<(), NodeError>> + Send;
 }
 
 impl Supervised for Sandbox {
-    fn ready(
+    async fn ready(
         &mut self,
         timeout: Duration,
-        init: InitRequest,
-    ) -> impl Future<Output = Result<(), NodeError>> + Send {
-        self.wait_ready(timeout, init)
+        init: Option<InitRequest>,
+    ) -> Result<(), NodeError> {
+        match init {
+            Some(init) => self.wait_ready(timeout, init).await,
+            None => self.wait_agent(timeout).await,
+        }
     }
 
     fn wait_exit(&mut self) -> impl Future<Output = Result<VmExit, NodeError>> + Send {
@@ -55,6 +60,10 @@ impl Supervised for Sandbox {
 
     fn destroy(self) -> impl Future<Output = Result<(), NodeError>> + Send {
         Sandbox::destroy(self)
+    }
+
+    fn detach(self) -> impl Future<Output = Result<(), NodeError>> + Send {
+        Sandbox::detach(self)
     }
 }
 
@@ -77,6 +86,7 @@ type Job<S> =
 enum Command<S> {
     Stop(StopReason, oneshot::Sender<Result<(), NodeError>>),
     Pause(oneshot::Sender<Result<(), NodeError>>),
+    Detach(oneshot::Sender<Result<(), NodeError>>),
     With(Job<S>),
 }
 
@@ -105,21 +115,25 @@ pub enum Origin {
     Created,
     /// Restored from its own paused state.
     Resumed,
+    /// Left running by an earlier process and taken over
+    /// ([`Sandbox::adopt`]); it starts again as far as its lifecycle goes.
+    Adopted,
 }
 
-/// Takes `sandbox` over: waits for its agent (handing it `init`), then
-/// supervises it. Returns once the agent has answered; a sandbox that does
-/// not answer within `timeout` is stopped and removed, with the reason.
+/// Takes `sandbox` over: waits for its agent (handing it `init`, if any:
+/// an adopted sandbox's agent had its own), then supervises it. Returns
+/// once the agent has answered; a sandbox that does not answer within
+/// `timeout` is stopped and removed, with the reason.
 pub async fn supervise<S: Supervised>(
     id: &str,
     mut sandbox: S,
     origin: Origin,
     timeout: Duration,
-    init: InitRequest,
+    init: Option<InitRequest>,
     watcher: Arc<dyn Watcher>,
 ) -> Result<SandboxHandle<S>, NodeError> {
     let mut lifecycle = match origin {
-        Origin::Created => Lifecycle::starting(),
+        Origin::Created | Origin::Adopted => Lifecycle::starting(),
         Origin::Resumed => {
             let mut paused = Lifecycle::paused();
             paused
@@ -192,6 +206,17 @@ impl<S: Supervised> SandboxHandle<S> {
         answer.await.map_err(|_| self.gone())?
     }
 
+    /// Ends its supervision and leaves it running, for a later process to
+    /// take over (a server that stops under running sandboxes). Its state
+    /// does not change.
+    pub async fn detach(&self) -> Result<(), NodeError> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Detach(reply)).await.is_err() {
+            return Ok(());
+        }
+        answer.await.unwrap_or(Ok(()))
+    }
+
     /// Runs `job` on the sandbox, between the other requests, and returns
     /// what it returns.
     pub async fn with<T, F>(&self, job: F) -> Result<T, NodeError>
@@ -258,7 +283,7 @@ async fn run<S: Supervised>(
         let command = tokio::select! {
             exit = sandbox.wait_exit() => {
                 let how = match exit {
-                    Ok(exit) => describe_exit(exit),
+                    Ok(exit) => exit.to_string(),
                     Err(e) => e.to_string(),
                 };
                 tracing::warn!(sandbox = id, "the VM ended by itself: {how}");
@@ -274,6 +299,10 @@ async fn run<S: Supervised>(
             }
             Some(Command::Stop(reason, reply)) => {
                 let _ = reply.send(stop(id, sandbox, reason, &state, watcher).await);
+                return;
+            }
+            Some(Command::Detach(reply)) => {
+                let _ = reply.send(sandbox.detach().await);
                 return;
             }
             Some(Command::Pause(reply)) => {
@@ -336,9 +365,10 @@ mod tests {
     /// What the fake was asked to do, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Call {
-        Ready,
+        Ready(bool),
         Pause,
         Destroy,
+        Detach,
         Job(u32),
     }
 
@@ -352,8 +382,8 @@ mod tests {
     }
 
     impl Supervised for Fake {
-        async fn ready(&mut self, _: Duration, _: InitRequest) -> Result<(), NodeError> {
-            self.calls.lock().unwrap().push(Call::Ready);
+        async fn ready(&mut self, _: Duration, init: Option<InitRequest>) -> Result<(), NodeError> {
+            self.calls.lock().unwrap().push(Call::Ready(init.is_some()));
             if self.ready_fails {
                 return Err(NodeError::AgentTimeout {
                     timeout: Duration::from_secs(1),
@@ -386,6 +416,11 @@ mod tests {
 
         async fn destroy(self) -> Result<(), NodeError> {
             self.calls.lock().unwrap().push(Call::Destroy);
+            Ok(())
+        }
+
+        async fn detach(self) -> Result<(), NodeError> {
+            self.calls.lock().unwrap().push(Call::Detach);
             Ok(())
         }
     }
@@ -433,7 +468,7 @@ mod tests {
             fake,
             origin,
             Duration::from_secs(1),
-            InitRequest::default(),
+            (origin != Origin::Adopted).then(InitRequest::default),
             Arc::clone(&recorder) as Arc<dyn Watcher>,
         )
         .await;
@@ -455,7 +490,7 @@ mod tests {
             .expect("out of service once stopped")
             .unwrap();
         assert_eq!(handle.ended().await.reason(), Some(&StopReason::Killed));
-        assert_eq!(*calls.lock().unwrap(), [Call::Ready, Call::Destroy]);
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(true), Call::Destroy]);
         assert_eq!(
             recorder.states(),
             [
@@ -484,7 +519,7 @@ mod tests {
             ended.reason(),
             Some(&StopReason::VmExited("VMM killed by signal 9".into()))
         );
-        assert_eq!(*calls.lock().unwrap(), [Call::Ready, Call::Destroy]);
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(true), Call::Destroy]);
         let last = recorder.0.lock().unwrap().last().cloned().unwrap();
         assert_eq!(last.0, "sb1");
         assert_eq!(last.1, State::Stopped);
@@ -522,7 +557,7 @@ mod tests {
         assert_eq!(handle.ended().await.state(), State::Paused);
         assert_eq!(
             *calls.lock().unwrap(),
-            [Call::Ready, Call::Pause, Call::Job(8), Call::Pause]
+            [Call::Ready(true), Call::Pause, Call::Job(8), Call::Pause]
         );
         assert_eq!(
             recorder.states(),
@@ -543,11 +578,30 @@ mod tests {
         fake.ready_fails = true;
         let (handle, recorder) = start(fake, Origin::Resumed).await;
         assert!(matches!(handle, Err(NodeError::AgentTimeout { .. })));
-        assert_eq!(*calls.lock().unwrap(), [Call::Ready, Call::Destroy]);
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(true), Call::Destroy]);
         let told = recorder.0.lock().unwrap().clone();
         let states: Vec<State> = told.iter().map(|(_, s, _)| *s).collect();
         assert_eq!(states, [State::Resuming, State::Stopping, State::Stopped]);
         assert!(matches!(told[2].2, Some(StopReason::Failed(_))));
+    }
+
+    #[tokio::test]
+    async fn an_adopted_sandbox_is_only_checked_and_a_detached_one_left_as_it_is() {
+        let (fake, calls, _exit) = fake();
+        let (handle, recorder) = start(fake, Origin::Adopted).await;
+        let handle = handle.unwrap();
+        assert_eq!(handle.lifecycle().state(), State::Running);
+        handle.detach().await.unwrap();
+        // Out of this process's service, in the state it had.
+        tokio::time::timeout(Duration::from_secs(1), handle.out_of_service())
+            .await
+            .expect("a detached sandbox is out of service here");
+        assert_eq!(handle.ended().await.state(), State::Running);
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(false), Call::Detach]);
+        assert_eq!(recorder.states(), [State::Starting, State::Running]);
+        // Nothing is left to stop.
+        handle.stop(StopReason::Killed).await.unwrap();
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(false), Call::Detach]);
     }
 
     #[tokio::test]
@@ -562,6 +616,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(recorder.states().last(), Some(&State::Stopped));
-        assert_eq!(*calls.lock().unwrap(), [Call::Ready, Call::Destroy]);
+        assert_eq!(*calls.lock().unwrap(), [Call::Ready(true), Call::Destroy]);
     }
 }

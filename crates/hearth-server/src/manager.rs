@@ -164,36 +164,28 @@ fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// How many sandboxes a starting server re-adopts at once.
+const ADOPT_PARALLEL: usize = 16;
+
 /// How long the catalog lists a stopped sandbox.
 const KEEP_STOPPED_MS: i64 = 24 * 3600 * 1000;
 
 impl Manager {
-    /// Takes over the catalog: sandboxes recorded as running died with the
-    /// previous server (their VMs are children of it) and are marked
-    /// stopped; paused ones stay resumable if their files are there.
-    pub fn new(
+    /// Takes over the catalog and the sandboxes the previous server left:
+    /// each recorded as running is re-adopted (its VMM outlived that
+    /// server) and supervised again, its timeout still counting; one that
+    /// cannot be is stopped and cleaned, and its row says why. Sandbox
+    /// directories, VMMs, slots and cgroups that no row owns are removed, so
+    /// are paused sandboxes without a row; a paused row whose files are
+    /// gone is marked stopped.
+    pub async fn open(
         node: Arc<Node>,
         store: Arc<Store>,
         shape: Shape,
         pool_size: usize,
     ) -> Result<Self, ApiError> {
-        let paused = node.paused_sandboxes()?;
-        for record in store.running_sandboxes()? {
-            let keep = record.state == SandboxState::Paused && paused.contains(&record.sandbox_id);
-            if !keep {
-                tracing::info!(
-                    sandbox = record.sandbox_id,
-                    "marking a sandbox of a previous run stopped"
-                );
-                let reason = match record.state {
-                    SandboxState::Paused => "its saved state is gone",
-                    _ => "the server stopped",
-                };
-                store.stop_sandbox(&record.sandbox_id, reason, now_ms())?;
-            }
-        }
         let live = Arc::new(LiveMap::default());
-        Ok(Self {
+        let manager = Self {
             catalog: Arc::new(Catalog {
                 store: Arc::clone(&store),
                 live: Arc::clone(&live),
@@ -204,7 +196,89 @@ impl Manager {
             pool_size,
             pools: std::sync::Mutex::new(HashMap::new()),
             live,
-        })
+        };
+        manager.take_over().await?;
+        Ok(manager)
+    }
+
+    async fn take_over(&self) -> Result<(), ApiError> {
+        use futures_util::StreamExt;
+        let started = std::time::Instant::now();
+        let paused = self.node.paused_sandboxes()?;
+        let records = self.store.running_sandboxes()?;
+        let mut running = Vec::new();
+        for record in &records {
+            match record.state {
+                SandboxState::Paused if !paused.contains(&record.sandbox_id) => {
+                    tracing::info!(
+                        sandbox = record.sandbox_id,
+                        "a paused sandbox's files are gone"
+                    );
+                    self.store.stop_sandbox(
+                        &record.sandbox_id,
+                        "its saved state is gone",
+                        now_ms(),
+                    )?;
+                }
+                SandboxState::Running => running.push(record.sandbox_id.clone()),
+                _ => {}
+            }
+        }
+        let total = running.len();
+        let adopted: Vec<String> = futures_util::stream::iter(running)
+            .map(|id| async move { self.adopt(&id).await.then_some(id) })
+            .buffer_unordered(ADOPT_PARALLEL)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        self.node.remove_unadopted(&adopted)?;
+        for id in paused {
+            let owned = records
+                .iter()
+                .any(|r| r.sandbox_id == id && r.state == SandboxState::Paused);
+            if !owned {
+                tracing::info!(sandbox = id, "removing a paused sandbox no row owns");
+                if let Err(e) = self.node.delete_paused(&id) {
+                    tracing::warn!(sandbox = id, "removing a paused sandbox: {e}");
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                adopted = adopted.len(),
+                lost = total - adopted.len(),
+                ms = started.elapsed().as_millis(),
+                "took over the sandboxes of the previous server"
+            );
+        }
+        Ok(())
+    }
+
+    /// Re-adopts running sandbox `id` and supervises it again; `false`
+    /// (and its row marked stopped with the reason) if it cannot be.
+    async fn adopt(&self, id: &str) -> bool {
+        let supervised = match Sandbox::adopt(&self.node, id).await {
+            Ok(sandbox) => self.supervise(sandbox, Origin::Adopted, None).await,
+            Err(e) => {
+                // Whatever it left is removed with the unadopted.
+                let reason = format!("lost when the server restarted: {e}");
+                if let Err(e) = self.store.stop_sandbox(id, &reason, now_ms()) {
+                    tracing::warn!(sandbox = id, "recording a lost sandbox: {e}");
+                }
+                Err(ApiError::internal(reason))
+            }
+        };
+        match supervised {
+            Ok(running) => {
+                tracing::info!(sandbox = id, "re-adopted");
+                self.go_live(running);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = id, "not re-adopted: {e}");
+                false
+            }
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -359,7 +433,7 @@ impl Manager {
         &self,
         sandbox: Sandbox,
         origin: Origin,
-        init: InitRequest,
+        init: Option<InitRequest>,
     ) -> Result<Running, ApiError> {
         let id = sandbox.id().to_owned();
         let agent = sandbox.agent().addr();
@@ -409,7 +483,7 @@ impl Manager {
             access_token: token.clone(),
             ..InitRequest::default()
         };
-        let running = self.supervise(sandbox, Origin::Created, init).await?;
+        let running = self.supervise(sandbox, Origin::Created, Some(init)).await?;
         let now = now_ms();
         let record = SandboxRecord {
             sandbox_id: running.handle.id().to_owned(),
@@ -559,7 +633,7 @@ impl Manager {
             access_token: record.envd_access_token.clone(),
             ..InitRequest::default()
         };
-        let running = self.supervise(sandbox, Origin::Resumed, init).await?;
+        let running = self.supervise(sandbox, Origin::Resumed, Some(init)).await?;
         record.state = SandboxState::Running;
         record.end_at_ms = now_ms().saturating_add(secs_ms(timeout_secs));
         if let Err(e) = self.store.update_sandbox(&record) {
@@ -595,7 +669,7 @@ impl Manager {
                 access_token: parent.envd_access_token.clone(),
                 ..InitRequest::default()
             };
-            let running = match self.supervise(copy, Origin::Created, init).await {
+            let running = match self.supervise(copy, Origin::Created, Some(init)).await {
                 Ok(running) => running,
                 Err(e) => {
                     failure = Some(e);
@@ -654,13 +728,19 @@ impl Manager {
         }
     }
 
-    /// Kills the running sandboxes and stops the pools (server shutdown).
-    /// Paused sandboxes stay.
-    pub async fn shutdown(&self) {
+    /// Stops the pools and, with `kill`, the running sandboxes; without,
+    /// they are left running for the next server to re-adopt (server
+    /// shutdown). Paused sandboxes stay.
+    pub async fn shutdown(&self, kill: bool) {
         let running: Vec<Running> = self.live.lock().values().cloned().collect();
         for running in running {
-            if let Err(e) = running.handle.stop(StopReason::Killed).await {
-                tracing::warn!(sandbox = running.handle.id(), "killing at shutdown: {e}");
+            let done = if kill {
+                running.handle.stop(StopReason::Killed).await
+            } else {
+                running.handle.detach().await
+            };
+            if let Err(e) = done {
+                tracing::warn!(sandbox = running.handle.id(), kill, "at shutdown: {e}");
             }
         }
         let cells: Vec<PoolCell> = self.pools().drain().map(|(_, cell)| cell).collect();

@@ -29,6 +29,10 @@ pub struct ServerOptions {
     pub node: NodeOptions,
     /// The static `hearth-init` that template builds put into image bases.
     pub init_binary: PathBuf,
+    /// Kill the running sandboxes when the server stops. By default they
+    /// keep running, and the next server on this data directory adopts
+    /// them (as it does after a crash).
+    pub kill_on_exit: bool,
 }
 
 /// `hearth-init` beside the running binary, where a build or an install
@@ -46,8 +50,9 @@ pub fn key_path(layout: &Layout) -> PathBuf {
     layout.data_dir().join("api-key")
 }
 
-/// Serves until `shutdown` resolves, then kills the running sandboxes
-/// (paused ones stay) and returns. `ready` gets the bound address.
+/// Serves until `shutdown` resolves, then leaves the running sandboxes to
+/// the next server (or kills them, with [`ServerOptions::kill_on_exit`];
+/// paused ones stay) and returns. `ready` gets the bound address.
 pub async fn serve(
     layout: Layout,
     store: Arc<Store>,
@@ -55,13 +60,34 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let node = Arc::new(Node::open(layout, &options.node)?);
-    let manager = Arc::new(Manager::new(
-        Arc::clone(&node),
-        Arc::clone(&store),
-        options.shape,
-        options.pool_size,
-    )?);
+    // One server per data directory: it owns every sandbox there.
+    let lock_path = layout.data_dir().join("server.lock");
+    let server_lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    if server_lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another hearth server runs on {} (it holds {})",
+            layout.data_dir().display(),
+            lock_path.display()
+        );
+    }
+    let node_options = NodeOptions {
+        vmms_outlive: true,
+        ..options.node.clone()
+    };
+    let node = Arc::new(Node::open(layout, &node_options)?);
+    let manager = Arc::new(
+        Manager::open(
+            Arc::clone(&node),
+            Arc::clone(&store),
+            options.shape,
+            options.pool_size,
+        )
+        .await?,
+    );
     let builds = Arc::new(Builds::new(
         node,
         store,
@@ -98,6 +124,6 @@ pub async fn serve(
         .await;
     expiry.abort();
     builds.shutdown();
-    manager.shutdown().await;
+    manager.shutdown(options.kill_on_exit).await;
     Ok(served?)
 }

@@ -27,6 +27,8 @@ pub enum VmmError {
     EarlyExit { exit: String, log: PathBuf },
     #[error("the VMM control socket {path} did not come up within {secs} s")]
     ControlTimeout { path: PathBuf, secs: u64 },
+    #[error("process {pid} is not the VMM of {run_dir}")]
+    NotRunning { pid: u32, run_dir: PathBuf },
     #[error("cannot tell the VMM version: {0}")]
     Version(String),
     #[error("QMP: {0}")]

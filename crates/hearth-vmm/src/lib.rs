@@ -9,6 +9,7 @@
 
 mod accel;
 mod error;
+mod process;
 pub mod qemu;
 mod spec;
 
@@ -27,6 +28,19 @@ pub enum VmExit {
     Exited(i32),
     /// The VMM was killed by this signal.
     Signaled(i32),
+    /// The VMM ended, and how is not known here: it was adopted from an
+    /// earlier process, and its exit status went to its new parent.
+    Unknown,
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "VMM exit status {code}"),
+            Self::Signaled(sig) => write!(f, "VMM killed by signal {sig}"),
+            Self::Unknown => f.write_str("VMM ended (its exit status went to its parent)"),
+        }
+    }
 }
 
 /// A VMM driver: boots guests described by a [`VmSpec`].

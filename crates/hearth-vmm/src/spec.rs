@@ -34,6 +34,10 @@ pub struct VmSpec {
     /// `cgroup.procs` files the VMM process joins before it starts (one
     /// per hierarchy); empty leaves it in the caller's cgroups.
     pub cgroups: Vec<PathBuf>,
+    /// Descriptors of the caller's the VMM keeps open for as long as it
+    /// runs: lock files, whose `flock` locks then outlive the caller.
+    /// Each must stay open until [`crate::Vmm::boot`] returns.
+    pub inherit: Vec<std::os::fd::RawFd>,
 }
 
 #[derive(Debug, Clone)]

@@ -79,7 +79,7 @@ pub(crate) async fn run_step(
         origin: origin.to_owned(),
         source: e,
     };
-    let mut instance = Instance::launch(node, work, &vm_machine, &launch, &Egress::open())
+    let mut instance = Instance::launch(node, work, &vm_machine, &launch, &Egress::open(), None)
         .await
         .map_err(vm_error)?;
     let ran = async {

@@ -151,6 +151,7 @@ mod tests {
             die_with_parent: true,
             run_as: None,
             cgroups: Vec::new(),
+            inherit: Vec::new(),
         }
     }
 

@@ -5,15 +5,16 @@
 mod args;
 mod qmp;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::process::{PidFd, Process};
 use crate::{SavedMemory, Vm, VmExit, VmSpec, Vmm, VmmError};
 use args::QemuArgs;
 use qmp::Qmp;
@@ -109,9 +110,10 @@ impl Vmm for Qemu {
         let die_with_parent = spec.die_with_parent;
         let netns_fd = netns.as_ref().map(AsRawFd::as_raw_fd);
         let cgroup_fds: Vec<i32> = cgroups.iter().map(AsRawFd::as_raw_fd).collect();
+        let inherit = spec.inherit.clone();
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe system calls (setsid, prctl, setns, write)
-        // on values captured before the fork; it allocates nothing.
+        // makes async-signal-safe system calls (setsid, prctl, setns, write,
+        // fcntl) on values captured before the fork; it allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 // Own session: a Ctrl-C on the caller's terminal reaches the
@@ -131,6 +133,13 @@ impl Vmm for Qemu {
                 // first instruction.
                 for &fd in &cgroup_fds {
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Kept open across exec: the VMM holds them (and their
+                // locks) for as long as it runs.
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -155,7 +164,50 @@ impl Vmm for Qemu {
             }
         };
         Ok(QemuVm {
-            child,
+            process: Process::Child(child),
+            pid,
+            qmp: Some(qmp),
+            console: files.console,
+            vmm_log: files.vmm_log,
+            exit: None,
+        })
+    }
+}
+
+impl Qemu {
+    /// Takes over the VM that process `pid` runs for `run_dir`, started by
+    /// an earlier process (a server before its restart): checks that the
+    /// pid is that VM's QEMU and connects to its control socket. The VM
+    /// keeps running as it was; its end is seen by [`Vm::wait`], without
+    /// an exit status ([`VmExit::Unknown`]): that goes to its new parent.
+    pub async fn adopt(&self, pid: u32, run_dir: &Path) -> Result<QemuVm, VmmError> {
+        let files = RunFiles::new(run_dir);
+        let gone = || VmmError::NotRunning {
+            pid,
+            run_dir: run_dir.to_owned(),
+        };
+        let pidfd = PidFd::open(pid)
+            .map_err(VmmError::io(format!("process {pid}")))?
+            .ok_or_else(gone)?;
+        // Pids are reused: the process must be a QEMU with this run
+        // directory's control socket, and still be running after that was
+        // read (the pidfd holds on to the process it was opened for).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let marker = files.qmp.display().to_string();
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| String::from_utf8_lossy(arg).contains(&marker));
+        if !ours || pidfd.has_exited() {
+            return Err(gone());
+        }
+        let qmp = tokio::time::timeout(CONTROL_TIMEOUT, Qmp::connect(&files.qmp))
+            .await
+            .map_err(|_| VmmError::ControlTimeout {
+                path: files.qmp.clone(),
+                secs: CONTROL_TIMEOUT.as_secs(),
+            })??;
+        Ok(QemuVm {
+            process: Process::Adopted(pidfd),
             pid,
             qmp: Some(qmp),
             console: files.console,
@@ -183,7 +235,10 @@ impl RunFiles {
 }
 
 /// Waits for QMP to accept connections, failing early if QEMU exits.
-async fn connect_control(child: &mut Child, files: &RunFiles) -> Result<Qmp, VmmError> {
+async fn connect_control(
+    child: &mut tokio::process::Child,
+    files: &RunFiles,
+) -> Result<Qmp, VmmError> {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().map_err(VmmError::io("the VMM process"))? {
@@ -221,7 +276,7 @@ fn last_line(path: &Path) -> String {
 /// A running QEMU VM.
 #[derive(Debug)]
 pub struct QemuVm {
-    child: Child,
+    process: Process,
     pid: u32,
     qmp: Option<Qmp>,
     console: PathBuf,
@@ -232,24 +287,46 @@ pub struct QemuVm {
 impl QemuVm {
     /// Waits for the VMM process to end and records how it ended.
     async fn reap(&mut self) -> Result<VmExit, VmmError> {
-        let status = self
-            .child
+        let exit = self
+            .process
             .wait()
             .await
             .map_err(VmmError::io("the VMM process"))?;
-        Ok(self.record(status))
+        Ok(self.record(exit))
     }
 
-    fn record(&mut self, status: std::process::ExitStatus) -> VmExit {
-        use std::os::unix::process::ExitStatusExt;
-        let exit = match (status.code(), status.signal()) {
-            (Some(code), _) => VmExit::Exited(code),
-            (None, Some(sig)) => VmExit::Signaled(sig),
-            (None, None) => VmExit::Exited(-1),
-        };
+    fn record(&mut self, exit: VmExit) -> VmExit {
         self.exit = Some(exit);
         self.qmp = None;
         exit
+    }
+
+    /// A copy of the VMM's descriptor for `path` (one it inherited, see
+    /// [`VmSpec::inherit`]): the same open file, so the same locks. `None`
+    /// when it has no such descriptor.
+    pub fn inherited(&self, path: &Path) -> Result<Option<OwnedFd>, VmmError> {
+        let what = || format!("the descriptors of process {}", self.pid);
+        let dir = format!("/proc/{}/fd", self.pid);
+        let entries = std::fs::read_dir(&dir).map_err(VmmError::io(what()))?;
+        for entry in entries.flatten() {
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
+            if target == path {
+                let pidfd = PidFd::open(self.pid)
+                    .map_err(VmmError::io(what()))?
+                    .ok_or_else(|| VmmError::io(what())(std::io::ErrorKind::NotFound.into()))?;
+                return pidfd.get_fd(fd).map(Some).map_err(VmmError::io(what()));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -280,13 +357,13 @@ impl Vm for QemuVm {
                 tracing::debug!(pid = self.pid, "qmp quit failed: {e}");
             }
         }
-        if let Ok(status) = tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-            let status = status.map_err(VmmError::io("the VMM process"))?;
-            return Ok(self.record(status));
+        if let Ok(exit) = tokio::time::timeout(STOP_GRACE, self.process.wait()).await {
+            let exit = exit.map_err(VmmError::io("the VMM process"))?;
+            return Ok(self.record(exit));
         }
         tracing::warn!(pid = self.pid, "qemu ignored quit; killing it");
-        self.child
-            .start_kill()
+        self.process
+            .kill()
             .map_err(VmmError::io("the VMM process"))?;
         self.reap().await
     }
@@ -363,13 +440,13 @@ impl Vm for QemuVm {
 impl QemuVm {
     /// Why the VMM process ended, when it has (from the tail of its log).
     async fn exit_reason(&mut self) -> Option<VmmError> {
-        let status = tokio::time::timeout(STOP_GRACE, self.child.wait())
+        let exit = tokio::time::timeout(STOP_GRACE, self.process.wait())
             .await
             .ok()?
             .ok()?;
-        self.record(status);
+        self.record(exit);
         Some(VmmError::EarlyExit {
-            exit: format!("{status}: {}", last_line(&self.vmm_log)),
+            exit: format!("{exit}: {}", last_line(&self.vmm_log)),
             log: self.vmm_log.clone(),
         })
     }

@@ -39,6 +39,11 @@ pub(crate) struct ServerArgs {
     /// hearth-init beside hearth).
     #[arg(long, env = "HEARTH_INIT_BINARY")]
     init_binary: Option<std::path::PathBuf>,
+    /// Kill the running sandboxes when the server stops. Without it they
+    /// keep running, and the next `hearth server` on this data directory
+    /// takes them over, as after a crash.
+    #[arg(long)]
+    kill_on_exit: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +97,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
             Some(path) => path,
             None => server::default_init_binary()?,
         },
+        kill_on_exit: args.kill_on_exit,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
