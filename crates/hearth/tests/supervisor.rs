@@ -248,3 +248,146 @@ fn vms_that_end_by_themselves_are_noticed_stopped_and_cleaned() {
     server.stop();
     assert_nothing_left("after the test");
 }
+
+/// The bash loop each sandbox of the chaos test runs: a tick (the guest's
+/// wall clock) every 200 ms, in a file.
+const COUNTER: &str = "nohup bash -c 'while :; do echo $EPOCHREALTIME >> /tmp/ticks; sleep 0.2; done' >/dev/null 2>&1 &";
+
+/// The longest gap between two ticks of the counter in `id`, and how many
+/// there are.
+fn counter_gaps(server: &Server, data: &Path, id: &str) -> (f64, usize) {
+    let ticks = ok(server, data, &["exec", id, "--", "cat", "/tmp/ticks"]);
+    let ticks: Vec<f64> = ticks.lines().map(|t| t.trim().parse().unwrap()).collect();
+    let gap = ticks.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    (gap, ticks.len())
+}
+
+/// Kills every VMM of this test's data directory if a check fails, so a
+/// failed run leaves nothing for the next test.
+struct KillVmms<'a>(&'a Path);
+
+impl Drop for KillVmms<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("pkill")
+                .args(["-9", "-f"])
+                .arg(self.0.join("sandboxes"))
+                .status();
+        }
+    }
+}
+
+/// Starts a server that leaves its sandboxes running, and waits until it
+/// has taken over `count` of them; the milliseconds it logged for that.
+fn restart(binary: &Path, data: &Path, count: usize) -> (Server, u64) {
+    let server = Server::start_keeping(binary, data);
+    let line = server
+        .logged("took over the sandboxes of the previous server")
+        .unwrap_or_else(|| panic!("the server took over nothing"));
+    assert!(line.contains(&format!("adopted={count} lost=0")), "{line}");
+    let ms = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no ms= in {line}"));
+    (server, ms)
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn sandboxes_outlive_a_restart_an_upgrade_and_a_kill_9_of_the_server() {
+    let python = std::env::var("HEARTH_E2B_PYTHON").expect(
+        "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
+    );
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let _guard = KillVmms(data.path());
+    // The server runs from a copy of the binary, which an upgrade replaces.
+    let bin = tempfile::tempdir().unwrap();
+    let binary = bin.path().join("hearth");
+    std::fs::copy(env!("CARGO_BIN_EXE_hearth"), &binary).unwrap();
+    let server = Server::start_keeping(&binary, data.path());
+    let ids: Vec<String> = (0..10)
+        .map(|_| {
+            let id = ok(&server, data.path(), &["create", "--timeout", "600"])
+                .trim()
+                .to_owned();
+            ok(
+                &server,
+                data.path(),
+                &["exec", &id, "--", "sh", "-c", COUNTER],
+            );
+            id
+        })
+        .collect();
+    let pid_of = |id: &str| {
+        std::fs::read_to_string(data.path().join("sandboxes").join(id).join("vmm.pid"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let pids: Vec<String> = ids.iter().map(|id| pid_of(id)).collect();
+
+    // Upgrade: a clean stop, a new binary file in place of the old one,
+    // a start.
+    server.stop();
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_hearth"), &binary).unwrap();
+    let (server, upgrade_ms) = restart(&binary, data.path(), 10);
+    // A crash.
+    server.kill9();
+    let (server, crash_ms) = restart(&binary, data.path(), 10);
+    eprintln!("figure readopt_10_after_upgrade_ms={upgrade_ms}");
+    eprintln!("figure readopt_10_after_kill9_ms={crash_ms}");
+
+    let running = listed(&server, data.path(), "running");
+    for id in &ids {
+        assert!(
+            running.iter().any(|(i, _, _)| i == id),
+            "{id} in {running:?}"
+        );
+    }
+    // The same VMMs: nothing was restarted or restored.
+    let now: Vec<String> = ids.iter().map(|id| pid_of(id)).collect();
+    assert_eq!(now, pids);
+    let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
+    let mut sdk = Command::new(&python);
+    sdk.arg(sdk_server::script("reconnect_drive.py")).args(&ids);
+    sdk_server::drive(sdk, &server, key.trim());
+    for id in &ids {
+        let (gap, ticks) = counter_gaps(&server, data.path(), id);
+        assert!(gap < 2.0, "the counter in {id} stopped for {gap:.2} s");
+        assert!(ticks > 10, "{ticks} ticks in {id}");
+    }
+
+    // Exits of adopted VMMs are noticed as those of its own: a kill -9 and
+    // a guest that ends itself.
+    let killed = Instant::now();
+    let status = Command::new("kill")
+        .args(["-9", &pids[0]])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (reason, noticed_kill) = wait_stopped(&server, data.path(), &ids[0], killed);
+    assert!(reason.starts_with("VM exited: VMM ended"), "{reason}");
+    let asked = Instant::now();
+    let _ = hearth(
+        &server,
+        data.path(),
+        &["exec", &ids[1], "--", "sudo", "kill", "-TERM", "1"],
+    );
+    let (reason, noticed_reboot) = wait_stopped(&server, data.path(), &ids[1], asked);
+    assert!(reason.starts_with("VM exited: VMM ended"), "{reason}");
+    eprintln!(
+        "figure adopted_kill9_to_listed_killed_ms={} adopted_guest_exit_to_listed_killed_ms={}",
+        noticed_kill.as_millis(),
+        noticed_reboot.as_millis()
+    );
+    assert!(noticed_kill < Duration::from_secs(1), "{noticed_kill:?}");
+
+    for id in &ids[2..] {
+        ok(&server, data.path(), &["kill", id]);
+    }
+    server.stop();
+    assert_nothing_left("after the test");
+}

@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{data_dir, text};
@@ -24,11 +25,29 @@ pub fn server_data_dir() -> tempfile::TempDir {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// What it printed on stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
+    /// A server that kills its sandboxes when it stops.
     pub fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        Self::spawn(
+            Path::new(env!("CARGO_BIN_EXE_hearth")),
+            data,
+            &["--kill-on-exit"],
+        )
+    }
+
+    /// A server run from `binary` that, as by default, leaves its
+    /// sandboxes running when it stops, for the next one to adopt.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn start_keeping(binary: &Path, data: &Path) -> Self {
+        Self::spawn(binary, data, &[])
+    }
+
+    fn spawn(binary: &Path, data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(binary)
             .args([
                 "server",
                 "--listen",
@@ -38,6 +57,7 @@ impl Server {
                 "--pool",
                 "1",
             ])
+            .args(extra)
             .env("HEARTH_DATA_DIR", data)
             .env("HEARTH_LOG", "info")
             .env_remove("RUST_LOG")
@@ -49,26 +69,50 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let started = Instant::now();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let url = loop {
             let line = lines
                 .next()
                 .expect("the server printed where it listens")
                 .unwrap();
+            eprintln!("server: {line}");
             if let Some(url) = line.strip_prefix("hearth: listening on ") {
                 break url.to_owned();
             }
+            log.lock().unwrap().push(line);
             assert!(started.elapsed() < Duration::from_secs(300), "server start");
         };
         // Keep draining stderr so the server never blocks on it.
+        let kept = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 eprintln!("server: {line}");
+                kept.lock().unwrap().push(line);
             }
         });
-        Self { child, url }
+        Self { child, url, log }
     }
 
-    /// SIGTERM, then wait: the server kills its sandboxes first.
+    /// The first line it printed that contains `text`.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn logged(&self, text: &str) -> Option<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(text))
+            .cloned()
+    }
+
+    /// `kill -9`: the server ends at once, with no shutdown of its own.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait: the server kills its sandboxes first (or, one
+    /// from [`Server::start_keeping`], leaves them running).
     pub fn stop(mut self) {
         let status = self.terminate();
         assert!(status.success(), "server exit: {status}");
