@@ -12,12 +12,16 @@ mod apply;
 mod egress;
 mod error;
 mod leftovers;
+#[cfg(feature = "testing")]
+mod outside;
 mod plan;
 mod slots;
 
 pub use egress::{Cidr, CidrError, Egress};
 pub use error::NetError;
 pub use leftovers::Leftovers;
+#[cfg(feature = "testing")]
+pub use outside::Outside;
 pub use plan::{
     GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, MAX_SLOTS, PlanError, SlotPlan,
     TAP_NAME,

@@ -125,7 +125,12 @@ impl SlotPlan {
         ]
     }
 
-    /// NAT inside the netns: the slot's address to the guest and back.
+    /// Inside the netns: NAT of the slot's address to the guest and back,
+    /// and a guard. The guest reaches nothing in the netns itself (its
+    /// gateway answers no connection), and a packet whose source is not
+    /// the guest's address (a guest that changed it) goes nowhere: only
+    /// [`GUEST_IP`] is translated to the slot's address, and nothing else
+    /// may leave unaltered.
     pub(crate) fn netns_nft_script(&self) -> String {
         let Self { ns_veth, ns_ip, .. } = self;
         format!(
@@ -138,11 +143,23 @@ impl SlotPlan {
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr {GUEST_IP} oifname \"{ns_veth}\" snat to {ns_ip}\n\
              \t}}\n\
+             \tchain guard_input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"{TAP_NAME}\" reject with icmp type admin-prohibited\n\
+             \t}}\n\
+             \tchain guard_forward {{\n\
+             \t\ttype filter hook forward priority filter - 1; policy accept;\n\
+             \t\tiifname \"{TAP_NAME}\" ip saddr != {GUEST_IP} drop\n\
+             \t}}\n\
              }}\n"
         )
     }
 
-    /// Host rules: masquerade the slot's egress, accept its forwarded traffic.
+    /// Host rules: masquerade the slot's egress and accept its forwarded
+    /// traffic, except what would reach the host itself or another slot.
+    /// The guest may answer the host (the proxy, the agent's clients) but
+    /// not start a connection to any of its addresses (its services, the
+    /// server's port), nor to another sandbox.
     pub(crate) fn host_nft_script(&self) -> String {
         let Self {
             host_veth,
@@ -156,8 +173,14 @@ impl SlotPlan {
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr {ns_ip} oifname != \"{host_veth}\" masquerade\n\
              \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"{host_veth}\" ct state established,related accept\n\
+             \t\tiifname \"{host_veth}\" reject with icmp type admin-prohibited\n\
+             \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{host_veth}\" oifname \"{HOST_VETH_PREFIX}*\" reject with icmp type admin-prohibited\n\
              \t\tiifname \"{host_veth}\" accept\n\
              \t\toifname \"{host_veth}\" accept\n\
              \t}}\n\
@@ -436,6 +459,9 @@ mod tests {
             "\t\tip daddr 10.200.0.22 dnat to 169.254.0.21",
             "\t\ttype nat hook postrouting priority srcnat; policy accept;",
             "\t\tip saddr 169.254.0.21 oifname \"veth0\" snat to 10.200.0.22",
+            "\t\tiifname \"tap0\" reject with icmp type admin-prohibited",
+            "\t\ttype filter hook forward priority filter - 1; policy accept;",
+            "\t\tiifname \"tap0\" ip saddr != 169.254.0.21 drop",
         ] {
             assert!(ns.lines().any(|l| l == line), "missing {line:?} in\n{ns}");
         }
@@ -444,6 +470,9 @@ mod tests {
             "table ip hearth-5 {",
             "\t\tip saddr 10.200.0.22 oifname != \"hearth-v5\" masquerade",
             "\t\ttype filter hook forward priority filter; policy accept;",
+            "\t\tiifname \"hearth-v5\" ct state established,related accept",
+            "\t\tiifname \"hearth-v5\" reject with icmp type admin-prohibited",
+            "\t\tiifname \"hearth-v5\" oifname \"hearth-v*\" reject with icmp type admin-prohibited",
             "\t\tiifname \"hearth-v5\" accept",
             "\t\toifname \"hearth-v5\" accept",
         ] {

@@ -85,7 +85,9 @@ impl Slots {
                 continue;
             };
             let plan = SlotPlan::new(index)?;
-            apply::remove(&*self.runner, &plan, &present)?;
+            // Listed again under the lock: its holder may have removed
+            // part of it between the first listing and its unlock.
+            apply::teardown(&*self.runner, &plan)?;
             tracing::info!(index, "removed leftovers of network slot");
             cleaned.push(index);
         }

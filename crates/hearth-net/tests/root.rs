@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hearth_net::{
-    Cidr, DEFAULT_LOCK_DIR, Egress, GATEWAY_MAC, GUEST_IP, GUEST_MAC, Slot, SlotPlan, Slots,
-    leftovers,
+    Cidr, DEFAULT_LOCK_DIR, Egress, GATEWAY_MAC, GUEST_IP, GUEST_MAC, Outside, Slot, SlotPlan,
+    Slots, leftovers,
 };
 use nix::sched::{CloneFlags, setns};
 
@@ -125,11 +125,13 @@ fn concurrent_acquires_get_different_working_slots() {
 /// There is no guest here, so the test plays one: it attaches to `tap0`
 /// inside the slot's netns (through `enter_netns_fd`) and reads and writes
 /// raw Ethernet frames as the guest's NIC would. This proves the DNAT from
-/// `ns_ip` to the guest address, the way back, and the SNAT of traffic the
-/// guest starts. It does not prove egress to the internet (no route out here).
+/// `ns_ip` to the guest address, the way back, that traffic the guest
+/// starts reaches a network outside the host (masqueraded), and that it
+/// reaches neither the host itself nor another slot, nor anything with a
+/// source address the guest made up.
 #[test]
 #[ignore = "needs root: run with --include-ignored"]
-fn host_reaches_the_guest_address_and_the_guest_reaches_the_host() {
+fn host_reaches_the_guest_and_the_guest_reaches_out_but_not_the_host() {
     let slot = slots(16_320..16_330).acquire().unwrap();
     let plan = slot.plan().clone();
     let mut tap = open_tap(&slot);
@@ -173,12 +175,13 @@ fn host_reaches_the_guest_address_and_the_guest_reaches_the_host() {
         (&b"from-guest"[..], (plan.ns_ip, 7777).into())
     );
 
-    // A flow the guest starts leaves the netns with ns_ip as its source.
-    let listener = UdpSocket::bind((plan.host_ip, 0)).unwrap();
+    // A flow the guest starts goes out, masqueraded by the host.
+    let outside = Outside::create().unwrap();
+    let listener = outside.udp_socket(0).unwrap();
     listener
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let listener_addr = SocketAddrV4::new(plan.host_ip, listener.local_addr().unwrap().port());
+    let listener_addr = SocketAddrV4::new(outside.ip(), listener.local_addr().unwrap().port());
     let guest_src = SocketAddrV4::new(GUEST_IP, 40_000);
     tap.write_all(&udp_frame(
         tap_mac,
@@ -189,10 +192,50 @@ fn host_reaches_the_guest_address_and_the_guest_reaches_the_host() {
     ))
     .unwrap();
     let (len, from) = listener.recv_from(&mut buf).unwrap();
-    assert_eq!(
-        (&buf[..len], from),
-        (&b"guest-first"[..], (plan.ns_ip, 40_000).into())
-    );
+    assert_eq!(&buf[..len], b"guest-first");
+    assert_eq!(from.ip(), std::net::IpAddr::V4(outside.host_ip()));
+
+    // What the guest starts towards the host, another slot or its own
+    // gateway is refused at once (ICMP admin-prohibited on tap0), and a
+    // made-up source address gets nowhere.
+    let other = slots(16_330..16_340).acquire().unwrap();
+    let quiet = |socket: &UdpSocket| {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0; 64];
+        socket.recv_from(&mut buf).is_err()
+    };
+    let host_listener = UdpSocket::bind((plan.host_ip, 0)).unwrap();
+    let host_port = host_listener.local_addr().unwrap().port();
+    let targets = [
+        SocketAddrV4::new(plan.host_ip, host_port),
+        SocketAddrV4::new(other.plan().ns_ip, 7777),
+        SocketAddrV4::new(hearth_net::GATEWAY_IP, 7777),
+    ];
+    for dst in targets {
+        let refused = refusals_on_tap(&tap, || {
+            (&tap)
+                .write_all(&udp_frame(tap_mac, guest_mac, guest_src, dst, b"in"))
+                .unwrap();
+        });
+        assert!(
+            refused.contains(dst.ip()),
+            "no admin-prohibited answer to the guest's datagram to {dst}: {refused:?}"
+        );
+    }
+    assert!(quiet(&host_listener), "the guest reached the host");
+    let spoofed = SocketAddrV4::new(Ipv4Addr::new(169, 254, 0, 99), 40_001);
+    tap.write_all(&udp_frame(
+        tap_mac,
+        guest_mac,
+        spoofed,
+        listener_addr,
+        b"spoofed",
+    ))
+    .unwrap();
+    assert!(quiet(&listener), "a made-up source address got out");
+    drop(other);
 
     drop(tap);
     let index = plan.index;
@@ -215,11 +258,12 @@ fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
         tap.write_all(&udp_frame(tap_mac, guest_mac, src, dst, payload))
             .unwrap();
     };
-    let listener = UdpSocket::bind((plan.host_ip, 0)).unwrap();
+    let outside = Outside::create().unwrap();
+    let listener = outside.udp_socket(0).unwrap();
     listener
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    let listener_addr = SocketAddrV4::new(plan.host_ip, listener.local_addr().unwrap().port());
+    let listener_addr = SocketAddrV4::new(outside.ip(), listener.local_addr().unwrap().port());
     let mut buf = [0; 64];
     let mut received = |what: &[u8]| match listener.recv_from(&mut buf) {
         Ok((len, _)) => {
@@ -287,16 +331,16 @@ fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
         tap.write_all(&udp_frame(tap_mac, guest_mac, src, listener_addr, payload))
             .unwrap();
     };
-    let only_host = Egress {
-        allow: vec![format!("{}", plan.host_ip).parse().unwrap()],
+    let only_outside = Egress {
+        allow: vec![format!("{}", outside.ip()).parse().unwrap()],
         deny: vec![Cidr::ANY],
     };
-    slot.set_egress(&only_host).unwrap();
+    slot.set_egress(&only_outside).unwrap();
     guest_sends(40_002, b"allowed");
     assert!(received(b"allowed"), "an allowed address was refused");
     let elsewhere = Egress {
         allow: vec!["192.0.2.1".parse().unwrap()],
-        deny: vec!["10.0.0.0/8".parse().unwrap()],
+        deny: vec!["198.51.100.0/24".parse().unwrap()],
     };
     slot.set_egress(&elsewhere).unwrap();
     guest_sends(40_003, b"denied");
@@ -487,6 +531,51 @@ fn receive_on_tap(tap: &mut File, send: impl Fn()) -> Vec<Udp> {
         }
     }
     found
+}
+
+/// Sends with `send` (again every 100 ms, for up to 5 s) until `tap0`
+/// carries an ICMP "administratively prohibited" answer; the destinations
+/// of the datagrams those answers refuse.
+fn refusals_on_tap(tap: &File, send: impl Fn()) -> Vec<Ipv4Addr> {
+    let mut tap = tap;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = Vec::new();
+    let mut buf = [0; 2048];
+    while refused.is_empty() && Instant::now() < deadline {
+        send();
+        let round = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < round {
+            match tap.read(&mut buf) {
+                Ok(len) => refused.extend(parse_prohibited(&buf[..len])),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(err) => panic!("reading tap0: {err}"),
+            }
+        }
+    }
+    refused
+}
+
+/// The original destination of an ICMP destination-unreachable,
+/// administratively prohibited (type 3, code 13) frame.
+fn parse_prohibited(frame: &[u8]) -> Option<Ipv4Addr> {
+    if frame.get(12..14) != Some(&[8, 0][..]) {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 1 {
+        return None;
+    }
+    let icmp = ip.get(header..)?;
+    if icmp.get(..2)? != [3, 13] {
+        return None;
+    }
+    // 8 bytes of ICMP header, then the refused datagram's IP header.
+    let inner = icmp.get(8..)?;
+    let dst: [u8; 4] = inner.get(16..20)?.try_into().ok()?;
+    Some(Ipv4Addr::from(dst))
 }
 
 fn parse_udp(frame: &[u8]) -> Option<Udp> {
