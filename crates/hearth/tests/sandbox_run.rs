@@ -8,7 +8,6 @@ mod common;
 
 use common::{assert_nothing_left, data_dir, qemu_pids, text};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -213,51 +212,39 @@ fn sigint_while_the_command_runs_cleans_up() {
     );
 }
 
-/// The host's primary IPv4 address (the source of its default route).
-fn host_ip() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "route", "get", "192.0.2.1"])
-        .output()
-        .expect("ip runs");
-    let route = text(&out.stdout);
-    let mut words = route.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "src")
-        .and_then(|_| words.next())
-        .unwrap_or_else(|| panic!("no source address in {route}"))
-        .to_owned()
-}
-
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn two_sandboxes_run_at_once_on_separate_networks() {
     let _clean = serial();
-    // Both guests call a server on the host; each must arrive from its own
-    // slot address, proving two network namespaces with working egress.
-    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    // Both guests call a server outside the host at once; each request
+    // names its guest, and arrives masqueraded by the host.
+    let outside = hearth_net::Outside::create().unwrap();
+    let listener = outside.tcp_listener(0).unwrap();
     let url = format!(
         "http://{}:{}/",
-        host_ip(),
+        outside.ip(),
         listener.local_addr().unwrap().port()
     );
     let server = std::thread::spawn(move || {
-        let mut peers = Vec::new();
+        let mut seen = Vec::new();
         for stream in listener.incoming().take(2) {
             let mut stream = stream.unwrap();
-            peers.push(stream.peer_addr().unwrap().ip());
             let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf);
+            let len = stream.read(&mut buf).unwrap();
+            let request = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            seen.push((stream.peer_addr().unwrap().ip(), path));
             stream
                 .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
                 .unwrap();
         }
-        peers
+        seen
     });
     let script = format!(
         "import urllib.request, socket, time; \
-         body = urllib.request.urlopen('{url}', timeout=30).read().decode(); \
-         print(socket.gethostname(), body); time.sleep(3)"
+         name = socket.gethostname(); \
+         body = urllib.request.urlopen('{url}' + name, timeout=30).read().decode(); \
+         print(name, body); time.sleep(3)"
     );
     let children: Vec<_> = (0..2)
         .map(|_| {
@@ -282,8 +269,13 @@ fn two_sandboxes_run_at_once_on_separate_networks() {
         hostnames.push(hostname.to_owned());
     }
     assert_ne!(hostnames[0], hostnames[1]);
-    let peers = server.join().unwrap();
-    assert_ne!(peers[0], peers[1], "both guests came from one address");
+    let mut seen = server.join().unwrap();
+    seen.sort_by(|a, b| a.1.cmp(&b.1));
+    hostnames.sort();
+    for ((peer, path), hostname) in seen.iter().zip(&hostnames) {
+        assert_eq!(path, &format!("/{hostname}"));
+        assert_eq!(*peer, std::net::IpAddr::V4(outside.host_ip()));
+    }
 }
 
 #[test]

@@ -19,10 +19,14 @@ use common::{assert_nothing_left, text};
 use sdk_server::{DOMAIN, Server, script, server_data_dir};
 
 fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
+    // Where guests may connect to: a network outside the host.
+    let outside = hearth_net::Outside::create().unwrap();
     let mut cmd = Command::new(python);
     cmd.arg(script("server_drive.py"))
         .args(args)
-        .env("HEARTH_DOMAIN", DOMAIN);
+        .env("HEARTH_DOMAIN", DOMAIN)
+        .env("HEARTH_OUTSIDE_NETNS", outside.netns_path())
+        .env("HEARTH_OUTSIDE_IP", outside.ip().to_string());
     sdk_server::drive(cmd, server, key)
 }
 

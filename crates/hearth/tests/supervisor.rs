@@ -5,8 +5,11 @@
 //! everything it held is freed; the stock SDK's `is_running()` turns False
 //! within 1 s of a `kill -9`. Each VMM runs as a uid of its own, without
 //! capabilities, under QEMU's seccomp filter, in a cgroup of its own with
-//! its limits, and reaches neither another sandbox's files nor the catalog. Real VMs, as root, and `HEARTH_E2B_PYTHON`;
-//! CI runs it with `--include-ignored`.
+//! its limits, and reaches neither another sandbox's files nor the catalog.
+//! From inside a guest, neither the host nor another sandbox can be
+//! reached, whatever address the guest gives itself. Running sandboxes
+//! outlive an upgrade and a `kill -9` of the server. Real VMs, as root, and
+//! `HEARTH_E2B_PYTHON`; CI runs it with `--include-ignored`.
 
 mod common;
 #[path = "common/server.rs"]
@@ -386,6 +389,168 @@ fn sandboxes_outlive_a_restart_an_upgrade_and_a_kill_9_of_the_server() {
     assert!(noticed_kill < Duration::from_secs(1), "{noticed_kill:?}");
 
     for id in &ids[2..] {
+        ok(&server, data.path(), &["kill", id]);
+    }
+    server.stop();
+    assert_nothing_left("after the test");
+}
+
+/// The IPv4 addresses of the host's interfaces.
+fn host_addresses() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.split('/').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The network slot of a running sandbox, from its `vm.json`.
+fn slot_of(data: &Path, id: &str) -> hearth_net::SlotPlan {
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("sandboxes").join(id).join("vm.json")).unwrap(),
+    )
+    .unwrap();
+    let index = u32::try_from(record["slot"].as_u64().unwrap()).unwrap();
+    hearth_net::SlotPlan::new(index).unwrap()
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn a_guest_reaches_neither_the_host_nor_another_sandbox() {
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let server = Server::start(data.path());
+    let a = ok(&server, data.path(), &["create"]).trim().to_owned();
+    let b = ok(&server, data.path(), &["create"]).trim().to_owned();
+    let (slot_a, slot_b) = (slot_of(data.path(), &a), slot_of(data.path(), &b));
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    // A destination the guest may reach: proof that its network works.
+    let outside = hearth_net::Outside::create().unwrap();
+    let listener = outside.tcp_listener(0).unwrap();
+    let reachable = format!("{}:{}", outside.ip(), listener.local_addr().unwrap().port());
+    let mut refused: Vec<String> = host_addresses()
+        .into_iter()
+        .filter(|a| a != "127.0.0.1")
+        .map(|a| format!("{a}:{port}"))
+        .collect();
+    refused.extend([
+        format!("{}:{port}", slot_a.host_ip),
+        format!("{}:{port}", hearth_net::GATEWAY_IP),
+        format!("{}:49983", slot_b.ns_ip),
+        format!("{}:22", slot_b.host_ip),
+    ]);
+    let script = std::fs::read_to_string(sdk_server::script("probe_guest.py")).unwrap();
+    let mut args = vec!["exec", &a, "--", "sudo", "python3", "-c", &script];
+    args.push(&reachable);
+    args.extend(refused.iter().map(String::as_str));
+    args.push("127.0.0.1:49999");
+    let out = ok(&server, data.path(), &args);
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    eprintln!("probes from sandbox {a}: {seen}");
+    assert_eq!(seen["plain"][&reachable], "connected", "{seen}");
+    // Refused by the host's rules ("No route to host"), or, once the
+    // kernel's rate limit on those ICMP answers bites, unanswered; never
+    // connected nor reset by a listener there (which would mean the packet
+    // reached it).
+    for target in &refused {
+        let result = &seen["plain"][target];
+        assert!(
+            result == "EHOSTUNREACH" || result == "timeout",
+            "{target}: {seen}"
+        );
+    }
+    // The host's loopback is not the guest's: nothing there.
+    assert_eq!(seen["plain"]["127.0.0.1:49999"], "ECONNREFUSED", "{seen}");
+    for phase in ["spoofed_ip", "spoofed_mac"] {
+        for (target, result) in seen[phase].as_object().unwrap() {
+            assert_ne!(result, "connected", "{phase} reached {target}: {seen}");
+        }
+    }
+    // Still a working sandbox.
+    assert_eq!(
+        ok(&server, data.path(), &["exec", &a, "--", "echo", "ok"]).trim(),
+        "ok"
+    );
+    for id in [&a, &b] {
+        ok(&server, data.path(), &["kill", id]);
+    }
+    drop(listener);
+    drop(outside);
+    server.stop();
+    assert_nothing_left("after the test");
+}
+
+/// A file of the VMM cgroup of sandbox `id`, in the hierarchy that holds
+/// the memory controller: `v2` in the unified one, else `v1` in the legacy
+/// memory one.
+fn memory_file(id: &str, v2: &str, v1: &str) -> Option<u64> {
+    let unified = Path::new("/sys/fs/cgroup/hearth").join(id).join(v2);
+    let legacy = Path::new("/sys/fs/cgroup/memory/hearth").join(id).join(v1);
+    [unified, legacy]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn a_memory_hog_is_stopped_by_its_own_guest_and_nothing_else_notices() {
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let server = Server::start(data.path());
+    let hog = ok(&server, data.path(), &["create"]).trim().to_owned();
+    let other = ok(&server, data.path(), &["create"]).trim().to_owned();
+    let pid =
+        std::fs::read_to_string(data.path().join("sandboxes").join(&hog).join("vmm.pid")).unwrap();
+    let limit = memory_file(&hog, "memory.max", "memory.limit_in_bytes").unwrap();
+    // Allocates and touches 64 MiB at a time until the guest stops it.
+    let out = hearth(
+        &server,
+        data.path(),
+        &[
+            "exec",
+            &hog,
+            "--",
+            "python3",
+            "-c",
+            "l = []\nwhile True: l.append(bytearray(b'x' * (64 << 20)))",
+        ],
+    );
+    assert!(!out.status.success(), "the hog was not stopped");
+    let peak = memory_file(&hog, "memory.peak", "memory.max_usage_in_bytes").unwrap();
+    eprintln!(
+        "figure hog_exit={:?} vmm_memory_peak_mib={} vmm_memory_limit_mib={}",
+        out.status.code(),
+        peak >> 20,
+        limit >> 20
+    );
+    assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    // The guest's own kernel stopped it: its VMM, and so the sandbox,
+    // lives on, as does the other one.
+    let now =
+        std::fs::read_to_string(data.path().join("sandboxes").join(&hog).join("vmm.pid")).unwrap();
+    assert_eq!(now, pid);
+    assert!(Path::new(&format!("/proc/{}", pid.trim())).exists());
+    for id in [&hog, &other] {
+        assert_eq!(
+            ok(&server, data.path(), &["exec", id, "--", "echo", "ok"]).trim(),
+            "ok"
+        );
+    }
+    let log = ok(&server, data.path(), &["exec", &hog, "--", "sudo", "dmesg"]);
+    eprintln!(
+        "guest kernel: {}",
+        log.lines()
+            .filter(|l| l.contains("Out of memory"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for id in [&hog, &other] {
         ok(&server, data.path(), &["kill", id]);
     }
     server.stop();

@@ -9,10 +9,10 @@ usage: server_drive.py PHASE
 Prints `figure name=value` lines and ends with `all checks passed`.
 """
 
+import ctypes
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -271,12 +271,32 @@ def timeouts():
 
 
 class Listener:
-    """A TCP server on every host address; records what each connection sends."""
+    """A TCP server outside the host (in the network namespace the test
+    harness made for it, HEARTH_OUTSIDE_NETNS), as the internet is: guests
+    may not reach the host's own addresses. Records what each connection
+    sends."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("0.0.0.0", 0))
-        self.sock.listen(16)
+        made = {}
+
+        def bind():
+            # setns moves only this thread; the socket stays in that netns.
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(os.environ["HEARTH_OUTSIDE_NETNS"]) as ns:
+                if libc.setns(ns.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+                    made["error"] = os.strerror(ctypes.get_errno())
+                    return
+            sock = socket.socket()
+            sock.bind((os.environ["HEARTH_OUTSIDE_IP"], 0))
+            sock.listen(16)
+            made["sock"] = sock
+
+        t = threading.Thread(target=bind)
+        t.start()
+        t.join()
+        if "sock" not in made:
+            raise SystemExit(f"FAILED: cannot listen outside: {made.get('error')}")
+        self.sock = made["sock"]
         self.port = self.sock.getsockname()[1]
         self.seen = set()
         threading.Thread(target=self.serve, daemon=True).start()
@@ -300,20 +320,8 @@ class Listener:
         return False
 
 
-def host_address():
-    """A global IPv4 address of this host: outside every sandbox, as the
-    internet is. A guest reaches it through its slot like any destination."""
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
-                         capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        addr = line.split()[3].split("/")[0]
-        if not addr.startswith("10.200."):
-            return addr
-    raise SystemExit(f"FAILED: no global IPv4 address on this host to play the internet:\n{out}")
-
-
 def egress():
-    ip, listener = host_address(), Listener()
+    ip, listener = os.environ["HEARTH_OUTSIDE_IP"], Listener()
 
     def reach(sbx, tag):
         """Whether the guest's connection got through; the guest's error otherwise."""
