@@ -358,6 +358,22 @@ impl Store {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Runs `f` on the connection. On a worker of a multi-threaded tokio
+    /// runtime (the server's), the runtime is told that this blocks,
+    /// waiting for the connection and for SQLite, and moves its other tasks
+    /// to another thread meanwhile; elsewhere (the CLI, tests) it just runs.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let run = || f(&mut self.lock());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime)
+                if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
+
     fn query(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |source| StoreError::Query {
             path: self.path.clone(),
@@ -386,8 +402,8 @@ impl Store {
             last_used: None,
             revoked: false,
         };
-        self.lock()
-            .execute(
+        self.with(|c| {
+            c.execute(
                 "INSERT INTO api_keys (id, name, hash, prefix, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -398,27 +414,28 @@ impl Store {
                     secs_to_sql(info.created_at),
                 ],
             )
-            .map_err(self.query())?;
+        })
+        .map_err(self.query())?;
         Ok((info, plaintext))
     }
 
     /// Every key, revoked ones included, oldest first.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
-            ))
-            .map_err(self.query())?;
-        let rows = stmt.query_map([], key_from_row).map_err(self.query())?;
-        rows.collect::<Result<_, _>>().map_err(self.query())
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+                ))
+                .map_err(self.query())?;
+            let rows = stmt.query_map([], key_from_row).map_err(self.query())?;
+            rows.collect::<Result<_, _>>().map_err(self.query())
+        })
     }
 
     /// Revokes the key with id `id`; false if there is none.
     pub fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
         let changed = self
-            .lock()
-            .execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id])
+            .with(|c| c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id]))
             .map_err(self.query())?;
         Ok(changed > 0)
     }
@@ -426,8 +443,7 @@ impl Store {
     /// Removes the key with id `id` outright; false if there is none.
     pub(crate) fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
         let changed = self
-            .lock()
-            .execute("DELETE FROM api_keys WHERE id = ?1", [id])
+            .with(|c| c.execute("DELETE FROM api_keys WHERE id = ?1", [id]))
             .map_err(self.query())?;
         Ok(changed > 0)
     }
@@ -439,40 +455,42 @@ impl Store {
         // time: timing can reveal at most something about the hash of what
         // the caller sent, which the caller already knows.
         let hash = keys::hash_key(plaintext);
-        let conn = self.lock();
-        let found = conn
-            .query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
-                [&hash],
-                key_from_row,
-            )
-            .optional()
-            .map_err(self.query())?;
-        let Some(mut info) = found.filter(|info| !info.revoked) else {
-            return Ok(None);
-        };
-        let now = now_secs();
-        // At most one write per key per second, however busy the API is.
-        if info.last_used != Some(now) {
-            conn.execute(
-                "UPDATE api_keys SET last_used = ?1 WHERE id = ?2",
-                params![secs_to_sql(now), info.id],
-            )
-            .map_err(self.query())?;
-            info.last_used = Some(now);
-        }
-        Ok(Some(info))
+        self.with(|conn| {
+            let found = conn
+                .query_row(
+                    &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+                    [&hash],
+                    key_from_row,
+                )
+                .optional()
+                .map_err(self.query())?;
+            let Some(mut info) = found.filter(|info| !info.revoked) else {
+                return Ok(None);
+            };
+            let now = now_secs();
+            // At most one write per key per second, however busy the API is.
+            if info.last_used != Some(now) {
+                conn.execute(
+                    "UPDATE api_keys SET last_used = ?1 WHERE id = ?2",
+                    params![secs_to_sql(now), info.id],
+                )
+                .map_err(self.query())?;
+                info.last_used = Some(now);
+            }
+            Ok(Some(info))
+        })
     }
 
     /// How many keys are not revoked.
     pub fn count_active_keys(&self) -> Result<u64, StoreError> {
         let count: i64 = self
-            .lock()
-            .query_row(
-                "SELECT COUNT(*) FROM api_keys WHERE revoked = 0",
-                [],
-                |row| row.get(0),
-            )
+            .with(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM api_keys WHERE revoked = 0",
+                    [],
+                    |row| row.get(0),
+                )
+            })
             .map_err(self.query())?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -482,13 +500,13 @@ impl Store {
     /// Adds a sandbox; its id must be new.
     pub fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let row = SandboxRow::from_record(record);
-        let result = self.lock().execute(
+        let result = self.with(|c| c.execute(
             &format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
             row.params(),
-        );
+        ));
         match result {
             Ok(_) => Ok(()),
             Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
@@ -501,13 +519,14 @@ impl Store {
     /// The sandbox with id `id`, if any.
     pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let row = self
-            .lock()
-            .query_row(
-                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE sandbox_id = ?1"),
-                [id],
-                SandboxRow::read,
-            )
-            .optional()
+            .with(|c| {
+                c.query_row(
+                    &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE sandbox_id = ?1"),
+                    [id],
+                    SandboxRow::read,
+                )
+                .optional()
+            })
             .map_err(self.query())?;
         row.map(|row| row.into_record(self)).transpose()
     }
@@ -516,8 +535,8 @@ impl Store {
     pub fn update_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let row = SandboxRow::from_record(record);
         let changed = self
-            .lock()
-            .execute(
+            .with(|c| {
+                c.execute(
                 "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
@@ -525,6 +544,7 @@ impl Store {
                  WHERE sandbox_id = ?1",
                 row.params(),
             )
+            })
             .map_err(self.query())?;
         found(changed, &record.sandbox_id)
     }
@@ -538,11 +558,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         let egress = serde_json::to_string(egress).expect("a policy serialises");
         let changed = self
-            .lock()
-            .execute(
+            .with(|c| c.execute(
                 "UPDATE sandboxes SET allow_internet_access = ?2, egress = ?3 WHERE sandbox_id = ?1",
                 params![id, allow_internet_access, egress],
-            )
+            ))
             .map_err(self.query())?;
         found(changed, id)
     }
@@ -550,11 +569,12 @@ impl Store {
     /// Sets the state of sandbox `id`.
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
         let changed = self
-            .lock()
-            .execute(
-                "UPDATE sandboxes SET state = ?2 WHERE sandbox_id = ?1",
-                params![id, state.as_str()],
-            )
+            .with(|c| {
+                c.execute(
+                    "UPDATE sandboxes SET state = ?2 WHERE sandbox_id = ?1",
+                    params![id, state.as_str()],
+                )
+            })
             .map_err(self.query())?;
         found(changed, id)
     }
@@ -562,11 +582,12 @@ impl Store {
     /// Sets when sandbox `id` times out, in unix milliseconds.
     pub fn set_end_at(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
         let changed = self
-            .lock()
-            .execute(
-                "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
-                params![id, end_at_ms],
-            )
+            .with(|c| {
+                c.execute(
+                    "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
+                    params![id, end_at_ms],
+                )
+            })
             .map_err(self.query())?;
         found(changed, id)
     }
@@ -576,24 +597,26 @@ impl Store {
     /// list of stopped sandboxes until [`Store::forget_stopped`].
     pub fn stop_sandbox(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
         let changed = self
-            .lock()
-            .execute(
-                "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3 \
+            .with(|c| {
+                c.execute(
+                    "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3 \
                  WHERE sandbox_id = ?1 AND state != 'killed'",
-                params![id, reason, now_ms],
-            )
+                    params![id, reason, now_ms],
+                )
+            })
             .map_err(self.query())?;
         Ok(changed > 0)
     }
 
     /// Removes the rows of sandboxes that stopped before `before_ms`.
     pub fn forget_stopped(&self, before_ms: i64) -> Result<usize, StoreError> {
-        self.lock()
-            .execute(
+        self.with(|c| {
+            c.execute(
                 "DELETE FROM sandboxes WHERE state = 'killed' AND end_at_ms < ?1",
                 [before_ms],
             )
-            .map_err(self.query())
+        })
+        .map_err(self.query())
     }
 
     /// One page of the sandboxes `query` selects, newest first (ties by
@@ -687,14 +710,13 @@ impl Store {
         sql: &str,
         args: Vec<Value>,
     ) -> Result<Vec<SandboxRecord>, StoreError> {
-        let rows: Vec<SandboxRow> = {
-            let conn = self.lock();
+        let rows: Vec<SandboxRow> = self.with(|conn| {
             let mut stmt = conn.prepare(sql).map_err(self.query())?;
             stmt.query_map(params_from_iter(args), SandboxRow::read)
                 .map_err(self.query())?
                 .collect::<Result<_, _>>()
-                .map_err(self.query())?
-        };
+                .map_err(self.query())
+        })?;
         rows.into_iter().map(|row| row.into_record(self)).collect()
     }
 }
