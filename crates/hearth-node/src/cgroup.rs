@@ -135,6 +135,76 @@ impl Hierarchy {
     }
 }
 
+/// What a VMM uses and may use, as its cgroup and its process tell.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmmUsage {
+    /// CPU time its process has used, all threads, in seconds.
+    pub cpu_seconds: f64,
+    /// Its CPU limit, in CPUs.
+    pub cpu_limit: Option<f64>,
+    /// How many quota periods the limit held it back in.
+    pub cpu_throttled_periods: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    /// The most it has used at once.
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl VmmUsage {
+    /// Reads the usage of process `pid` and of the cgroup directories
+    /// `dirs` (one in the unified hierarchy, or one per legacy controller).
+    pub(crate) fn read(pid: u32, dirs: &[PathBuf]) -> Self {
+        let first = |names: &[&str]| -> Option<String> {
+            dirs.iter()
+                .flat_map(|d| names.iter().map(move |n| d.join(n)))
+                .find_map(|p| std::fs::read_to_string(p).ok())
+        };
+        let number = |names: &[&str]| first(names).and_then(|v| v.trim().parse::<u64>().ok());
+        let stat = |key: &str| {
+            first(&["cpu.stat"]).and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            })
+        };
+        let cpu_limit = match first(&["cpu.max"]) {
+            Some(max) => parse_cpu_max(&max),
+            None => number(&["cpu.cfs_quota_us"])
+                .zip(number(&["cpu.cfs_period_us"]))
+                .map(|(quota, period)| quota as f64 / period.max(1) as f64),
+        };
+        Self {
+            cpu_seconds: process_cpu_seconds(pid).unwrap_or_default(),
+            cpu_limit,
+            cpu_throttled_periods: stat("nr_throttled "),
+            memory_bytes: number(&["memory.current", "memory.usage_in_bytes"]),
+            memory_peak_bytes: number(&["memory.peak", "memory.max_usage_in_bytes"]),
+            memory_limit_bytes: number(&["memory.max", "memory.limit_in_bytes"]),
+        }
+    }
+}
+
+/// `cpu.max` (`QUOTA PERIOD` or `max PERIOD`) as CPUs; `None` unlimited.
+fn parse_cpu_max(text: &str) -> Option<f64> {
+    let mut words = text.split_whitespace();
+    let quota: u64 = words.next()?.parse().ok()?;
+    let period: u64 = words.next()?.parse().ok()?;
+    Some(quota as f64 / period.max(1) as f64)
+}
+
+/// User and system time of process `pid` (`/proc/PID/stat`), in seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis, from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some((utime + stime) as f64 / ticks as f64)
+}
+
 impl Plan {
     /// Makes the cgroup and sets its limits; on failure removes what it
     /// made.
@@ -201,6 +271,11 @@ impl Owned {
     pub(crate) fn take(&mut self) -> Option<Plan> {
         self.0.take()
     }
+
+    /// Its directories (one per hierarchy).
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
+        self.0.as_ref().map_or(&[], |p| &p.remove)
+    }
 }
 
 impl Drop for Owned {
@@ -238,6 +313,48 @@ mod tests {
         memory_bytes: 768 << 20,
         pids: PIDS_MAX,
     };
+
+    #[test]
+    fn usage_reads_either_hierarchy_and_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = dir.path().join("v2");
+        std::fs::create_dir(&v2).unwrap();
+        for (file, value) in [
+            ("cpu.max", "150000 100000\n"),
+            ("cpu.stat", "usage_usec 5\nnr_periods 9\nnr_throttled 4\n"),
+            ("memory.current", "1024\n"),
+            ("memory.peak", "4096\n"),
+            ("memory.max", "8192\n"),
+        ] {
+            std::fs::write(v2.join(file), value).unwrap();
+        }
+        let usage = VmmUsage::read(std::process::id(), &[v2]);
+        assert_eq!(usage.cpu_limit, Some(1.5));
+        assert_eq!(usage.cpu_throttled_periods, Some(4));
+        assert_eq!(
+            (
+                usage.memory_bytes,
+                usage.memory_peak_bytes,
+                usage.memory_limit_bytes
+            ),
+            (Some(1024), Some(4096), Some(8192))
+        );
+        assert!(usage.cpu_seconds >= 0.0);
+
+        let (cpu, memory) = (dir.path().join("cpu"), dir.path().join("memory"));
+        for d in [&cpu, &memory] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "200000\n").unwrap();
+        std::fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        std::fs::write(memory.join("memory.usage_in_bytes"), "77\n").unwrap();
+        let usage = VmmUsage::read(u32::MAX, &[cpu, memory]);
+        assert_eq!(usage.cpu_limit, Some(2.0));
+        assert_eq!(usage.memory_bytes, Some(77));
+        assert_eq!(usage.memory_limit_bytes, None);
+        assert_eq!(usage.cpu_seconds, 0.0);
+        assert_eq!(parse_cpu_max("max 100000"), None);
+    }
 
     #[test]
     fn unified_hierarchy_plan() {

@@ -314,6 +314,12 @@ impl Instance {
         }
     }
 
+    /// What the VMM uses now, and its limits.
+    pub(crate) fn usage(&self) -> cgroup::VmmUsage {
+        let dirs = self.cgroup.as_ref().map_or(&[][..], cgroup::Owned::dirs);
+        cgroup::VmmUsage::read(self.vm.pid(), dirs)
+    }
+
     /// Stops the VM and releases the slot and the cgroup.
     pub(crate) async fn release(mut self) -> Result<(), NodeError> {
         let stopped = self.vm.stop().await;

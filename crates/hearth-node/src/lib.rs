@@ -27,6 +27,7 @@ mod templates;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use build::{BuildError, BuildLog, BuildOptions, Built, RegistryOptions};
+pub use cgroup::VmmUsage;
 pub use error::NodeError;
 pub use hearth_net::{Cidr, CidrError, Egress, NetError};
 pub use instance::last_console_line;

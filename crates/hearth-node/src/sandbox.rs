@@ -245,6 +245,12 @@ impl Sandbox {
         self.instance.as_mut().expect("a live sandbox has a VM")
     }
 
+    /// What its VMM uses (CPU time, memory) and may use, from its cgroup
+    /// and its process.
+    pub fn vmm_usage(&self) -> crate::VmmUsage {
+        self.instance().usage()
+    }
+
     /// The network policy in force.
     pub fn egress(&self) -> &Egress {
         &self.egress

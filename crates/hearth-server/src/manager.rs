@@ -822,13 +822,21 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 
 impl Manager {
     /// The guest's current CPU, memory and disk use in E2B's
-    /// `SandboxMetric` shape; `None` for a paused sandbox.
+    /// `SandboxMetric` shape, plus `vmm`: what its VMM uses and may use on
+    /// the host (CPU seconds, memory, their cgroup limits, throttled
+    /// periods); `None` for a paused sandbox.
     pub async fn metrics(&self, id: &str) -> Result<Option<serde_json::Value>, ApiError> {
         let record = self.get(id)?;
         if record.state != SandboxState::Running {
             return Ok(None);
         }
-        let addr = self.route(id, hearth_proto::agent::AGENT_PORT)?.addr;
+        let running = self.running(id, "read its metrics")?;
+        let vmm = running
+            .handle
+            .with(|sandbox: &mut Sandbox| Box::pin(async move { sandbox.vmm_usage() }))
+            .await?;
+        let mut addr = running.agent;
+        addr.set_port(hearth_proto::agent::AGENT_PORT);
         let agent = hearth_node::AgentClient::new(addr);
         let m = agent
             .get_json("/metrics", record.envd_access_token.as_deref())
@@ -845,6 +853,8 @@ impl Manager {
             "memCache": 0,
             "diskUsed": m["disk_used"],
             "diskTotal": m["disk_total"],
+            // Beyond E2B's shape: the host's view of the VMM.
+            "vmm": vmm,
         })))
     }
 

@@ -22,6 +22,16 @@ use std::time::{Duration, Instant};
 use common::{assert_nothing_left, text};
 use sdk_server::{Server, server_data_dir};
 
+/// The tests here each check that no VMM exists before they start: one at
+/// a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn hearth(server: &Server, data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hearth"))
         .arg("sandbox")
@@ -158,6 +168,7 @@ fn can_read(uid: u32, path: &Path) -> bool {
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn vms_that_end_by_themselves_are_noticed_stopped_and_cleaned() {
+    let _serial = serial();
     let python = std::env::var("HEARTH_E2B_PYTHON").expect(
         "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
     );
@@ -299,6 +310,7 @@ fn restart(binary: &Path, data: &Path, count: usize) -> (Server, u64) {
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn sandboxes_outlive_a_restart_an_upgrade_and_a_kill_9_of_the_server() {
+    let _serial = serial();
     let python = std::env::var("HEARTH_E2B_PYTHON").expect(
         "HEARTH_E2B_PYTHON must name a Python with the e2b SDK installed; scripts/test sets it",
     );
@@ -422,6 +434,7 @@ fn slot_of(data: &Path, id: &str) -> hearth_net::SlotPlan {
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn a_guest_reaches_neither_the_host_nor_another_sandbox() {
+    let _serial = serial();
     assert_nothing_left("before the test");
     let data = server_data_dir();
     let server = Server::start(data.path());
@@ -500,6 +513,7 @@ fn memory_file(id: &str, v2: &str, v1: &str) -> Option<u64> {
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn a_memory_hog_is_stopped_by_its_own_guest_and_nothing_else_notices() {
+    let _serial = serial();
     assert_nothing_left("before the test");
     let data = server_data_dir();
     let server = Server::start(data.path());
@@ -530,6 +544,29 @@ fn a_memory_hog_is_stopped_by_its_own_guest_and_nothing_else_notices() {
         limit >> 20
     );
     assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    // The sandbox's metrics report the same cgroup.
+    let metrics = ok(&server, data.path(), &["metrics", &hog]);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("VMM memory (MiB)"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    // `VMM memory (MiB)   NOW (peak PEAK) / LIMIT`
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [_, reported_peak, reported_limit] = numbers[..] else {
+        panic!("{line}");
+    };
+    assert_eq!(reported_limit, limit >> 20, "{line}");
+    assert!(
+        reported_peak >= peak >> 20 && reported_peak <= limit >> 20,
+        "{line} vs peak {peak}"
+    );
+    assert!(
+        metrics.contains("VMM CPU limit (CPUs)         2.00"),
+        "{metrics}"
+    );
     // The guest's own kernel stopped it: its VMM, and so the sandbox,
     // lives on, as does the other one.
     let now =
@@ -553,6 +590,83 @@ fn a_memory_hog_is_stopped_by_its_own_guest_and_nothing_else_notices() {
     for id in [&hog, &other] {
         ok(&server, data.path(), &["kill", id]);
     }
+    server.stop();
+    assert_nothing_left("after the test");
+}
+
+/// CPU time of process `pid` so far, in seconds (`/proc/PID/stat`).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // CLK_TCK is 100 on Linux x86-64.
+    ticks as f64 / 100.0
+}
+
+/// Quota periods in which the CPU limit held the cgroup of `id` back.
+fn throttled(id: &str) -> u64 {
+    ["/sys/fs/cgroup/hearth", "/sys/fs/cgroup/cpu/hearth"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(Path::new(root).join(id).join("cpu.stat")).ok())
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("nr_throttled ")?.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no cpu.stat for {id}"))
+}
+
+#[test]
+#[ignore = "boots VMs as root: run with --include-ignored"]
+fn a_busy_one_vcpu_guest_gets_at_most_one_cpu() {
+    let _serial = serial();
+    assert_nothing_left("before the test");
+    let data = server_data_dir();
+    let server = Server::start_with(data.path(), &["--vcpus", "1"]);
+    let id = ok(&server, data.path(), &["create"]).trim().to_owned();
+    let pid = std::fs::read_to_string(data.path().join("sandboxes").join(&id).join("vmm.pid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // A busy loop on its one vCPU, and disk writes that keep the VMM's
+    // I/O threads busy besides: more than one CPU of work.
+    ok(
+        &server,
+        data.path(),
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & \
+             nohup sh -c 'while :; do dd if=/dev/zero of=/var/tmp/x bs=1M count=64 \
+             conv=fsync 2>/dev/null; done' >/dev/null 2>&1 &",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu0, throttled0, t0) = (cpu_seconds(&pid), throttled(&id), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu1, throttled1) = (cpu_seconds(&pid), throttled(&id));
+    let cores = (cpu1 - cpu0) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "figure busy_1vcpu_vmm_cores={cores:.3} throttled_periods={}",
+        throttled1 - throttled0
+    );
+    // Its quota held it back, and it got no more than one CPU (with the
+    // 10 ms tick of the accounting as slack).
+    assert!(throttled1 > throttled0, "the CPU limit never held it back");
+    assert!(cores <= 1.05, "{cores:.3} CPUs");
+    // Still answers.
+    assert_eq!(
+        ok(&server, data.path(), &["exec", &id, "--", "echo", "ok"]).trim(),
+        "ok"
+    );
+    ok(&server, data.path(), &["kill", &id]);
     server.stop();
     assert_nothing_left("after the test");
 }

@@ -289,6 +289,60 @@ pub(crate) fn logs(args: IdArgs, layout: &Layout) -> CommandResult {
     )
 }
 
+/// What a running sandbox uses: the guest's view (E2B's metric) and the
+/// host's (its VMM's CPU time and memory, with their cgroup limits).
+pub(crate) fn metrics(args: IdArgs, layout: &Layout) -> CommandResult {
+    let path = format!("/sandboxes/{}/metrics", args.id);
+    run(
+        &args.remote,
+        layout,
+        async |c| c.call(Method::GET, &path, None).await,
+        |v| {
+            let Some(m) = v.as_array().and_then(|a| a.last()) else {
+                println!("no metrics: the sandbox is paused");
+                return;
+            };
+            let mib = |v: &Value| {
+                v.as_u64()
+                    .map_or_else(|| "-".to_owned(), |b| (b >> 20).to_string())
+            };
+            let num = |v: &Value| {
+                v.as_f64()
+                    .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+            };
+            let vmm = &m["vmm"];
+            println!("{:<28} {}", "guest CPUs", num(&m["cpuCount"]));
+            println!("{:<28} {}", "guest CPU used (%)", num(&m["cpuUsedPct"]));
+            println!(
+                "{:<28} {} / {}",
+                "guest memory (MiB)",
+                mib(&m["memUsed"]),
+                mib(&m["memTotal"])
+            );
+            println!(
+                "{:<28} {} / {}",
+                "guest disk (MiB)",
+                mib(&m["diskUsed"]),
+                mib(&m["diskTotal"])
+            );
+            println!("{:<28} {}", "VMM CPU time (s)", num(&vmm["cpuSeconds"]));
+            println!("{:<28} {}", "VMM CPU limit (CPUs)", num(&vmm["cpuLimit"]));
+            println!(
+                "{:<28} {}",
+                "VMM throttled periods",
+                num(&vmm["cpuThrottledPeriods"])
+            );
+            println!(
+                "{:<28} {} (peak {}) / {}",
+                "VMM memory (MiB)",
+                mib(&vmm["memoryBytes"]),
+                mib(&vmm["memoryPeakBytes"]),
+                mib(&vmm["memoryLimitBytes"])
+            );
+        },
+    )
+}
+
 /// Runs a command in the sandbox through the server's proxy, with the
 /// sandbox's access token, and exits with the command's code.
 pub(crate) fn exec(args: ExecArgs, layout: &Layout) -> CommandResult {

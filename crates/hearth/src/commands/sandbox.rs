@@ -40,6 +40,8 @@ pub(crate) enum SandboxCommand {
     Resume(super::remote::ResumeArgs),
     /// Print a sandbox's guest console log.
     Logs(super::remote::IdArgs),
+    /// Print what a sandbox uses: in the guest, and its VMM on the host.
+    Metrics(super::remote::IdArgs),
     /// Run a command in a server's sandbox, stream its output, exit with its code.
     Exec(super::remote::ExecArgs),
 }
@@ -91,6 +93,7 @@ pub(crate) fn run(cmd: SandboxCommand, layout: &Layout) -> CommandResult {
         SandboxCommand::Pause(args) => super::remote::pause(args, layout),
         SandboxCommand::Resume(args) => super::remote::resume(args, layout),
         SandboxCommand::Logs(args) => super::remote::logs(args, layout),
+        SandboxCommand::Metrics(args) => super::remote::metrics(args, layout),
         SandboxCommand::Exec(args) => super::remote::exec(args, layout),
     }
 }

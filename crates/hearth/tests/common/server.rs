@@ -39,6 +39,15 @@ impl Server {
         )
     }
 
+    /// A server that kills its sandboxes when it stops, with `extra`
+    /// options.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--kill-on-exit"];
+        args.extend_from_slice(extra);
+        Self::spawn(Path::new(env!("CARGO_BIN_EXE_hearth")), data, &args)
+    }
+
     /// A server run from `binary` that, as by default, leaves its
     /// sandboxes running when it stops, for the next one to adopt.
     #[allow(dead_code)] // Not every test binary that includes this file uses it.
