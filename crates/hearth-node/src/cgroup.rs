@@ -1,6 +1,7 @@
-//! A cgroup per VMM: its vCPUs as a CPU quota, its guest memory plus the
-//! VMM's own overhead as a memory limit, and a cap on its threads. The
-//! unified hierarchy (cgroup v2) when the host has one with these
+//! A cgroup per VMM: its vCPUs as a CPU quota and as its weight (a VMM
+//! with N vCPUs competes for the host's CPUs as N busy tasks would, not as
+//! one), its guest memory plus the VMM's own overhead as a memory limit,
+//! and a cap on its threads. The unified hierarchy (cgroup v2) when the host has one with these
 //! controllers, else the legacy per-controller hierarchies (v1), under a
 //! `hearth` group in each. What to write is a pure plan; applying it is a
 //! handful of file writes.
@@ -89,6 +90,10 @@ impl Hierarchy {
                         (root.join("cgroup.subtree_control"), enable.clone()),
                         (parent.join("cgroup.subtree_control"), enable),
                         (dir.join("cpu.max"), format!("{quota} {PERIOD_US}")),
+                        (
+                            dir.join("cpu.weight"),
+                            (100 * u64::from(limits.cpus.max(1))).to_string(),
+                        ),
                         (dir.join("memory.max"), limits.memory_bytes.to_string()),
                         (dir.join("memory.swap.max"), "0".to_owned()),
                         (dir.join("pids.max"), limits.pids.to_string()),
@@ -107,6 +112,10 @@ impl Hierarchy {
                     writes: vec![
                         (cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string()),
                         (cpu.join("cpu.cfs_quota_us"), quota.to_string()),
+                        (
+                            cpu.join("cpu.shares"),
+                            (1024 * u64::from(limits.cpus.max(1))).to_string(),
+                        ),
                         (
                             memory.join("memory.limit_in_bytes"),
                             limits.memory_bytes.to_string(),
@@ -375,6 +384,7 @@ mod tests {
                     "+cpu +memory +pids"
                 ),
                 ("/cg/hearth/sb1/cpu.max".into(), "200000 100000"),
+                ("/cg/hearth/sb1/cpu.weight".into(), "200"),
                 ("/cg/hearth/sb1/memory.max".into(), "805306368"),
                 ("/cg/hearth/sb1/memory.swap.max".into(), "0"),
                 ("/cg/hearth/sb1/pids.max".into(), "256"),
@@ -398,6 +408,7 @@ mod tests {
             [
                 (p("/cg/cpu/hearth/sb1/cpu.cfs_period_us"), "100000".into()),
                 (p("/cg/cpu/hearth/sb1/cpu.cfs_quota_us"), "100000".into()),
+                (p("/cg/cpu/hearth/sb1/cpu.shares"), "1024".into()),
                 (
                     p("/cg/memory/hearth/sb1/memory.limit_in_bytes"),
                     "805306368".into()
