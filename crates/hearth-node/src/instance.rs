@@ -172,6 +172,10 @@ impl Instance {
             run_as: Some(format!("{uid}:{uid}")),
             cgroups,
             inherit: held,
+            // A sandbox's VMM (its disk is in its directory) is confined
+            // there; template and build VMs, whose disks lie elsewhere, are
+            // not.
+            chroot: machine.disk.path.parent() == Some(run_dir),
         };
         let mut vm = node.qemu.boot(&spec).await?;
         let pid_file = run_dir.join("vmm.pid");

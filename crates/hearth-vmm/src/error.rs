@@ -27,6 +27,8 @@ pub enum VmmError {
     EarlyExit { exit: String, log: PathBuf },
     #[error("the VMM control socket {path} did not come up within {secs} s")]
     ControlTimeout { path: PathBuf, secs: u64 },
+    #[error("disk {disk} lies outside {run_dir}, where its VMM is confined")]
+    DiskOutsideJail { disk: PathBuf, run_dir: PathBuf },
     #[error("process {pid} is not the VMM of {run_dir}")]
     NotRunning { pid: u32, run_dir: PathBuf },
     #[error("cannot tell the VMM version: {0}")]

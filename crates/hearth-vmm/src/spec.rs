@@ -34,6 +34,12 @@ pub struct VmSpec {
     /// `cgroup.procs` files the VMM process joins before it starts (one
     /// per hierarchy); empty leaves it in the caller's cgroups.
     pub cgroups: Vec<PathBuf>,
+    /// Confine the VMM to `run_dir` once it has opened its files (its root
+    /// becomes that directory, as a jail's would): it then reaches no
+    /// other file on the host. What it opens by path later (a restored
+    /// VM reopens its disk when it continues) must lie in `run_dir`, so
+    /// the root disk must.
+    pub chroot: bool,
     /// Descriptors of the caller's the VMM keeps open for as long as it
     /// runs: lock files, whose `flock` locks then outlive the caller.
     /// Each must stay open until [`crate::Vmm::boot`] returns.

@@ -113,6 +113,25 @@ fn vmm_is_unprivileged(dir: &Path) -> u32 {
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("CapPrm:"), "0000000000000000");
     assert_eq!(field("Seccomp:"), "2");
+    // Confined to its own directory: its root is that directory, where
+    // neither the catalog nor another sandbox is.
+    let jail = format!("/proc/{}/root", pid.trim());
+    assert_eq!(std::fs::read_link(&jail).unwrap(), dir);
+    let data = dir.parent().and_then(Path::parent).unwrap();
+    let seen: Vec<String> = std::fs::read_dir(&jail)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(seen.iter().all(|name| dir.join(name).exists()), "{seen:?}");
+    assert!(seen.contains(&"disk.qcow2".to_owned()), "{seen:?}");
+    for outside in [data.join("hearth.db"), data.join("sandboxes")] {
+        let from_inside = Path::new(&jail).join(outside.strip_prefix("/").unwrap());
+        assert!(
+            !from_inside.exists(),
+            "{} is visible to the VMM",
+            outside.display()
+        );
+    }
     // Its own cgroup with its vCPUs (2) as the CPU quota.
     let id = dir.file_name().unwrap().to_str().unwrap();
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();

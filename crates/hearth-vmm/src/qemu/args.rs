@@ -53,7 +53,7 @@ impl<'a> QemuArgs<'a> {
             "-drive".into(),
             format!(
                 "id=root,file={},format={},if=none,cache=unsafe,discard=unmap",
-                escape(&spec.root_disk.path.display().to_string()),
+                escape(&disk_path(spec)),
                 spec.root_disk.format.as_str()
             ),
             "-device".into(),
@@ -97,10 +97,27 @@ impl<'a> QemuArgs<'a> {
             "-sandbox".into(),
             "on,obsolete=deny,spawn=deny,resourcecontrol=deny".into(),
         ]);
+        if spec.chroot {
+            // QEMU chroots (then drops to its user) once it has opened
+            // everything on its command line.
+            args.extend(["-chroot".into(), spec.run_dir.display().to_string()]);
+        }
         if let Some(user) = &spec.run_as {
             args.extend(["-runas".into(), user.clone()]);
         }
         args
+    }
+}
+
+/// The root disk as QEMU names it. A confined VMM (`chroot`) runs in
+/// `run_dir` and names its disk relative to it, so the same name still
+/// reaches the disk from inside the jail (whose root is `run_dir`) when it
+/// reopens it.
+fn disk_path(spec: &VmSpec) -> String {
+    let path = &spec.root_disk.path;
+    match path.strip_prefix(&spec.run_dir) {
+        Ok(inside) if spec.chroot => inside.display().to_string(),
+        _ => path.display().to_string(),
     }
 }
 
@@ -152,6 +169,7 @@ mod tests {
             run_as: None,
             cgroups: Vec::new(),
             inherit: Vec::new(),
+            chroot: false,
         }
     }
 
@@ -250,5 +268,25 @@ mod tests {
         assert_eq!(value_of(&args, "-accel"), ["kvm"]);
         assert_eq!(value_of(&args, "-cpu"), ["host"]);
         assert!(value_of(&args, "-netdev").is_empty());
+    }
+
+    #[test]
+    fn a_confined_vmm_names_its_disk_from_inside_its_directory() {
+        let mut s = spec(Accel::Tcg, false);
+        s.root_disk.path = PathBuf::from("/s/disk.qcow2");
+        s.chroot = true;
+        let args =
+            QemuArgs::new(&s, Path::new("/s/qmp.sock"), Path::new("/s/console.log")).render();
+        assert_eq!(value_of(&args, "-chroot"), ["/s"]);
+        assert!(
+            value_of(&args, "-drive")[0].starts_with("id=root,file=disk.qcow2,"),
+            "{args:?}"
+        );
+        // Unconfined, the same spec names it in full.
+        s.chroot = false;
+        let args =
+            QemuArgs::new(&s, Path::new("/s/qmp.sock"), Path::new("/s/console.log")).render();
+        assert!(value_of(&args, "-chroot").is_empty());
+        assert!(value_of(&args, "-drive")[0].starts_with("id=root,file=/s/disk.qcow2,"));
     }
 }

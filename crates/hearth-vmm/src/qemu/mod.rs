@@ -101,8 +101,15 @@ impl Vmm for Qemu {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        if spec.chroot && spec.root_disk.path.parent() != Some(spec.run_dir.as_path()) {
+            return Err(VmmError::DiskOutsideJail {
+                disk: spec.root_disk.path.clone(),
+                run_dir: spec.run_dir.clone(),
+            });
+        }
         let mut cmd = Command::new(&self.binary);
         cmd.args(&args)
+            .current_dir(&spec.run_dir)
             .stdin(Stdio::null())
             .stdout(vmm_log.try_clone().map_err(VmmError::io("the VMM log"))?)
             .stderr(vmm_log)
