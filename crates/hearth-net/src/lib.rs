@@ -24,6 +24,6 @@ pub use leftovers::Leftovers;
 pub use outside::Outside;
 pub use plan::{
     GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, MAX_SLOTS, PlanError, SlotPlan,
-    TAP_NAME,
+    TAP_NAME, VMM_UID_BASE,
 };
 pub use slots::{DEFAULT_LOCK_DIR, Slot, Slots, leftovers};

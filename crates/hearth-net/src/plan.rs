@@ -23,6 +23,12 @@ pub const GATEWAY_MAC: &str = "02:fc:00:00:00:06";
 pub const TAP_NAME: &str = "tap0";
 /// How many slots the address plan holds (`10.200.0.0/16`, one /30 each).
 pub const MAX_SLOTS: u32 = 16384;
+/// The first of the host uids (and gids) VMMs run as: the VMM in slot `i`
+/// drops to `VMM_UID_BASE + i` once it has opened its files and devices, so
+/// no two running VMMs share a uid (as Firecracker's jailer gives each
+/// microVM its own), and the slot's tap belongs to that uid. Far above the
+/// ranges of people, system users and the usual subordinate ids.
+pub const VMM_UID_BASE: u32 = 2_000_000_000;
 
 /// Common prefix of every host-visible name (netns, host veth, host table).
 const NAME_PREFIX: &str = "hearth-";
@@ -78,6 +84,11 @@ impl SlotPlan {
         })
     }
 
+    /// The host uid and gid of the VMM in this slot, who owns its tap.
+    pub fn vmm_uid(&self) -> u32 {
+        VMM_UID_BASE + self.index
+    }
+
     /// The netns file (`/run/netns/<netns>`).
     pub fn netns_path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.netns)
@@ -93,6 +104,7 @@ impl SlotPlan {
             ns_ip,
             ..
         } = self;
+        let uid = self.vmm_uid();
         let host_batch = format!(
             "addr add {host_ip}/{SLOT_PREFIX_LEN} dev {host_veth}\n\
              link set dev {host_veth} up\n"
@@ -104,7 +116,7 @@ impl SlotPlan {
             "link set dev lo up\n\
              addr add {ns_ip}/{SLOT_PREFIX_LEN} dev {ns_veth}\n\
              link set dev {ns_veth} up\n\
-             tuntap add dev {TAP_NAME} mode tap\n\
+             tuntap add dev {TAP_NAME} mode tap user {uid} group {uid}\n\
              link set dev {TAP_NAME} address {GATEWAY_MAC}\n\
              addr add {GATEWAY_IP}/{GUEST_PREFIX_LEN} dev {TAP_NAME}\n\
              link set dev {TAP_NAME} up\n\
@@ -435,7 +447,7 @@ mod tests {
             "link set dev lo up",
             "addr add 10.200.0.22/30 dev veth0",
             "link set dev veth0 up",
-            "tuntap add dev tap0 mode tap",
+            "tuntap add dev tap0 mode tap user 2000000005 group 2000000005",
             "link set dev tap0 address 02:fc:00:00:00:06",
             "addr add 169.254.0.22/30 dev tap0",
             "link set dev tap0 up",

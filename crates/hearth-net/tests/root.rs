@@ -71,6 +71,13 @@ fn concurrent_acquires_get_different_working_slots() {
         assert!(slot.plan().netns_path().exists());
         let tap = sh("ip", &["-n", netns, "-br", "addr", "show", "dev", "tap0"]);
         assert!(tap.contains("169.254.0.22/30"), "{tap}");
+        // The tap belongs to the uid its VMM will run as.
+        let owner = sh("ip", &["-n", netns, "-d", "link", "show", "dev", "tap0"]);
+        let uid = slot.plan().vmm_uid();
+        assert!(
+            owner.contains(&format!("user {uid} group {uid}")),
+            "{owner}"
+        );
         let veth = sh("ip", &["-n", netns, "-br", "addr", "show", "dev", "veth0"]);
         assert!(veth.contains(&format!("{ns_ip}/30")), "{veth}");
         let host = sh("ip", &["-br", "addr", "show", "dev", host_veth]);

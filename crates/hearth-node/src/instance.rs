@@ -65,7 +65,23 @@ impl Drop for Instance {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        drop(self.cgroup.take());
+        // Removing the cgroup waits for the VMM to exit and the slot runs
+        // `ip` and `nft`: neither on an async thread.
+        let (cgroup, slot) = (self.cgroup.take(), self.slot.take());
+        off_runtime(move || {
+            drop(cgroup);
+            drop(slot);
+        });
+    }
+}
+
+/// Runs blocking clean-up `work` on the runtime's blocking threads when
+/// called from a tokio runtime (a drop on an async thread must not block
+/// it; the runtime waits for such work before it shuts down), else here.
+pub(crate) fn off_runtime(work: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(work)),
+        Err(_) => work(),
     }
 }
 
@@ -144,7 +160,7 @@ impl Instance {
         held: Vec<RawFd>,
     ) -> Result<(QemuVm, AgentClient), NodeError> {
         let plan = slot.plan();
-        let uid = crate::node::VMM_UID_BASE + plan.index;
+        let uid = plan.vmm_uid();
         if let Launch::Restore { .. } = launch {
             // A restored VM reopens its disk when it continues, as its uid.
             give_to(uid, run_dir, &machine.disk.path)?;

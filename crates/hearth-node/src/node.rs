@@ -53,13 +53,6 @@ pub struct Node {
     pub(crate) vmms_outlive: bool,
 }
 
-/// The first of the host uids (and gids) VMMs run as: the VMM in network
-/// slot `i` drops to `VMM_UID_BASE + i` once it has opened its files and
-/// devices, so no two running VMMs share a uid (as Firecracker's jailer
-/// gives each microVM its own). Far above the ranges of people, system
-/// users and the usual subordinate ids.
-pub const VMM_UID_BASE: u32 = 2_000_000_000;
-
 impl Node {
     /// Checks the host, chooses the accelerator and removes what crashed
     /// runs left behind (VMM processes, sandbox directories, network slots).
@@ -270,7 +263,12 @@ fn remove_leftover_dirs(dir: &Path, locks: &Path, what: &str) -> Result<(), Node
         };
         tracing::info!("removing leftover {what} {id}");
         kill_leftover_vmm(&path);
-        std::fs::remove_dir_all(&path).map_err(NodeError::io(&path))?;
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            // Its owner's clean-up finished first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::io(&path)(e)),
+        }
         let _ = std::fs::remove_file(&lock_path);
         drop(lock);
     }

@@ -642,17 +642,28 @@ impl Drop for Sandbox {
     /// Backstop for a sandbox dropped without [`Sandbox::destroy`] (a panic,
     /// an early return): kill the VMM, release the slot, remove the files.
     fn drop(&mut self) {
-        if self.lock.is_none() {
+        let Some(lock) = self.lock.take() else {
             return;
-        }
-        if self.instance.take().is_some() {
-            // Dropping the instance kills the VMM (kill_on_drop) and releases
-            // the slot; make sure the VMM is gone before its files are removed.
-            kill_leftover_vmm(&self.dir);
-        }
-        if let Err(e) = self.remove_dir() {
-            tracing::warn!(sandbox = %self.id, "clean-up on drop: {e}");
-        }
+        };
+        let instance = self.instance.take();
+        let (id, dir, lock_path) = (self.id.clone(), self.dir.clone(), self.lock_path.clone());
+        // It waits for the VMM to end: off the async threads.
+        crate::instance::off_runtime(move || {
+            if let Some(instance) = instance {
+                // Dropping the instance kills the VMM and releases the
+                // slot; make sure the VMM is gone before its files are
+                // removed.
+                drop(instance);
+                kill_leftover_vmm(&dir);
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(sandbox = %id, "clean-up on drop: {e}"),
+            }
+            let _ = std::fs::remove_file(&lock_path);
+            drop(lock);
+        });
     }
 }
 
@@ -674,9 +685,8 @@ impl Node {
     /// Deletes a paused sandbox.
     pub fn delete_paused(&self, id: &str) -> Result<(), NodeError> {
         let paused = self.paused(id)?;
-        let sandbox = Sandbox::claim(self, id.to_owned(), paused.origin, paused.egress)?;
-        drop(sandbox);
-        Ok(())
+        let mut sandbox = Sandbox::claim(self, id.to_owned(), paused.origin, paused.egress)?;
+        sandbox.remove_dir()
     }
 
     fn paused(&self, id: &str) -> Result<Paused, NodeError> {
