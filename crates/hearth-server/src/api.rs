@@ -595,7 +595,9 @@ fn sandbox_schemas() -> Value {
             "startedAt": { "type": "string", "format": "date-time" }, "endAt": { "type": "string", "format": "date-time" },
             "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "diskSizeMB": { "type": "integer" },
             "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused", "killed"] }, "envdVersion": { "type": "string" },
-            "stopReason": { "type": "string", "description": "Hearth's: why a killed sandbox stopped" } } },
+            "stopReason": { "type": "string", "description": "Hearth's: why a killed sandbox stopped" },
+            "lifecycle": { "type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped"],
+                "description": "Hearth's: where the sandbox is in its lifecycle, finer than state" } } },
         "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
             "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" },
             "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } } ] },
@@ -830,6 +832,9 @@ fn listed_json(r: &SandboxRecord) -> Value {
     }
     if let Some(reason) = &r.stop_reason {
         v["stopReason"] = json!(reason);
+    }
+    if let Some(lifecycle) = &r.lifecycle {
+        v["lifecycle"] = json!(lifecycle);
     }
     v
 }

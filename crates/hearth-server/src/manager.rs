@@ -125,6 +125,12 @@ impl Watcher for Catalog {
             }
             _ => Ok(()),
         };
+        // Every move, in the finer terms of the lifecycle.
+        let recorded = recorded.and_then(|()| {
+            self.store
+                .set_lifecycle(id, lifecycle.state().as_str())
+                .map(drop)
+        });
         if let Err(e) = recorded {
             tracing::warn!(sandbox = id, state = %lifecycle.state(), "recording a sandbox's state: {e}");
         }
@@ -503,6 +509,7 @@ impl Manager {
             allow_internet_access: request.allow_internet_access,
             egress: request.egress,
             stop_reason: None,
+            lifecycle: Some(State::Running.as_str().to_owned()),
         };
         if let Err(e) = self.store.insert_sandbox(&record) {
             let _ = running.handle.stop(StopReason::Killed).await;
@@ -635,6 +642,7 @@ impl Manager {
         };
         let running = self.supervise(sandbox, Origin::Resumed, Some(init)).await?;
         record.state = SandboxState::Running;
+        record.lifecycle = Some(State::Running.as_str().to_owned());
         record.end_at_ms = now_ms().saturating_add(secs_ms(timeout_secs));
         if let Err(e) = self.store.update_sandbox(&record) {
             let _ = running.handle.stop(StopReason::Killed).await;
@@ -681,6 +689,7 @@ impl Manager {
                 sandbox_id: running.handle.id().to_owned(),
                 started_at_ms: now,
                 end_at_ms: now.saturating_add(secs_ms(timeout_secs)),
+                lifecycle: Some(State::Running.as_str().to_owned()),
                 ..parent.clone()
             };
             if let Err(e) = self.store.insert_sandbox(&record) {

@@ -32,7 +32,7 @@ mod builds;
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +74,11 @@ const SCHEMA_2: &str = "ALTER TABLE sandboxes ADD COLUMN egress TEXT NOT NULL DE
 /// Version 4: why a killed sandbox stopped.
 const SCHEMA_4: &str = "ALTER TABLE sandboxes ADD COLUMN stop_reason TEXT;";
 
+/// Version 5: where a sandbox is in its lifecycle (`hearth_node::State`),
+/// finer than `state`: starting, running, pausing, paused, resuming,
+/// stopping, stopped.
+const SCHEMA_5: &str = "ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;";
+
 /// Version 3: template builds of the E2B build API, their logs and tags.
 const SCHEMA_3: &str = "
 CREATE TABLE template_builds (
@@ -111,7 +116,7 @@ CREATE TABLE template_tags (
 
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
-    auto_pause, allow_internet_access, egress, stop_reason";
+    auto_pause, allow_internet_access, egress, stop_reason, lifecycle";
 
 const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked";
 
@@ -239,6 +244,9 @@ pub struct SandboxRecord {
     pub egress: Egress,
     /// Why a killed sandbox stopped (`killed`, `timed out`, `VM exited: …`).
     pub stop_reason: Option<String>,
+    /// Its lifecycle state (`hearth_node::State`), persisted on every
+    /// move; `None` in rows written before it was kept.
+    pub lifecycle: Option<String>,
 }
 
 /// Which sandboxes [`Store::list_sandboxes`] returns.
@@ -346,6 +354,9 @@ impl Store {
         }
         if version < 4 {
             tx.execute_batch(SCHEMA_4).map_err(self.query())?;
+        }
+        if version < 5 {
+            tx.execute_batch(SCHEMA_5).map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
@@ -503,7 +514,7 @@ impl Store {
         let result = self.with(|c| c.execute(
             &format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
             ),
             row.params(),
         ));
@@ -540,7 +551,8 @@ impl Store {
                 "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
-                 auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17 \
+                 auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17, \
+                 lifecycle = ?18 \
                  WHERE sandbox_id = ?1",
                 row.params(),
             )
@@ -592,6 +604,19 @@ impl Store {
         found(changed, id)
     }
 
+    /// Records the lifecycle state of sandbox `id` (a no-op for a sandbox
+    /// without a row yet: one that is starting).
+    pub fn set_lifecycle(&self, id: &str, lifecycle: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET lifecycle = ?2 WHERE sandbox_id = ?1",
+                params![id, lifecycle],
+            )
+        })
+        .map_err(self.query())?;
+        Ok(())
+    }
+
     /// Records that sandbox `id` stopped at `now_ms` for `reason`; false if
     /// there is no such sandbox. Its row stays (state `killed`) for the
     /// list of stopped sandboxes until [`Store::forget_stopped`].
@@ -599,8 +624,8 @@ impl Store {
         let changed = self
             .with(|c| {
                 c.execute(
-                    "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3 \
-                 WHERE sandbox_id = ?1 AND state != 'killed'",
+                    "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3, \
+                 lifecycle = 'stopped' WHERE sandbox_id = ?1 AND state != 'killed'",
                     params![id, reason, now_ms],
                 )
             })
@@ -759,6 +784,7 @@ struct SandboxRow {
     allow_internet_access: bool,
     egress: String,
     stop_reason: Option<String>,
+    lifecycle: Option<String>,
 }
 
 impl SandboxRow {
@@ -781,11 +807,12 @@ impl SandboxRow {
             allow_internet_access: r.allow_internet_access,
             egress: serde_json::to_string(&r.egress).expect("a policy serialises"),
             stop_reason: r.stop_reason.clone(),
+            lifecycle: r.lifecycle.clone(),
         }
     }
 
     /// The 17 values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 17] {
+    fn params(&self) -> [&dyn ToSql; 18] {
         [
             &self.sandbox_id,
             &self.template_id,
@@ -804,6 +831,7 @@ impl SandboxRow {
             &self.allow_internet_access,
             &self.egress,
             &self.stop_reason,
+            &self.lifecycle,
         ]
     }
 
@@ -826,6 +854,7 @@ impl SandboxRow {
             allow_internet_access: row.get(14)?,
             egress: row.get(15)?,
             stop_reason: row.get(16)?,
+            lifecycle: row.get(17)?,
         })
     }
 
@@ -862,6 +891,7 @@ impl SandboxRow {
             allow_internet_access: self.allow_internet_access,
             egress,
             stop_reason: self.stop_reason,
+            lifecycle: self.lifecycle,
         })
     }
 }
@@ -947,6 +977,7 @@ mod tests {
             allow_internet_access: true,
             egress: Egress::open(),
             stop_reason: None,
+            lifecycle: Some("running".into()),
         }
     }
 
@@ -1333,6 +1364,22 @@ mod tests {
             .collect::<Vec<_>>();
         live.sort();
         assert_eq!(live, ["due", "exact", "later", "paused"]);
+    }
+
+    #[test]
+    fn every_lifecycle_move_is_kept_and_a_stop_ends_it() {
+        let (_dir, store) = open_temp();
+        store.insert_sandbox(&sandbox("sb", 0)).unwrap();
+        let lifecycle = |store: &Store| store.get_sandbox("sb").unwrap().unwrap().lifecycle;
+        assert_eq!(lifecycle(&store).as_deref(), Some("running"));
+        store.set_lifecycle("sb", "pausing").unwrap();
+        assert_eq!(lifecycle(&store).as_deref(), Some("pausing"));
+        // A sandbox without a row (still starting) is no error.
+        store.set_lifecycle("nobody", "starting").unwrap();
+        assert!(store.stop_sandbox("sb", "killed", 5).unwrap());
+        let stopped = store.get_sandbox("sb").unwrap().unwrap();
+        assert_eq!(stopped.lifecycle.as_deref(), Some("stopped"));
+        assert_eq!(stopped.state, SandboxState::Killed);
     }
 
     #[test]

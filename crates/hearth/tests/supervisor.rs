@@ -53,7 +53,8 @@ fn ok(server: &Server, data: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// `(id, state, reason)` of the sandboxes in `states`.
+/// `(id, state, reason)` of the sandboxes in `states`, each with the
+/// lifecycle state its row holds, which must agree with its state.
 fn listed(server: &Server, data: &Path, states: &str) -> Vec<(String, String, String)> {
     let json: serde_json::Value =
         serde_json::from_str(&ok(server, data, &["list", "--json", "--state", states])).unwrap();
@@ -62,6 +63,13 @@ fn listed(server: &Server, data: &Path, states: &str) -> Vec<(String, String, St
         .iter()
         .map(|s| {
             let field = |k: &str| s[k].as_str().unwrap_or("").to_owned();
+            let lifecycle = field("lifecycle");
+            let agrees = match field("state").as_str() {
+                "running" => lifecycle == "running",
+                "paused" => lifecycle == "paused",
+                _ => ["stopping", "stopped"].contains(&lifecycle.as_str()),
+            };
+            assert!(agrees, "{s}");
             (field("sandboxID"), field("state"), field("stopReason"))
         })
         .collect()

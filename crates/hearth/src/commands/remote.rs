@@ -219,11 +219,17 @@ pub(crate) fn list(args: ListArgs, layout: &Layout) -> CommandResult {
                 "ID", "TEMPLATE", "STATE", "STARTED", "ENDS"
             );
             for s in v.as_array().into_iter().flatten() {
+                // A sandbox on its way between states shows where it is.
+                let lifecycle = text(s, "lifecycle");
+                let state = match lifecycle {
+                    "starting" | "pausing" | "resuming" | "stopping" => lifecycle,
+                    _ => text(s, "state"),
+                };
                 println!(
                     "{:<22} {:<10} {:<8} {:<28} {:<28} {}",
                     text(s, "sandboxID"),
                     text(s, "templateID"),
-                    text(s, "state"),
+                    state,
                     text(s, "startedAt"),
                     text(s, "endAt"),
                     text(s, "stopReason"),
