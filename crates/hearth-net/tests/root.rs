@@ -158,7 +158,7 @@ fn host_reaches_the_guest_and_the_guest_reaches_out_but_not_the_host() {
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let host_addr = SocketAddrV4::new(plan.host_ip, host.local_addr().unwrap().port());
     let guest_addr = SocketAddrV4::new(GUEST_IP, 7777);
-    let seen = receive_on_tap(&mut tap, || {
+    let seen = receive_on_tap(&tap, || {
         host.send_to(b"to-guest", (plan.ns_ip, 7777)).unwrap();
     })
     .into_iter()
@@ -318,7 +318,7 @@ fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let host_addr = SocketAddrV4::new(plan.host_ip, host.local_addr().unwrap().port());
     let guest_addr = SocketAddrV4::new(GUEST_IP, 7777);
-    receive_on_tap(&mut tap, || {
+    receive_on_tap(&tap, || {
         host.send_to(b"to-guest", (plan.ns_ip, 7777)).unwrap();
     })
     .into_iter()
@@ -520,7 +520,21 @@ struct Udp {
 
 /// Calls `send` every 100 ms and collects the UDP frames read from the tap,
 /// until one arrives or 5 s pass.
-fn receive_on_tap(tap: &mut File, send: impl Fn()) -> Vec<Udp> {
+fn receive_on_tap(tap: &File, send: impl Fn()) -> Vec<Udp> {
+    collect_on_tap(tap, send, parse_udp)
+}
+
+/// Sends with `send` (again every 100 ms, for up to 5 s) until `tap0`
+/// carries an ICMP "administratively prohibited" answer; the destinations
+/// of the datagrams those answers refuse.
+fn refusals_on_tap(tap: &File, send: impl Fn()) -> Vec<Ipv4Addr> {
+    collect_on_tap(tap, send, parse_prohibited)
+}
+
+/// Calls `send` every 100 ms and keeps what `parse` finds in the frames
+/// read from the tap, until it finds something or 5 s pass.
+fn collect_on_tap<T>(tap: &File, send: impl Fn(), parse: fn(&[u8]) -> Option<T>) -> Vec<T> {
+    let mut tap = tap;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut found = Vec::new();
     let mut buf = [0; 2048];
@@ -529,7 +543,7 @@ fn receive_on_tap(tap: &mut File, send: impl Fn()) -> Vec<Udp> {
         let round = Instant::now() + Duration::from_millis(100);
         while Instant::now() < round {
             match tap.read(&mut buf) {
-                Ok(len) => found.extend(parse_udp(&buf[..len])),
+                Ok(len) => found.extend(parse(&buf[..len])),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     thread::sleep(Duration::from_millis(5));
                 }
@@ -538,30 +552,6 @@ fn receive_on_tap(tap: &mut File, send: impl Fn()) -> Vec<Udp> {
         }
     }
     found
-}
-
-/// Sends with `send` (again every 100 ms, for up to 5 s) until `tap0`
-/// carries an ICMP "administratively prohibited" answer; the destinations
-/// of the datagrams those answers refuse.
-fn refusals_on_tap(tap: &File, send: impl Fn()) -> Vec<Ipv4Addr> {
-    let mut tap = tap;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut refused = Vec::new();
-    let mut buf = [0; 2048];
-    while refused.is_empty() && Instant::now() < deadline {
-        send();
-        let round = Instant::now() + Duration::from_millis(100);
-        while Instant::now() < round {
-            match tap.read(&mut buf) {
-                Ok(len) => refused.extend(parse_prohibited(&buf[..len])),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5));
-                }
-                Err(err) => panic!("reading tap0: {err}"),
-            }
-        }
-    }
-    refused
 }
 
 /// The original destination of an ICMP destination-unreachable,

@@ -596,7 +596,7 @@ fn sandbox_schemas() -> Value {
             "cpuCount": { "type": "integer" }, "memoryMB": { "type": "integer" }, "diskSizeMB": { "type": "integer" },
             "metadata": string_map, "state": { "type": "string", "enum": ["running", "paused", "killed"] }, "envdVersion": { "type": "string" },
             "stopReason": { "type": "string", "description": "Hearth's: why a killed sandbox stopped" },
-            "lifecycle": { "type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped"],
+            "lifecycleState": { "type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped"],
                 "description": "Hearth's: where the sandbox is in its lifecycle, finer than state" } } },
         "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
             "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" },
@@ -834,7 +834,7 @@ fn listed_json(r: &SandboxRecord) -> Value {
         v["stopReason"] = json!(reason);
     }
     if let Some(lifecycle) = &r.lifecycle {
-        v["lifecycle"] = json!(lifecycle);
+        v["lifecycleState"] = json!(lifecycle);
     }
     v
 }

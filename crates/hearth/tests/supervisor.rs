@@ -63,7 +63,7 @@ fn listed(server: &Server, data: &Path, states: &str) -> Vec<(String, String, St
         .iter()
         .map(|s| {
             let field = |k: &str| s[k].as_str().unwrap_or("").to_owned();
-            let lifecycle = field("lifecycle");
+            let lifecycle = field("lifecycleState");
             let agrees = match field("state").as_str() {
                 "running" => lifecycle == "running",
                 "paused" => lifecycle == "paused",

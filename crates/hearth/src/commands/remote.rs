@@ -220,7 +220,7 @@ pub(crate) fn list(args: ListArgs, layout: &Layout) -> CommandResult {
             );
             for s in v.as_array().into_iter().flatten() {
                 // A sandbox on its way between states shows where it is.
-                let lifecycle = text(s, "lifecycle");
+                let lifecycle = text(s, "lifecycleState");
                 let state = match lifecycle {
                     "starting" | "pausing" | "resuming" | "stopping" => lifecycle,
                     _ => text(s, "state"),
