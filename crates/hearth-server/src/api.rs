@@ -108,6 +108,18 @@ const ROUTES: &[Route] = &[
             ),
             ("limit", "page size, at least 1"),
             ("nextToken", "token of the next page"),
+            (
+                "order",
+                "asc (oldest first) or desc (newest first, the default), by start time",
+            ),
+            (
+                "startedAfter",
+                "only sandboxes started at or after this RFC 3339 time",
+            ),
+            (
+                "template",
+                "only sandboxes of this template, by id or alias",
+            ),
         ],
         body: None,
         responses: &[(200, Some("[ListedSandbox]"))],
@@ -904,6 +916,37 @@ struct ListParams {
     state: Option<String>,
     limit: Option<u32>,
     next_token: Option<String>,
+    order: Option<String>,
+    started_after: Option<String>,
+    template: Option<String>,
+}
+
+impl ListParams {
+    /// `order`: `desc` (newest first, the default) or `asc`.
+    fn oldest_first(&self) -> Result<bool, ApiError> {
+        match self.order.as_deref() {
+            None | Some("desc") => Ok(false),
+            Some("asc") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "order must be asc or desc, not \"{other}\""
+            ))),
+        }
+    }
+
+    /// `startedAfter`: an RFC 3339 time, any offset.
+    fn started_after_ms(&self) -> Result<Option<i64>, ApiError> {
+        let Some(text) = self.started_after.as_deref() else {
+            return Ok(None);
+        };
+        let (seconds, nanos) = hearth_proto::time::parse_rfc3339(text).ok_or_else(|| {
+            ApiError::bad_request(format!("startedAfter is not an RFC 3339 time: \"{text}\""))
+        })?;
+        Ok(Some(
+            seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(nanos / 1_000_000)),
+        ))
+    }
 }
 
 /// `metadata=k1%3Dv1%26k2%3Dv2`: URL-encoded `k=v` pairs joined by `&`.
@@ -975,6 +1018,9 @@ async fn list_v1(
         metadata: parse_metadata(params.metadata.as_deref())?,
         limit: None,
         next_token: None,
+        oldest_first: false,
+        started_after_ms: None,
+        template: None,
     };
     let page = api.manager.store().list_sandboxes(&query)?;
     Ok(Json(Value::Array(
@@ -993,6 +1039,9 @@ async fn list_v2(
         states: parse_states(params.state.as_deref())?,
         metadata: parse_metadata(params.metadata.as_deref())?,
         limit: params.limit,
+        oldest_first: params.oldest_first()?,
+        started_after_ms: params.started_after_ms()?,
+        template: params.template.clone().filter(|t| !t.is_empty()),
         next_token: params.next_token,
     };
     let page = api.manager.store().list_sandboxes(&query)?;

@@ -260,6 +260,12 @@ pub struct SandboxQuery {
     pub limit: Option<u32>,
     /// The `next_token` of the previous page.
     pub next_token: Option<String>,
+    /// Oldest first; newest first otherwise.
+    pub oldest_first: bool,
+    /// Only sandboxes started at or after this (unix milliseconds).
+    pub started_after_ms: Option<i64>,
+    /// Only sandboxes of this template, by id or alias.
+    pub template: Option<String>,
 }
 
 /// One page of [`Store::list_sandboxes`].
@@ -644,8 +650,8 @@ impl Store {
         .map_err(self.query())
     }
 
-    /// One page of the sandboxes `query` selects, newest first (ties by
-    /// id).
+    /// One page of the sandboxes `query` selects, newest first or oldest
+    /// first (ties by id).
     pub fn list_sandboxes(&self, query: &SandboxQuery) -> Result<Page, StoreError> {
         let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE ");
         let mut args: Vec<Value> = Vec::new();
@@ -675,15 +681,33 @@ impl Store {
             args.push(Value::Text(value.clone()));
         }
 
+        if let Some(after) = query.started_after_ms {
+            sql.push_str(" AND started_at_ms >= ?");
+            args.push(Value::Integer(after));
+        }
+        if let Some(template) = &query.template {
+            sql.push_str(" AND (template_id = ? OR alias = ?)");
+            args.push(Value::Text(template.clone()));
+            args.push(Value::Text(template.clone()));
+        }
+
+        // Pages follow start time (ties by id) in the order asked for.
+        let (direction, past) = if query.oldest_first {
+            ("ASC", ">")
+        } else {
+            ("DESC", "<")
+        };
         if let Some(token) = &query.next_token {
             let (started_at_ms, sandbox_id) = decode_token(token)?;
-            sql.push_str(" AND (started_at_ms < ? OR (started_at_ms = ? AND sandbox_id > ?))");
+            sql.push_str(&format!(
+                " AND (started_at_ms {past} ? OR (started_at_ms = ? AND sandbox_id > ?))"
+            ));
             args.push(Value::Integer(started_at_ms));
             args.push(Value::Integer(started_at_ms));
             args.push(Value::Text(sandbox_id));
         }
 
-        sql.push_str(" ORDER BY started_at_ms DESC, sandbox_id");
+        sql.push_str(&format!(" ORDER BY started_at_ms {direction}, sandbox_id"));
         // One row past the page tells whether another page follows.
         let limit = query.limit.map(|limit| limit.max(1));
         if let Some(limit) = limit {
@@ -1309,6 +1333,50 @@ mod tests {
         let page = store.list_sandboxes(&query).unwrap();
         assert_eq!(page.sandboxes.len(), 5);
         assert_eq!(page.next_token, None);
+    }
+
+    #[test]
+    fn oldest_first_by_time_and_template_a_page_at_a_time() {
+        let (_dir, store) = open_temp();
+        for (id, at) in [("b", 20), ("a", 20), ("c", 30), ("d", 10)] {
+            store.insert_sandbox(&sandbox(id, at)).unwrap();
+        }
+        let mut other = sandbox("o", 25);
+        other.template_id = "tmpl-x".to_owned();
+        other.alias = Some("python".to_owned());
+        store.insert_sandbox(&other).unwrap();
+
+        let mut query = SandboxQuery {
+            oldest_first: true,
+            limit: Some(2),
+            ..SandboxQuery::default()
+        };
+        let mut pages = Vec::new();
+        loop {
+            let page = store.list_sandboxes(&query).unwrap();
+            pages.push(ids(&page.sandboxes).join(","));
+            match page.next_token {
+                Some(token) => query.next_token = Some(token),
+                None => break,
+            }
+            assert!(pages.len() < 10, "pagination does not end");
+        }
+        assert_eq!(pages, ["d,a", "b,o", "c"]);
+
+        let after = |ms, oldest_first| SandboxQuery {
+            started_after_ms: Some(ms),
+            oldest_first,
+            ..SandboxQuery::default()
+        };
+        assert_eq!(list(&store, after(20, false)), ["c", "o", "a", "b"]);
+        assert_eq!(list(&store, after(21, true)), ["o", "c"]);
+        for name in ["python", "tmpl-x"] {
+            let by_template = SandboxQuery {
+                template: Some(name.to_owned()),
+                ..SandboxQuery::default()
+            };
+            assert_eq!(list(&store, by_template), ["o"], "{name}");
+        }
     }
 
     #[test]

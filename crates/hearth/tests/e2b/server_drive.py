@@ -10,6 +10,7 @@ Prints `figure name=value` lines and ends with `all checks passed`.
 """
 
 import ctypes
+import datetime
 import json
 import os
 import socket
@@ -146,6 +147,23 @@ def listing(sbx):
     while pages.has_next:
         seen += [s.sandbox_id for s in pages.next_items()]
     check("pagination sees every sandbox once", sorted(seen) == sorted([sbx.sandbox_id, other.sandbox_id]), seen)
+    # `other` started after `sbx`: oldest first and newest first, a page at a time.
+    for order, expected in [("asc", [sbx.sandbox_id, other.sandbox_id]), ("desc", [other.sandbox_id, sbx.sandbox_id])]:
+        pages, seen = Sandbox.list(limit=1, order=order), []
+        while pages.has_next:
+            seen += [s.sandbox_id for s in pages.next_items()]
+        check(f"list order={order}", seen == expected, seen)
+    started = Sandbox.list(query=SandboxQuery(metadata={"suite": "other"})).next_items()[0].started_at
+    after = [s.sandbox_id for s in Sandbox.list(query=SandboxQuery(started_after=started)).next_items()]
+    check("list started_after keeps those started then or later", after == [other.sandbox_id], after)
+    later = started + datetime.timedelta(seconds=1)
+    none = Sandbox.list(query=SandboxQuery(started_after=later)).next_items()
+    check("  and none started before", none == [], none)
+    by_template = {s.sandbox_id for s in Sandbox.list(query=SandboxQuery(template="base")).next_items()}
+    check("list template=base", by_template == {sbx.sandbox_id, other.sandbox_id}, by_template)
+    check("list template=nope is empty", Sandbox.list(query=SandboxQuery(template="nope")).next_items() == [])
+    status, _, body = http("GET", "/v2/sandboxes?order=sideways", headers={"X-API-Key": KEY})
+    check("a bad order is a 400 that names it", status == 400 and b"order" in body, (status, body))
     other.kill()
     try:
         Sandbox.connect(other.sandbox_id)
