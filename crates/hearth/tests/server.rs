@@ -204,6 +204,14 @@ fn stock_e2b_sdk_against_hearth_server() {
     let server = Server::start(data.path());
     cli_round_trip(&server, data.path(), &paused);
     drive(&python, &server, key, &["restart", &paused]);
+    // The JS SDK's list parameters.
+    let js = std::env::var("HEARTH_E2B_JS").expect(
+        "HEARTH_E2B_JS must name a directory where `npm install e2b` ran; scripts/test sets it",
+    );
+    let mut list = Command::new("node");
+    list.arg(script("list_drive.cjs"))
+        .env("NODE_PATH", Path::new(&js).join("node_modules"));
+    sdk_server::drive(list, &server, key);
     server.stop();
     assert_nothing_left("after the second server run");
     let left: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))

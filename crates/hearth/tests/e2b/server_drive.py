@@ -9,6 +9,7 @@ usage: server_drive.py PHASE
 Prints `figure name=value` lines and ends with `all checks passed`.
 """
 
+import asyncio
 import ctypes
 import datetime
 import json
@@ -20,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 
-from e2b import PtySize, Sandbox, SandboxQuery
+from e2b import AsyncSandbox, PtySize, Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException, SandboxException, SandboxNotRunningException
 
 API = os.environ["E2B_API_URL"]
@@ -162,6 +163,14 @@ def listing(sbx):
     by_template = {s.sandbox_id for s in Sandbox.list(query=SandboxQuery(template="base")).next_items()}
     check("list template=base", by_template == {sbx.sandbox_id, other.sandbox_id}, by_template)
     check("list template=nope is empty", Sandbox.list(query=SandboxQuery(template="nope")).next_items() == [])
+    async def async_order(order):
+        pages, seen = AsyncSandbox.list(limit=1, order=order), []
+        while pages.has_next:
+            seen += [s.sandbox_id for s in await pages.next_items()]
+        return seen
+
+    check("async list order=asc", asyncio.run(async_order("asc")) == [sbx.sandbox_id, other.sandbox_id])
+    check("async list order=desc", asyncio.run(async_order("desc")) == [other.sandbox_id, sbx.sandbox_id])
     status, _, body = http("GET", "/v2/sandboxes?order=sideways", headers={"X-API-Key": KEY})
     check("a bad order is a 400 that names it", status == 400 and b"order" in body, (status, body))
     other.kill()
