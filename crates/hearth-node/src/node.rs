@@ -173,6 +173,15 @@ impl Node {
         &self.accel
     }
 
+    /// Where this node keeps the kernel a snapshot recorded as `recorded`:
+    /// the same build (`kernels/<id>/<file>`) under this node's data
+    /// directory. A snapshot records the path it was taken with, which
+    /// another process may reach the data by another way (a symlinked
+    /// data directory that is gone since).
+    pub(crate) fn local_kernel(&self, recorded: &Path) -> std::path::PathBuf {
+        kernel_under(&self.layout.kernels(), recorded)
+    }
+
     /// The guest kernel sandboxes boot.
     pub fn kernel(&self) -> Result<Kernel, NodeError> {
         hearth_image::current_kernel(&self.layout.kernels())?.ok_or(NodeError::NoKernel)
@@ -222,6 +231,18 @@ fn restrict_data_dir(layout: &Layout) -> Result<(), NodeError> {
             .map_err(NodeError::io(&dir))?;
     }
     Ok(())
+}
+
+/// `recorded` (`…/<build>/<file>`) as the same build under `kernels`, if
+/// that exists there; else `recorded`.
+fn kernel_under(kernels: &Path, recorded: &Path) -> std::path::PathBuf {
+    let build = recorded.parent().and_then(Path::file_name);
+    match (build, recorded.file_name()) {
+        (Some(build), Some(file)) if kernels.join(build).join(file).is_file() => {
+            kernels.join(build).join(file)
+        }
+        _ => recorded.to_owned(),
+    }
 }
 
 /// Removes the sandbox directories, network slots and VMM cgroups that no
@@ -459,6 +480,23 @@ mod tests {
         assert_eq!(
             parse_nameservers(text),
             [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(9, 9, 9, 9)]
+        );
+    }
+
+    #[test]
+    fn a_recorded_kernel_is_found_under_this_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernels = dir.path().join("kernels");
+        std::fs::create_dir_all(kernels.join("c09e")).unwrap();
+        std::fs::write(kernels.join("c09e/vmlinux"), b"elf").unwrap();
+        let gone = Path::new("/tmp/.gone/kernels/c09e/vmlinux");
+        assert_eq!(kernel_under(&kernels, gone), kernels.join("c09e/vmlinux"));
+        // Another build, or no such file here: the recorded path stands.
+        let other = Path::new("/tmp/.gone/kernels/ffff/vmlinux");
+        assert_eq!(kernel_under(&kernels, other), other);
+        assert_eq!(
+            kernel_under(&kernels, Path::new("vmlinux")),
+            Path::new("vmlinux")
         );
     }
 

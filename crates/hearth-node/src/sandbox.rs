@@ -133,7 +133,7 @@ impl Sandbox {
         let origin = Origin {
             template: snapshot.meta.template.clone(),
             snapshot: snapshot.dir.clone(),
-            kernel_path: snapshot.meta.kernel_path.clone(),
+            kernel_path: node.local_kernel(&snapshot.meta.kernel_path),
             vcpus: snapshot.meta.vcpus,
             memory_mib: snapshot.meta.memory_mib,
             host: snapshot.meta.host.clone(),
@@ -500,8 +500,9 @@ impl Sandbox {
     /// [`Sandbox::wait_ready`] next: its `/init` resets the guest clock. On
     /// failure the sandbox stays paused.
     pub async fn resume(node: &Node, id: &str) -> Result<Self, NodeError> {
-        let paused = node.paused(id)?;
+        let mut paused = node.paused(id)?;
         node.host.check(&paused.origin.host, "the paused sandbox")?;
+        paused.origin.kernel_path = node.local_kernel(&paused.origin.kernel_path);
         let mut sandbox = Self::claim(node, id.to_owned(), paused.origin, paused.egress)?;
         let state = sandbox.dir.join(PAUSED_STATE);
         let machine = sandbox.machine(Memory::Anonymous);
