@@ -263,18 +263,20 @@ impl Manager {
     /// Re-adopts running sandbox `id` and supervises it again; `false`
     /// (and its row marked stopped with the reason) if it cannot be.
     async fn adopt(&self, id: &str) -> bool {
-        let supervised = match Sandbox::adopt(&self.node, id).await {
-            Ok(sandbox) => self.supervise(sandbox, Origin::Adopted, None).await,
+        let sandbox = match Sandbox::adopt(&self.node, id).await {
+            Ok(sandbox) => sandbox,
             Err(e) => {
                 // Whatever it left is removed with the unadopted.
+                tracing::warn!(sandbox = id, "not re-adopted: {e}");
                 let reason = format!("lost when the server restarted: {e}");
                 if let Err(e) = self.store.stop_sandbox(id, &reason, now_ms()) {
                     tracing::warn!(sandbox = id, "recording a lost sandbox: {e}");
                 }
-                Err(ApiError::internal(reason))
+                return false;
             }
         };
-        match supervised {
+        // A supervisor that fails to start stops it and records why.
+        match self.supervise(sandbox, Origin::Adopted, None).await {
             Ok(running) => {
                 tracing::info!(sandbox = id, "re-adopted");
                 self.go_live(running);
