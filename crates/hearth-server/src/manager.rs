@@ -841,7 +841,8 @@ impl Manager {
         if record.state != SandboxState::Running {
             return Ok(None);
         }
-        let running = self.running(id, "read its metrics")?;
+        // Its row was read just above: only the supervisor is looked up.
+        let running = self.live.get(id).ok_or_else(|| not_found(id))?;
         let vmm = running
             .handle
             .with(|sandbox: &mut Sandbox| Box::pin(async move { sandbox.vmm_usage() }))
