@@ -6,4 +6,5 @@ pub mod agent;
 pub mod connect;
 pub mod filesystem;
 pub mod process;
+pub mod signature;
 pub mod time;

@@ -3,8 +3,9 @@
 //! `/files` URLs that stand in for the token.
 
 use axum::http::{HeaderMap, header};
-use hearth_proto::connect::{Code, ConnectError, base64_decode, base64_encode};
-use sha2::{Digest, Sha256};
+use hearth_proto::connect::{Code, ConnectError, base64_decode};
+pub(crate) use hearth_proto::signature::{Operation, SignedUrl};
+use hearth_proto::signature::{file_signature, same_bytes};
 
 pub(crate) const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 
@@ -40,41 +41,6 @@ pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     same_bytes(given.as_bytes(), token.as_bytes())
 }
 
-/// Whether `a` equals `b`, in a time that depends only on their lengths.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// What a signed `/files` URL allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    /// `GET /files`.
-    Read,
-    /// `POST /files`.
-    Write,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Read => "read",
-            Operation::Write => "write",
-        }
-    }
-}
-
-/// The query parameters of a `/files` URL that its signature covers.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SignedUrl<'a> {
-    /// The `path` parameter as sent, "" when absent.
-    pub(crate) path: &'a str,
-    /// The `username` parameter, "" when absent (the default user).
-    pub(crate) user: &'a str,
-    pub(crate) signature: Option<&'a str>,
-    /// Unix seconds after which the signature is refused.
-    pub(crate) expiration: Option<i64>,
-}
-
 /// Why a `/files` request without the access token is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum SignedUrlError {
@@ -90,18 +56,6 @@ pub(crate) enum SignedUrlError {
     Invalid,
     #[error("The signature expired at unix time {0}: sign a new URL")]
     Expired(i64),
-}
-
-/// The signature the e2b SDKs put on a `/files` URL: `v1_` and the
-/// unpadded standard base64 of SHA-256 over
-/// `path:operation:user:token[:expiration]`.
-pub(crate) fn file_signature(url: &SignedUrl<'_>, operation: Operation, token: &str) -> String {
-    let mut signed = format!("{}:{}:{}:{token}", url.path, operation.as_str(), url.user);
-    if let Some(expiration) = url.expiration {
-        signed.push_str(&format!(":{expiration}"));
-    }
-    let digest = Sha256::digest(signed.as_bytes());
-    format!("v1_{}", base64_encode(&digest).trim_end_matches('='))
 }
 
 /// Whether a `/files` request may go on once an access token is set: it
