@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
@@ -501,4 +502,143 @@ async fn download_and_upload_errors() {
     let wrong_type = send(&agent, "POST", &query(&secret), &text, b"x".to_vec()).await;
     assert_eq!(wrong_type.status, StatusCode::BAD_REQUEST);
     assert_eq!(fs::read_to_string(&secret).unwrap(), "s");
+}
+
+/// The `metadata` of an upload's answer.
+fn uploaded_metadata(reply: &Reply) -> serde_json::Value {
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    reply.json()[0]
+        .get("metadata")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn upload_metadata_is_kept_as_envd_keeps_it() {
+    let agent = Agent::start();
+    let dir = open_tempdir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let file = dir.path().join("meta.txt");
+    let octets = ("content-type", "application/octet-stream");
+    let tagged = [
+        octets,
+        ("x-metadata-Author", "Ann"),
+        ("X-Metadata-purpose", "a test"),
+    ];
+    let up = send(&agent, "POST", &query(&file), &tagged, b"one".to_vec()).await;
+    let both = map(&[("author", "Ann"), ("purpose", "a test")]);
+    assert_eq!(
+        uploaded_metadata(&up),
+        serde_json::json!({ "author": "Ann", "purpose": "a test" })
+    );
+    // envd's names: `user.e2b.` and the lowercase key.
+    assert_eq!(
+        xattr::get(&file, "user.e2b.author").unwrap().as_deref(),
+        Some(&b"Ann"[..])
+    );
+    assert_eq!(stat(&agent, &p(&file), None).await.unwrap().metadata, both);
+    let listed = list(&agent, &p(dir.path()), 1).await.unwrap();
+    assert_eq!(listed[0].metadata, both);
+
+    // A rename keeps it; JSON shows it too.
+    let moved = dir.path().join("moved.txt");
+    let entry = move_entry(&agent, &p(&file), &p(&moved)).await.unwrap();
+    assert_eq!(entry.metadata, both);
+    let body = format!(r#"{{"path":"{}"}}"#, p(&moved)).into_bytes();
+    let json = [("content-type", CONTENT_TYPE_JSON)];
+    let reply = send(&agent, "POST", "/filesystem.Filesystem/Stat", &json, body).await;
+    assert_eq!(
+        reply.json()["entry"]["metadata"],
+        serde_json::json!({ "author": "Ann", "purpose": "a test" })
+    );
+
+    // An upload replaces the whole set; one without metadata clears it.
+    let other = [octets, ("x-metadata-author", "Bob")];
+    let up = send(&agent, "POST", &query(&moved), &other, b"two".to_vec()).await;
+    assert_eq!(
+        uploaded_metadata(&up),
+        serde_json::json!({ "author": "Bob" })
+    );
+    let entry = stat(&agent, &p(&moved), None).await.unwrap();
+    assert_eq!(entry.metadata, map(&[("author", "Bob")]));
+    let up = send(&agent, "POST", &query(&moved), &[octets], b"three".to_vec()).await;
+    assert_eq!(uploaded_metadata(&up), serde_json::Value::Null);
+    assert!(
+        stat(&agent, &p(&moved), None)
+            .await
+            .unwrap()
+            .metadata
+            .is_empty()
+    );
+    assert_eq!(fs::read_to_string(&moved).unwrap(), "three");
+
+    // As another user, on a file they create.
+    let theirs = dir.path().join("theirs.txt");
+    let url = format!("{}&username=nobody", query(&theirs));
+    let up = send(&agent, "POST", &url, &tagged, b"x".to_vec()).await;
+    assert_eq!(
+        uploaded_metadata(&up),
+        serde_json::json!({ "author": "Ann", "purpose": "a test" })
+    );
+    assert_eq!(fs::metadata(&theirs).unwrap().uid(), 65534);
+
+    // Refused before anything is written: not printable ASCII, too much.
+    let fresh = dir.path().join("fresh.txt");
+    let accented = [octets, ("x-metadata-k", "café")];
+    let reply = send(&agent, "POST", &query(&fresh), &accented, b"x".to_vec()).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("printable US-ASCII"),
+        "{:?}",
+        reply.body
+    );
+    let big = "v".repeat(4096);
+    let large = [octets, ("x-metadata-k", big.as_str())];
+    let reply = send(&agent, "POST", &query(&fresh), &large, b"x".to_vec()).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(!fresh.exists());
+}
+
+#[tokio::test]
+async fn multipart_upload_gives_each_file_the_metadata() {
+    let agent = Agent::start();
+    let dir = open_tempdir();
+    let boundary = "meta-boundary";
+    let mut body = Vec::new();
+    for name in ["a.txt", "b.txt"] {
+        let path = p(&dir.path().join(name));
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path}\"\r\n\r\n{name}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let headers = [
+        ("content-type", content_type.as_str()),
+        ("x-metadata-batch", "7"),
+    ];
+    let reply = send(&agent, "POST", "/files", &headers, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    for entry in reply.json().as_array().unwrap() {
+        assert_eq!(entry["metadata"], serde_json::json!({ "batch": "7" }));
+    }
+    for name in ["a.txt", "b.txt"] {
+        let entry = stat(&agent, &p(&dir.path().join(name)), None)
+            .await
+            .unwrap();
+        assert_eq!(entry.metadata, map(&[("batch", "7")]));
+    }
 }

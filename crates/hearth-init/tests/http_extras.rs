@@ -1,6 +1,6 @@
-//! gzip and signed URLs on `/files`, `GET /envs` and `GET /metrics`, over
-//! real HTTP against
-//! the agent in agent-only mode.
+//! gzip and signed URLs on `/files`, `POST /init`'s version header,
+//! `GET /envs` and `GET /metrics`, over real HTTP against the agent in
+//! agent-only mode.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+use hearth_proto::agent::ENVD_VERSION;
 use hearth_proto::connect::base64_encode;
 use hyper::StatusCode;
 use serde_json::Value;
@@ -156,7 +157,7 @@ async fn envs_are_the_init_defaults() {
         serde_json::json!({})
     );
     let init = serde_json::json!({ "envVars": { "A": "1", "B": "two words" } });
-    let (status, _, _) = send(
+    let (status, headers, _) = send(
         &agent,
         "POST",
         "/init",
@@ -165,6 +166,7 @@ async fn envs_are_the_init_defaults() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(headers["x-envd-version"], ENVD_VERSION);
     let (status, headers, body) = send(&agent, "GET", "/envs", &[], vec![]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "application/json");
@@ -172,6 +174,16 @@ async fn envs_are_the_init_defaults() {
         serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
         serde_json::json!({ "A": "1", "B": "two words" })
     );
+}
+
+#[tokio::test]
+async fn init_names_the_envd_version_even_for_a_bad_body() {
+    let agent = Agent::start();
+    let json = [("content-type", "application/json")];
+    let (status, headers, _) = send(&agent, "POST", "/init", &json, b"{".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["x-envd-version"], "0.6.4");
+    assert_eq!(ENVD_VERSION, "0.6.4");
 }
 
 #[tokio::test]
@@ -190,6 +202,7 @@ async fn metrics_are_sane() {
             int("mem_total") > int("mem_used") && int("mem_used") > 0,
             "{m}"
         );
+        assert!(int("mem_cache") < int("mem_total"), "{m}");
         assert!(
             int("disk_total") > int("disk_used") && int("disk_used") > 0,
             "{m}"

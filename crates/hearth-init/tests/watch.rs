@@ -54,10 +54,15 @@ struct Watch {
 
 impl Watch {
     async fn open(agent: &Agent, path: &Path, recursive: bool) -> Watch {
+        Watch::open_with(agent, path, recursive, false).await
+    }
+
+    async fn open_with(agent: &Agent, path: &Path, recursive: bool, network: bool) -> Watch {
         let request = WatchDirRequest {
             path: path.to_str().unwrap().into(),
             recursive,
             include_entry: false,
+            allow_network_mounts: network,
         };
         let body = envelope(0, &request.encode_to_vec()).to_vec();
         let response = post(
@@ -224,8 +229,7 @@ async fn polled_watcher_returns_events_once() {
     let dir = tempfile::tempdir().unwrap();
     let req = CreateWatcherRequest {
         path: dir.path().to_str().unwrap().into(),
-        recursive: false,
-        include_entry: false,
+        ..Default::default()
     };
     let created: CreateWatcherResponse = call(&agent, "CreateWatcher", &req).await.unwrap();
     let id = created.watcher_id;
@@ -252,4 +256,109 @@ async fn polled_watcher_returns_events_once() {
         .await
         .unwrap_err();
     assert_eq!(err.code, Code::NotFound);
+}
+
+/// Uploads `body` to `path` through `/files`, with `headers` added.
+async fn upload(agent: &Agent, path: &Path, headers: &[(&str, &str)], body: &[u8]) {
+    let url = format!("/files?path={}", path.to_str().unwrap());
+    let mut all = vec![("content-type", "application/octet-stream")];
+    all.extend_from_slice(headers);
+    let (status, _, _) = support::send(agent, "POST", &url, &all, body.to_vec()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// What the SDK's `files.write` shows a watch, as under envd: the file is
+/// created, given to the user (chmod), written, and its metadata set
+/// (chmod again); an overwrite gives it to the user before truncating it.
+#[tokio::test]
+async fn an_upload_shows_as_under_envd() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = Watch::started(&agent, dir.path(), false).await;
+    let f = dir.path().join("f");
+    let end = dir.path().join("end");
+    upload(&agent, &f, &[], b"x").await;
+    upload(&agent, &f, &[], b"overwritten").await;
+    upload(
+        &agent,
+        &dir.path().join("g"),
+        &[("x-metadata-k", "v")],
+        b"y",
+    )
+    .await;
+    fs::write(&end, "").unwrap();
+    let events = watch.until(("end", EventType::Create)).await;
+    use EventType::*;
+    assert_eq!(
+        events,
+        owned(&[
+            ("f", Create),
+            ("f", Chmod),
+            ("f", Write),
+            ("f", Chmod),
+            ("f", Write),
+            ("g", Create),
+            ("g", Chmod),
+            ("g", Write),
+            ("g", Chmod),
+            ("end", Create),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn events_carry_the_entry_when_asked() {
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let request = CreateWatcherRequest {
+        path: dir.path().to_str().unwrap().into(),
+        include_entry: true,
+        ..Default::default()
+    };
+    let created: CreateWatcherResponse = call(&agent, "CreateWatcher", &request).await.unwrap();
+    let f = dir.path().join("f");
+    upload(&agent, &f, &[("x-metadata-k", "v")], b"hello").await;
+    fs::remove_file(&f).unwrap();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let req = GetWatcherEventsRequest {
+            watcher_id: created.watcher_id.clone(),
+        };
+        let resp: GetWatcherEventsResponse = call(&agent, "GetWatcherEvents", &req).await.unwrap();
+        events.extend(resp.events);
+        if events.iter().any(|e| e.r#type() == EventType::Remove) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stat-ed when read, so after the remove each may find nothing; a
+    // remove never carries one.
+    for e in &events {
+        if let Some(entry) = &e.entry {
+            assert_ne!(e.r#type(), EventType::Remove);
+            assert_eq!(
+                (entry.name.as_str(), entry.path.as_str()),
+                ("f", f.to_str().unwrap())
+            );
+        }
+    }
+    assert_eq!(events.last().map(|e| e.r#type()), Some(EventType::Remove));
+}
+
+#[tokio::test]
+async fn a_local_directory_is_watched_whether_network_mounts_are_allowed_or_not() {
+    // (Which file systems count as network ones is a unit test of watch.rs.)
+    let agent = Agent::start();
+    let dir = tempfile::tempdir().unwrap();
+    for allow_network_mounts in [false, true] {
+        let req = CreateWatcherRequest {
+            path: dir.path().to_str().unwrap().into(),
+            allow_network_mounts,
+            ..Default::default()
+        };
+        let made: CreateWatcherResponse = call(&agent, "CreateWatcher", &req).await.unwrap();
+        assert!(made.watcher_id.starts_with('w'), "{}", made.watcher_id);
+        let mut watch = Watch::open_with(&agent, dir.path(), false, allow_network_mounts).await;
+        assert!(matches!(watch.next().await, Ok(Event::Start(_))));
+    }
 }

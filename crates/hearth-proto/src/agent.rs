@@ -7,6 +7,16 @@ use serde::{Deserialize, Serialize};
 /// TCP port the in-guest agent listens on (the same as envd's).
 pub const AGENT_PORT: u16 = 49983;
 
+/// The envd version the agent implements. The host reports it to the e2b
+/// SDKs as a sandbox's `envdVersion`, and they turn features on by it
+/// (file metadata from 0.6.2, entries in watch events from 0.6.3, watches
+/// on network mounts from 0.6.4); the agent sends it in
+/// [`ENVD_VERSION_HEADER`] on every `/init` answer, as envd does.
+pub const ENVD_VERSION: &str = "0.6.4";
+
+/// Header of every `POST /init` answer naming the agent's envd version.
+pub const ENVD_VERSION_HEADER: &str = "X-Envd-Version";
+
 /// Body of `POST /init`: sent by the host after boot or restore to hand the
 /// agent its environment, credentials and the current time. Every field is
 /// optional; an absent field leaves the agent's current setting alone.

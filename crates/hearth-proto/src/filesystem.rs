@@ -2,6 +2,8 @@
 //! written by hand in the shape prost-build would generate, with the upstream
 //! field names and numbers.
 
+use std::collections::HashMap;
+
 /// Fully qualified service name, the first path segment of its RPCs.
 pub const SERVICE: &str = "filesystem.Filesystem";
 
@@ -109,6 +111,10 @@ pub struct EntryInfo {
     /// Where a symlink points, resolved to an absolute path.
     #[prost(string, optional, tag = "10")]
     pub symlink_target: Option<String>,
+    /// User-defined metadata: the file's `user.e2b.*` extended attributes,
+    /// keyed without that prefix.
+    #[prost(map = "string, string", tag = "11")]
+    pub metadata: HashMap<String, String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -181,6 +187,10 @@ pub struct WatchDirRequest {
     pub recursive: bool,
     #[prost(bool, tag = "3")]
     pub include_entry: bool,
+    /// Watch even a directory on a network file system (NFS, CIFS, SMB,
+    /// FUSE), which is refused otherwise.
+    #[prost(bool, tag = "4")]
+    pub allow_network_mounts: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -229,6 +239,10 @@ pub struct CreateWatcherRequest {
     pub recursive: bool,
     #[prost(bool, tag = "3")]
     pub include_entry: bool,
+    /// Watch even a directory on a network file system (NFS, CIFS, SMB,
+    /// FUSE), which is refused otherwise.
+    #[prost(bool, tag = "4")]
+    pub allow_network_mounts: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -345,7 +359,8 @@ watcher_json!(
     RemoveWatcherRequest
 );
 
-/// Messages with `path`, `recursive` and `include_entry`.
+/// Messages with `path`, `recursive`, `include_entry` and
+/// `allow_network_mounts`.
 macro_rules! watch_json {
     ($($ty:ty),* $(,)?) => {$(
         impl JsonMessage for $ty {
@@ -354,6 +369,7 @@ macro_rules! watch_json {
                     .string("path", &self.path)
                     .bool("recursive", self.recursive)
                     .bool("includeEntry", self.include_entry)
+                    .bool("allowNetworkMounts", self.allow_network_mounts)
             }
             fn from_json(value: &Value) -> Result<Self, JsonError> {
                 let f = JsonFields::new(value, stringify!($ty))?;
@@ -361,6 +377,9 @@ macro_rules! watch_json {
                     path: f.string("path", "path")?.unwrap_or_default(),
                     recursive: f.bool("recursive", "recursive")?.unwrap_or_default(),
                     include_entry: f.bool("includeEntry", "include_entry")?.unwrap_or_default(),
+                    allow_network_mounts: f
+                        .bool("allowNetworkMounts", "allow_network_mounts")?
+                        .unwrap_or_default(),
                 })
             }
         }
@@ -417,6 +436,7 @@ impl JsonMessage for EntryInfo {
             o = o.put("modifiedTime", Value::from(t.to_rfc3339()));
         }
         o.opt_string("symlinkTarget", self.symlink_target.as_deref())
+            .string_map("metadata", self.metadata.iter())
     }
     fn from_json(value: &Value) -> Result<Self, JsonError> {
         let f = JsonFields::new(value, "EntryInfo")?;
@@ -438,6 +458,7 @@ impl JsonMessage for EntryInfo {
                 .map(Timestamp::from_json)
                 .transpose()?,
             symlink_target: f.string("symlinkTarget", "symlink_target")?,
+            metadata: f.string_map("metadata", "metadata")?,
         })
     }
 }
@@ -572,6 +593,7 @@ mod tests {
                     nanos: 2,
                 }),
                 symlink_target: Some(String::new()),
+                metadata: HashMap::from([("k".into(), "v".into())]),
             }),
         };
         let entry = [
@@ -585,6 +607,7 @@ mod tests {
             0x42, 1, b'g', // group (8, LEN)
             0x4a, 4, 0x08, 1, 0x10, 2, // modified_time (9, LEN) {seconds 1, nanos 2}
             0x52, 0, // symlink_target (10, LEN): present although empty
+            0x5a, 6, 0x0a, 1, b'k', 0x12, 1, b'v', // metadata (11, LEN) {key "k", value "v"}
         ];
         let mut expected = vec![0x0a, u8::try_from(entry.len()).unwrap()];
         expected.extend_from_slice(&entry);
@@ -603,6 +626,7 @@ mod tests {
                 nanos: 120_000_000,
             }),
             symlink_target: Some("/t".into()),
+            metadata: HashMap::from([("origin".into(), "sdk".into())]),
             ..EntryInfo::default()
         };
         let json: Value = serde_json::from_slice(&entry.encode_json()).unwrap();
@@ -614,6 +638,7 @@ mod tests {
                 "size": "5",
                 "modifiedTime": "2023-11-14T22:13:20.120Z",
                 "symlinkTarget": "/t",
+                "metadata": { "origin": "sdk" },
             })
         );
         assert_eq!(EntryInfo::decode_json(&entry.encode_json()).unwrap(), entry);
@@ -624,6 +649,16 @@ mod tests {
         );
         let list = ListDirRequest::decode_json(br#"{"path":"/","depth":3}"#).unwrap();
         assert_eq!(list.depth, 3);
+        let watch = CreateWatcherRequest::decode_json(
+            br#"{"path":"/w","includeEntry":true,"allowNetworkMounts":true}"#,
+        )
+        .unwrap();
+        assert!(watch.include_entry && watch.allow_network_mounts && !watch.recursive);
+        let back: Value = serde_json::from_slice(&watch.encode_json()).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({ "path": "/w", "includeEntry": true, "allowNetworkMounts": true })
+        );
     }
 
     #[test]

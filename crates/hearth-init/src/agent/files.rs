@@ -6,12 +6,17 @@
 //! `Content-Encoding: gzip`, and a download is gzip-compressed when the
 //! client accepts it; both are (de)compressed as the bytes flow. Once an
 //! access token is set, a signed URL may stand in for it (see `auth.rs`).
+//!
+//! An upload goes as envd's: the file is given to the user (`chown`) before
+//! an existing one is truncated, or right after a new one is created, then
+//! written, then its metadata set (see `metadata.rs`). A directory watch
+//! thus sees a new file's create, chmod and write, as it would under envd.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{OpenOptionsExt, fchown};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::Agent;
 use super::auth::{self, Operation, SignedUrl};
 use super::filesystem::{Caller, FsError, make_dirs};
+use super::metadata::{self, Metadata};
 
 /// Bytes read from a file per body chunk.
 const CHUNK: usize = 64 * 1024;
@@ -283,15 +289,19 @@ where
     })
 }
 
+/// envd's `EntryInfo` of an uploaded file.
 #[derive(Debug, serde::Serialize)]
 struct Uploaded {
     path: String,
     name: String,
     r#type: &'static str,
+    /// What the file kept of the upload's metadata, read back from it.
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    metadata: HashMap<String, String>,
 }
 
 impl Uploaded {
-    fn new(path: &Path) -> Uploaded {
+    fn new(path: &Path, metadata: HashMap<String, String>) -> Uploaded {
         Uploaded {
             path: path.to_string_lossy().into_owned(),
             name: path
@@ -299,6 +309,7 @@ impl Uploaded {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             r#type: "file",
+            metadata,
         }
     }
 }
@@ -311,6 +322,8 @@ async fn upload(
     let (parts, body) = request.into_parts();
     authorize(&agent, &parts.headers, &params, Operation::Write)?;
     let caller = caller(&agent, &parts.headers, &params)?;
+    let metadata = metadata::from_headers(&parts.headers)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let body: BoxStream<'static, io::Result<Bytes>> = match parts
         .headers
         .get(header::CONTENT_ENCODING)
@@ -357,8 +370,8 @@ async fn upload(
             )
         })?;
         let path = caller.resolve(path)?;
-        write_file(&caller, &path, body).await?;
-        uploaded.push(Uploaded::new(&path));
+        let kept = write_file(&caller, &path, body, &metadata).await?;
+        uploaded.push(Uploaded::new(&path, kept));
     } else if media.starts_with("multipart/") {
         let bad = |e: multer::Error| {
             HttpError::new(
@@ -393,8 +406,9 @@ async fn upload(
                     ),
                 ));
             }
-            write_file(&caller, &path, field).await?;
-            uploaded.push(Uploaded::new(&path));
+            // Every file of a form gets the same metadata, as under envd.
+            let kept = write_file(&caller, &path, field, &metadata).await?;
+            uploaded.push(Uploaded::new(&path, kept));
         }
     } else {
         return Err(HttpError::new(
@@ -409,14 +423,22 @@ async fn upload(
 }
 
 /// Opens `path` for writing as the caller (creating missing parent
-/// directories), then copies `chunks` into it as they arrive.
-async fn write_file<S, E>(caller: &Caller, path: &Path, chunks: S) -> Result<(), HttpError>
+/// directories), copies `chunks` into it as they arrive, then makes
+/// `metadata` its whole metadata. Answers the metadata the file kept: none
+/// where its file system has no extended attributes.
+async fn write_file<S, E>(
+    caller: &Caller,
+    path: &Path,
+    chunks: S,
+    metadata: &Metadata,
+) -> Result<HashMap<String, String>, HttpError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
 {
     let target = path.to_owned();
-    let file = caller.run(move || open_for_write(&target)).await?;
+    let owner = (caller.user.uid, caller.user.gid);
+    let file = caller.run(move || open_for_write(&target, owner)).await?;
     let mut file = tokio::fs::File::from_std(file);
     let mut chunks = std::pin::pin!(chunks);
     let write_error = |e: io::Error| HttpError::from(FsError::io("Cannot write", path)(e));
@@ -429,15 +451,47 @@ where
         })?;
         file.write_all(&chunk).await.map_err(write_error)?;
     }
-    file.flush().await.map_err(write_error)
+    file.flush().await.map_err(write_error)?;
+    let file = file.into_std().await;
+    let (target, metadata) = (path.to_owned(), metadata.clone());
+    let kept = caller
+        .run(move || {
+            set_metadata(&file, &target, &metadata)?;
+            Ok(metadata::read_open(&file))
+        })
+        .await?;
+    Ok(kept)
 }
 
-fn open_for_write(path: &PathBuf) -> Result<File, FsError> {
+/// Opens `path` for writing, truncated, and gives it to `owner` as envd
+/// does: a new file right after it is created, an existing one before it
+/// is truncated. The caller may only take what they own already, so
+/// another's file they may write keeps its owner.
+fn open_for_write(path: &Path, (uid, gid): (u32, u32)) -> Result<File, FsError> {
     if let Some(parent) = path.parent() {
         make_dirs(parent)?;
     }
     if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Err(FsError::IsDirectory(path.clone()));
+        return Err(FsError::IsDirectory(path.to_owned()));
+    }
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(path);
+    match created {
+        Ok(file) => {
+            fchown(&file, Some(uid), Some(gid)).map_err(FsError::io("Cannot chown", path))?;
+            return Ok(file);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(FsError::io("Cannot create", path)(e)),
+    }
+    match std::os::unix::fs::chown(path, Some(uid), Some(gid)) {
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOENT)) => {
+            return Err(FsError::io("Cannot chown", path)(e));
+        }
+        _ => {}
     }
     OpenOptions::new()
         .write(true)
@@ -446,4 +500,21 @@ fn open_for_write(path: &PathBuf) -> Result<File, FsError> {
         .mode(0o666)
         .open(path)
         .map_err(FsError::io("Cannot create", path))
+}
+
+/// Makes `metadata` the whole metadata of the uploaded `file`. On a file
+/// system without extended attributes (e.g. `/proc`) the contents stay
+/// written and the metadata is dropped, as envd drops it; the answer, read
+/// back from the file, then shows none.
+fn set_metadata(file: &File, path: &Path, metadata: &Metadata) -> Result<(), FsError> {
+    match metadata::replace(file, metadata) {
+        Err(e) if metadata::unsupported(&e) => {
+            tracing::warn!(
+                "'{}' keeps no extended attributes; its metadata is dropped",
+                path.display()
+            );
+            Ok(())
+        }
+        result => result.map_err(FsError::io("Cannot set the metadata of", path)),
+    }
 }

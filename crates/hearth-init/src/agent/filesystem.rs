@@ -59,6 +59,11 @@ pub(super) enum FsError {
     NotDirectory(PathBuf),
     #[error("'{}' is a directory", .0.display())]
     IsDirectory(PathBuf),
+    #[error(
+        "'{}' is on a network file system, where a watch may miss events; allow network mounts to watch it anyway",
+        .0.display()
+    )]
+    NetworkMount(PathBuf),
     #[error("Directory '{}' already exists", .0.display())]
     DirectoryExists(PathBuf),
     #[error("'{}' already exists and is not a directory", .0.display())]
@@ -84,7 +89,7 @@ impl FsError {
             FsError::Tilde(_) | FsError::NotDirectory(_) | FsError::IsDirectory(_) => {
                 Code::InvalidArgument
             }
-            FsError::ExistsNotDirectory(_) => Code::InvalidArgument,
+            FsError::ExistsNotDirectory(_) | FsError::NetworkMount(_) => Code::InvalidArgument,
             FsError::DirectoryExists(_) => Code::AlreadyExists,
             FsError::Io { source, .. } => io_code(source),
             FsError::User(PasswdError::Read { .. }) | FsError::Identity(_) | FsError::Task(_) => {
@@ -359,8 +364,8 @@ fn mode_string(mode: u32) -> String {
 }
 
 /// Describes the entry at `real`, reported as `shown`. A symlink is not
-/// followed for size, owner and time, but its type and mode are the
-/// target's, and `symlink_target` is the resolved target.
+/// followed for size, owner and time, but its type, mode and metadata are
+/// the target's, and `symlink_target` is the resolved target.
 pub(super) fn entry_info(real: &Path, shown: &Path, names: &Names) -> io::Result<EntryInfo> {
     let meta = fs::symlink_metadata(real)?;
     let (kind, mode, symlink_target) = if meta.file_type().is_symlink() {
@@ -389,6 +394,7 @@ pub(super) fn entry_info(real: &Path, shown: &Path, names: &Names) -> io::Result
             nanos: i32::try_from(meta.mtime_nsec()).unwrap_or(0),
         }),
         symlink_target,
+        metadata: super::metadata::read(real),
     })
 }
 

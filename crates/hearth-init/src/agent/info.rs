@@ -38,6 +38,8 @@ struct Metrics {
     cpu_used_pct: f64,
     mem_total: u64,
     mem_used: u64,
+    /// Page cache (`Cached` and `SReclaimable`), since envd 0.5.9.
+    mem_cache: u64,
     disk_used: u64,
     disk_total: u64,
 }
@@ -103,9 +105,18 @@ fn parse_stat(text: &str) -> Option<(CpuTimes, u32)> {
     times.map(|t| (t, count))
 }
 
-/// Total and used memory in bytes from `/proc/meminfo`; used as gopsutil
-/// (and so envd) counts it: total less free, buffers and page cache.
-fn parse_meminfo(text: &str) -> Result<(u64, u64), MetricsError> {
+/// Memory in bytes from `/proc/meminfo`, as gopsutil (and so envd) counts
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Memory {
+    total: u64,
+    /// Total less free, buffers and page cache.
+    used: u64,
+    /// Page cache, reclaimable slabs included.
+    cache: u64,
+}
+
+fn parse_meminfo(text: &str) -> Result<Memory, MetricsError> {
     let field = |name: &'static str| {
         text.lines()
             .find_map(|line| {
@@ -120,7 +131,11 @@ fn parse_meminfo(text: &str) -> Result<(u64, u64), MetricsError> {
     let buffers = field("Buffers").unwrap_or(0);
     let cached = field("Cached").unwrap_or(0) + field("SReclaimable").unwrap_or(0);
     let used = total.saturating_sub(free + buffers + cached);
-    Ok((total, used))
+    Ok(Memory {
+        total,
+        used,
+        cache: cached,
+    })
 }
 
 fn read_metrics(cpu: &CpuSampler) -> Result<Metrics, MetricsError> {
@@ -129,7 +144,7 @@ fn read_metrics(cpu: &CpuSampler) -> Result<Metrics, MetricsError> {
     let (times, cpu_count) = parse_stat(&stat).ok_or(MetricsError::Missing("/proc/stat", "cpu"))?;
     let meminfo = std::fs::read_to_string("/proc/meminfo")
         .map_err(|e| MetricsError::Read("/proc/meminfo", e))?;
-    let (mem_total, mem_used) = parse_meminfo(&meminfo)?;
+    let memory = parse_meminfo(&meminfo)?;
     let fs = nix::sys::statvfs::statvfs("/").map_err(MetricsError::Statvfs)?;
     let block = fs.fragment_size();
     let disk_total = fs.blocks() * block;
@@ -141,8 +156,9 @@ fn read_metrics(cpu: &CpuSampler) -> Result<Metrics, MetricsError> {
         ts,
         cpu_count,
         cpu_used_pct: cpu.used_pct(times),
-        mem_total,
-        mem_used,
+        mem_total: memory.total,
+        mem_used: memory.used,
+        mem_cache: memory.cache,
         disk_used,
         disk_total,
     })
@@ -215,7 +231,14 @@ mod tests {
     #[test]
     fn parses_meminfo() {
         let text = "MemTotal: 1000 kB\nMemFree: 400 kB\nMemAvailable: 700 kB\nBuffers: 100 kB\nCached: 150 kB\nSwapCached: 9 kB\nSReclaimable: 50 kB\n";
-        assert_eq!(parse_meminfo(text).unwrap(), (1_024_000, 307_200));
+        assert_eq!(
+            parse_meminfo(text).unwrap(),
+            Memory {
+                total: 1_024_000,
+                used: 307_200,
+                cache: 204_800
+            }
+        );
         assert!(parse_meminfo("MemFree: 1 kB\n").is_err());
     }
 }

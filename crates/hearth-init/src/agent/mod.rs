@@ -7,6 +7,7 @@ mod connect;
 mod files;
 mod filesystem;
 mod info;
+mod metadata;
 mod process;
 mod spawn;
 mod watch;
@@ -19,11 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hearth_proto::agent::InitRequest;
+use hearth_proto::agent::{ENVD_VERSION, ENVD_VERSION_HEADER, InitRequest};
 use hearth_proto::connect::{CONTENT_TYPE_JSON, Code, ConnectError};
 use tokio::net::TcpListener;
 
@@ -146,8 +147,19 @@ enum InitError {
     Reseed(#[source] io::Error),
 }
 
+/// Applies `/init`. Its answer, success or not, names the agent's envd
+/// version, as envd's does, so the host can read what runs in the guest.
+/// (A request without the access token is refused before it gets here.)
 async fn init(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
-    match apply_init(&agent, &body) {
+    let mut response = init_response(&agent, &body);
+    response
+        .headers_mut()
+        .insert(ENVD_VERSION_HEADER, HeaderValue::from_static(ENVD_VERSION));
+    response
+}
+
+fn init_response(agent: &Agent, body: &[u8]) -> Response {
+    match apply_init(agent, body) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => {
             let message = crate::error_chain(&e);

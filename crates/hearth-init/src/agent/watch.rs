@@ -5,9 +5,12 @@
 //! One inotify instance per watch, non-blocking and driven by tokio. The
 //! watched directory is checked and watched with the caller's permissions;
 //! with `recursive`, subdirectories are watched too, including those created
-//! or moved in later. Events are reported as envd reports fsnotify's: the
-//! name relative to the watched directory, one event per kind, a rename as
-//! `RENAME` of the old name then `CREATE` of the new one.
+//! or moved in later. A directory on a network file system is refused unless
+//! the request allows network mounts, as envd refuses it. Events are
+//! reported as envd reports fsnotify's: the name relative to the watched
+//! directory, one event per kind, a rename as `RENAME` of the old name then
+//! `CREATE` of the new one. (A file the SDK writes thus shows as `CREATE`,
+//! `CHMOD`, `WRITE`: see `files.rs`.)
 
 use std::collections::HashMap;
 use std::fs;
@@ -31,6 +34,7 @@ use hearth_proto::filesystem::{
     WatchDirRequest, WatchDirResponse,
 };
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
+use nix::sys::statfs::statfs;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -54,6 +58,15 @@ const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
     .union(AddWatchFlags::IN_MODIFY)
     .union(AddWatchFlags::IN_ATTRIB)
     .union(AddWatchFlags::IN_ONLYDIR);
+
+/// `statfs` types of the network file systems a watch refuses unless asked
+/// to, as envd: NFS, CIFS, SMB, SMB2, FUSE.
+const NETWORK_FS: [i128; 5] = [0x6969, 0xFF53_4D42, 0x517B, 0xFE53_4D42, 0x6573_5546];
+
+/// Whether `statfs` type `kind` is a network file system's.
+fn is_network_fs(kind: i128) -> bool {
+    NETWORK_FS.contains(&kind)
+}
 
 /// inotify bits and the event each becomes, in the order envd checks them.
 const KINDS: [(AddWatchFlags, EventType); 5] = [
@@ -124,15 +137,24 @@ struct Tree {
     dirs: HashMap<WatchDescriptor, PathBuf>,
 }
 
-/// Checks that `root` is a directory and watches it (and with `recursive`
-/// its subdirectories).
+/// Checks that `root` is a directory (on a local file system unless
+/// `network` allows otherwise) and watches it (and with `recursive` its
+/// subdirectories).
 fn open(
     root: &Path,
     recursive: bool,
+    network: bool,
 ) -> Result<(Inotify, HashMap<WatchDescriptor, PathBuf>), FsError> {
     let meta = fs::metadata(root).map_err(FsError::io("Cannot watch", root))?;
     if !meta.is_dir() {
         return Err(FsError::NotDirectory(root.to_owned()));
+    }
+    if !network {
+        let fs = statfs(root)
+            .map_err(|e| FsError::io("Cannot find the file system of", root)(e.into()))?;
+        if is_network_fs(i128::from(fs.filesystem_type().0)) {
+            return Err(FsError::NetworkMount(root.to_owned()));
+        }
     }
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| FsError::io("Cannot watch", root)(e.into()))?;
@@ -286,20 +308,54 @@ impl Tree {
     }
 }
 
-/// Resolves the caller and watches `path` for them.
+/// What a watch request asks for.
+struct WatchSpec<'a> {
+    path: &'a str,
+    recursive: bool,
+    include_entry: bool,
+    allow_network_mounts: bool,
+}
+
+impl<'a> From<&'a WatchDirRequest> for WatchSpec<'a> {
+    fn from(r: &'a WatchDirRequest) -> Self {
+        WatchSpec {
+            path: &r.path,
+            recursive: r.recursive,
+            include_entry: r.include_entry,
+            allow_network_mounts: r.allow_network_mounts,
+        }
+    }
+}
+
+impl<'a> From<&'a CreateWatcherRequest> for WatchSpec<'a> {
+    fn from(r: &'a CreateWatcherRequest) -> Self {
+        WatchSpec {
+            path: &r.path,
+            recursive: r.recursive,
+            include_entry: r.include_entry,
+            allow_network_mounts: r.allow_network_mounts,
+        }
+    }
+}
+
+/// Resolves the caller and watches what `request` names for them.
 async fn open_tree(
     agent: &Agent,
     headers: &HeaderMap,
-    path: &str,
-    recursive: bool,
-    include_entry: bool,
+    request: WatchSpec<'_>,
 ) -> Result<Tree, ConnectError> {
+    let WatchSpec {
+        path,
+        recursive,
+        include_entry,
+        allow_network_mounts,
+    } = request;
     let user = super::request_user(headers, &agent.settings())?;
     let caller = Caller::new(agent, &user).map_err(|e| e.to_connect())?;
     let root = caller.resolve(path).map_err(|e| e.to_connect())?;
     let target = root.clone();
     let (inotify, dirs) = caller
-        .run(move || open(&target, recursive))
+        .run(move || open(&target, recursive, allow_network_mounts))
         .await
         .map_err(|e| e.to_connect())?;
     // SAFETY: `Fd` owns the inotify descriptor, which stays open until the
@@ -330,14 +386,7 @@ async fn watch_dir(State(agent): State<Arc<Agent>>, headers: HeaderMap, body: By
         Ok(call) => call,
         Err(response) => return *response,
     };
-    let opened = open_tree(
-        &agent,
-        &headers,
-        &request.path,
-        request.recursive,
-        request.include_entry,
-    )
-    .await;
+    let opened = open_tree(&agent, &headers, WatchSpec::from(&request)).await;
     let tree = match opened {
         Ok(tree) => tree,
         Err(e) => {
@@ -408,14 +457,7 @@ async fn create_watcher(
     body: Bytes,
 ) -> Response {
     unary(&headers, &body, async |req: CreateWatcherRequest| {
-        let mut tree = open_tree(
-            &agent,
-            &headers,
-            &req.path,
-            req.recursive,
-            req.include_entry,
-        )
-        .await?;
+        let mut tree = open_tree(&agent, &headers, WatchSpec::from(&req)).await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let buffer = events.clone();
         let task = tokio::spawn(async move {
@@ -495,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn what_a_new_directory_holds_before_its_watch_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let (inotify, dirs) = open(dir.path(), true).unwrap();
+        let (inotify, dirs) = open(dir.path(), true, false).unwrap();
         // SAFETY: `Fd` owns the inotify descriptor, which stays open until
         // the `AsyncFd` drops it, and always reports that same descriptor.
         let inotify =
@@ -538,22 +580,37 @@ mod tests {
     }
 
     #[test]
+    fn network_file_systems_are_told_by_their_statfs_type() {
+        // NFS, CIFS, SMB, SMB2, FUSE, as in linux/magic.h.
+        for kind in [0x6969, 0xFF53_4D42, 0x517B, 0xFE53_4D42, 0x6573_5546] {
+            assert!(is_network_fs(kind), "{kind:#x}");
+        }
+        // ext4, tmpfs, overlayfs, btrfs, xfs.
+        for kind in [0xEF53, 0x0102_1994, 0x794C_7630, 0x9123_683E, 0x5846_5342] {
+            assert!(!is_network_fs(kind), "{kind:#x}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let kind = statfs(dir.path()).unwrap().filesystem_type().0;
+        assert!(!is_network_fs(i128::from(kind)));
+    }
+
+    #[test]
     fn watches_existing_subdirectories_when_recursive() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("a/b")).unwrap();
         fs::write(dir.path().join("f"), "").unwrap();
-        let (_, dirs) = open(dir.path(), true).unwrap();
+        let (_, dirs) = open(dir.path(), true, false).unwrap();
         let mut watched: Vec<_> = dirs.into_values().collect();
         watched.sort();
         assert_eq!(
             watched,
             [PathBuf::new(), PathBuf::from("a"), PathBuf::from("a/b")]
         );
-        let (_, dirs) = open(dir.path(), false).unwrap();
+        let (_, dirs) = open(dir.path(), false, false).unwrap();
         assert_eq!(dirs.len(), 1);
-        let err = open(&dir.path().join("f"), false).unwrap_err();
+        let err = open(&dir.path().join("f"), false, false).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        let err = open(&dir.path().join("missing"), false).unwrap_err();
+        let err = open(&dir.path().join("missing"), false, false).unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
 }

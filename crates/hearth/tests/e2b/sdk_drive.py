@@ -1,8 +1,9 @@
 """Drives one running sandbox with the stock e2b SDK, through the agent URL
 given as argv[1]; with an access token as argv[2], checks secure mode only
-(short: the stress checks run only in the open pass). Every check raises on
-failure; the Rust test that runs this script asserts on its exit status and on
-the last line, "all checks passed", and echoes the "figure name=value" lines."""
+(short: the stress checks run only in the open pass). The envd version the
+agent claims is in $HEARTH_ENVD_VERSION. Every check raises on failure; the
+Rust test that runs this script asserts on its exit status and on the last
+line, "all checks passed", and echoes the "figure name=value" lines."""
 
 import hashlib
 import os
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 
+import httpx
 from e2b import (
     AuthenticationException,
     CommandExitException,
@@ -19,6 +21,8 @@ from e2b import (
 )
 from e2b.sandbox.commands.command_handle import PtySize
 from packaging.version import Version
+
+ENVD_VERSION = Version(os.environ["HEARTH_ENVD_VERSION"])
 
 
 def check(name, cond, detail=""):
@@ -36,12 +40,12 @@ def connect(url, token=None):
     config = ConnectionConfig(
         sandbox_url=url, api_key="e2b_hearth_test", extra_sandbox_headers=headers
     )
-    # envd 0.5.7 turns on what the agent serves (stdin close, octet-stream
-    # uploads); later versions gate file metadata and watch features.
+    # The version the host reports turns on what the agent serves (stdin
+    # close, octet-stream uploads, file metadata, watch entries and options).
     return Sandbox(
         sandbox_id="hearth-test",
         sandbox_domain=None,
-        envd_version=Version("0.5.7"),
+        envd_version=ENVD_VERSION,
         envd_access_token=token,
         traffic_access_token=None,
         connection_config=config,
@@ -112,6 +116,73 @@ def files(sbx):
         raise AssertionError("reading a missing file did not raise")
     except NotFoundException:
         check("not found", True)
+
+
+def envd_features(sbx, url):
+    """What envd 0.6.2 to 0.6.4 added, as envd answers it: file metadata kept
+    as extended attributes, make_dir of an existing directory, the events a
+    written file makes (with entries, network mounts allowed), and the
+    version the agent names on /init."""
+    d = sbx.commands.run('mktemp -d -p "$HOME"').stdout.strip()
+    path = f"{d}/meta.txt"
+    tags = {"author": "ann", "purpose": "e2e test"}
+    w = sbx.files.write(path, "meta", metadata={"Author": "ann", "purpose": "e2e test"})
+    check("write with metadata (keys lowercased)", w.metadata == tags and w.path == path, repr(w))
+    check("get_info metadata", sbx.files.get_info(path).metadata == tags)
+    listed = {e.name: e.metadata for e in sbx.files.list(d)}
+    check("list metadata", listed == {"meta.txt": tags}, repr(listed))
+    moved = sbx.files.rename(path, f"{d}/moved.txt")
+    check("rename keeps metadata", moved.metadata == tags, repr(moved))
+    w = sbx.files.write(f"{d}/moved.txt", b"raw", metadata={"k": "v"}, use_octet_stream=True, gzip=True)
+    check("gzip upload replaces metadata", w.metadata == {"k": "v"}, repr(w))
+    w = sbx.files.write(f"{d}/moved.txt", "again")
+    info = sbx.files.get_info(f"{d}/moved.txt")
+    check("overwrite clears metadata", w.metadata is None and info.metadata is None, f"{w!r} {info!r}")
+    check("overwrite writes the new contents", sbx.files.read(f"{d}/moved.txt") == "again")
+
+    check("make_dir new is True", sbx.files.make_dir(f"{d}/w") is True)
+    check("make_dir existing is False", sbx.files.make_dir(f"{d}/w") is False)
+
+    handle = sbx.files.watch_dir(f"{d}/w", include_entry=True, allow_network_mounts=True)
+    events = []
+
+    def collect_until(last):
+        deadline = time.monotonic() + 10
+        while last not in [(e.name, e.type.value) for e in events] and time.monotonic() < deadline:
+            events.extend(handle.get_new_events())
+            time.sleep(0.1)
+
+    sbx.files.write(f"{d}/w/new.txt", "x")
+    # Entries are read when the agent sees an event: remove the file only
+    # once its events are in.
+    collect_until(("new.txt", "write"))
+    sbx.files.remove(f"{d}/w/new.txt")
+    sbx.files.make_dir(f"{d}/w/end")
+    collect_until(("end", "create"))
+    handle.stop()
+    seen = [(e.name, e.type.value) for e in events]
+    want = [
+        ("new.txt", "create"),
+        ("new.txt", "chmod"),
+        ("new.txt", "write"),
+        ("new.txt", "remove"),
+        ("end", "create"),
+    ]
+    check("a written file makes envd's events", seen == want, repr(seen))
+    entries = [e.entry.path if e.entry else None for e in events]
+    check(
+        "events carry entries, but a remove",
+        entries[:3] == [f"{d}/w/new.txt"] * 3 and entries[3] is None and entries[4] == f"{d}/w/end",
+        repr(entries),
+    )
+    sbx.files.remove(d)
+
+    r = httpx.post(f"{url}/init", json={})
+    check(
+        "the agent names its envd version",
+        r.status_code == 204 and r.headers.get("x-envd-version") == str(ENVD_VERSION),
+        f"{r.status_code} {r.headers.get('x-envd-version')!r}",
+    )
 
 
 def transfer(sbx):
@@ -372,6 +443,7 @@ def main():
         sbx = connect(url)
         for part in (commands, background, pty, files, transfer, watch, round_trip):
             part(sbx)
+        envd_features(sbx, url)
         big_stream(sbx, url)
         tmp = sbx.commands.run("mktemp -d").stdout.strip()
         for part in (binary_output, many_processes, big_listing, kill_ignoring_term):
