@@ -95,6 +95,15 @@ impl AgentClient {
         self.addr
     }
 
+    /// Sends `token` in `X-Access-Token` from now on: the host's own
+    /// requests to an agent that has one (stopping a service, a
+    /// filesystem-only pause) need it as the SDKs' do.
+    pub fn use_token(&mut self, token: &str) {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(token) {
+            self.headers.insert("x-access-token", value);
+        }
+    }
+
     async fn connect(&self, timeout: Duration) -> Result<Sender, AgentError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {

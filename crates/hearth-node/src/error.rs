@@ -66,6 +66,8 @@ pub enum NodeError {
         code: i32,
         tail: String,
     },
+    #[error("{0}")]
+    Guest(String),
     #[error("sandbox {id} cannot be taken over: {why}")]
     NotAdoptable { id: String, why: String },
     #[error("{path} is unreadable: {reason}")]

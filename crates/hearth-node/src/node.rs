@@ -11,6 +11,7 @@ use hearth_vmm::qemu::Qemu;
 use hearth_vmm::{Accel, AccelChoice, AccelDecision};
 
 use crate::cgroup::{self, Hierarchy};
+use crate::snapshot::Snapshot;
 use crate::{HostProfile, Layout, NodeError, preflight};
 
 /// Node-wide settings.
@@ -210,6 +211,16 @@ impl Node {
     pub fn template_build(&self, name: &str, build_id: &str) -> Result<Template, NodeError> {
         hearth_image::find_build(&self.layout.templates(), name, build_id)?
             .ok_or_else(|| NodeError::NoTemplate(format!("{name} (build {build_id})")))
+    }
+
+    /// The template build whose snapshot is in `snapshot_dir`: what a guest
+    /// booted from a disk of that snapshot needs (its init, its defaults).
+    pub(crate) fn template_of(&self, snapshot_dir: &Path) -> Result<Template, NodeError> {
+        let snapshot = Snapshot::load(snapshot_dir)?.ok_or_else(|| NodeError::Corrupt {
+            path: snapshot_dir.to_owned(),
+            reason: "the template snapshot is gone".to_owned(),
+        })?;
+        self.template_build(&snapshot.meta.template, &snapshot.meta.build_id)
     }
 }
 

@@ -1,10 +1,11 @@
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_image::{ImageFormat, Kernel, Template, TemplateRun};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
@@ -72,6 +73,17 @@ pub enum ServiceStop {
     StillRunning,
 }
 
+/// What a pause keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PauseMode {
+    /// Memory, devices and disk: a resume continues every process.
+    #[default]
+    Full,
+    /// The disk only (E2B's `mode: "filesystem"`): a resume boots the
+    /// guest again from it, so files are kept and processes are not.
+    Filesystem,
+}
+
 /// The record of a paused sandbox (`paused.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Paused {
@@ -82,6 +94,9 @@ struct Paused {
     egress: Egress,
     /// Unix seconds.
     paused_at: u64,
+    /// Only the disk was kept ([`PauseMode::Filesystem`]).
+    #[serde(default)]
+    filesystem_only: bool,
 }
 
 /// The VM of a running sandbox whose VMM outlives its starter
@@ -109,6 +124,9 @@ pub struct Sandbox {
     egress: Egress,
     /// Restored and warmed up, vCPUs stopped: waiting in a [`crate::Pool`].
     parked: bool,
+    /// Booted afresh from its disk (a resume after a filesystem-only
+    /// pause): how its template runs, which its first `/init` restores.
+    booted: Option<TemplateRun>,
 }
 
 impl Sandbox {
@@ -193,6 +211,7 @@ impl Sandbox {
             origin,
             egress,
             parked: false,
+            booted: None,
         })
     }
 
@@ -217,6 +236,19 @@ impl Sandbox {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Has the host's own requests to the agent carry the sandbox's access
+    /// token (set by [`Sandbox::wait_ready`]; a re-adopted sandbox is told
+    /// here).
+    pub fn use_token(&mut self, token: &str) {
+        self.instance_mut().agent.use_token(token);
+    }
+
+    /// Whether the guest is booting afresh (a resume after a
+    /// filesystem-only pause), which takes longer than a restore.
+    pub fn is_booting(&self) -> bool {
+        self.booted.is_some()
     }
 
     pub fn dir(&self) -> &Path {
@@ -315,6 +347,7 @@ impl Sandbox {
             origin,
             egress: record.egress.clone(),
             parked: false,
+            booted: None,
         };
         let machine = sandbox.machine(Memory::Anonymous);
         let mut lock = None;
@@ -367,6 +400,18 @@ impl Sandbox {
         mut init: InitRequest,
     ) -> Result<(), NodeError> {
         init.hostname = Some(self.id.clone());
+        if let Some(token) = &init.access_token {
+            self.use_token(token);
+        }
+        if let Some(run) = self.booted.take() {
+            // A fresh guest knows nothing of its template's defaults, which
+            // a snapshot's memory would have held.
+            let mut env: HashMap<String, String> = run.config.env.into_iter().collect();
+            env.extend(init.env_vars.take().unwrap_or_default());
+            init.env_vars = Some(env);
+            init.default_user = init.default_user.or(run.config.user);
+            init.default_workdir = init.default_workdir.or(run.config.workdir);
+        }
         if self.parked {
             self.instance_mut().vm.resume().await?;
             self.parked = false;
@@ -458,13 +503,38 @@ impl Sandbox {
         stopped.and(removed)
     }
 
-    /// Saves the sandbox (memory, devices, disk) into its directory, then
+    /// Saves the sandbox (memory, devices and disk, or with
+    /// [`PauseMode::Filesystem`] its disk only) into its directory, then
     /// stops its VM and frees its slot. The directory stays until the sandbox
     /// is resumed ([`Sandbox::resume`]) or deleted ([`Node::delete_paused`]);
     /// it survives restarts of this process, and this value owns nothing
     /// any more. On failure the guest continues and this value still owns
     /// it.
-    pub async fn pause(&mut self) -> Result<(), NodeError> {
+    pub async fn pause(&mut self, mode: PauseMode) -> Result<(), NodeError> {
+        match mode {
+            PauseMode::Full => self.save_memory().await?,
+            PauseMode::Filesystem => self.settle_disk().await?,
+        }
+        let record = Paused {
+            origin: self.origin.clone(),
+            egress: self.egress.clone(),
+            paused_at: unix_now(),
+            filesystem_only: mode == PauseMode::Filesystem,
+        };
+        write_json(&self.dir.join(PAUSED), &record)?;
+        if let Some(instance) = self.instance.take()
+            && let Err(e) = instance.release().await
+        {
+            tracing::warn!(sandbox = %self.id, "stopping the paused VM: {e}");
+        }
+        let _ = std::fs::remove_file(self.dir.join(VM_RECORD));
+        let _ = std::fs::remove_file(&self.lock_path);
+        self.lock = None;
+        Ok(())
+    }
+
+    /// Saves memory and devices next to the disk; the guest is stopped.
+    async fn save_memory(&mut self) -> Result<(), NodeError> {
         let state = self.dir.join(PAUSED_STATE);
         let saved = self
             .instance_mut()
@@ -479,37 +549,50 @@ impl Sandbox {
             let _ = std::fs::remove_file(&state);
             return Err(e.into());
         }
-        let record = Paused {
-            origin: self.origin.clone(),
-            egress: self.egress.clone(),
-            paused_at: unix_now(),
-        };
-        write_json(&self.dir.join(PAUSED), &record)?;
-        if let Some(instance) = self.instance.take()
-            && let Err(e) = instance.release().await
-        {
-            tracing::warn!(sandbox = %self.id, "stopping the paused VM: {e}");
-        }
-        let _ = std::fs::remove_file(self.dir.join(VM_RECORD));
-        let _ = std::fs::remove_file(&self.lock_path);
-        self.lock = None;
         Ok(())
     }
 
-    /// Restores a paused sandbox into a fresh slot. Call
-    /// [`Sandbox::wait_ready`] next: its `/init` resets the guest clock. On
-    /// failure the sandbox stays paused.
+    /// Has the guest write what it holds back to the disk, then stops its
+    /// vCPUs so that nothing changes the disk after. On failure the guest
+    /// continues.
+    async fn settle_disk(&mut self) -> Result<(), NodeError> {
+        let code = self.agent().run("sync", &[]).await?;
+        if code != 0 {
+            return Err(NodeError::Guest(format!(
+                "`sync` in the guest exited with {code}; the sandbox was not paused"
+            )));
+        }
+        self.instance_mut().vm.pause().await?;
+        Ok(())
+    }
+
+    /// Restores a paused sandbox into a fresh slot, or after a
+    /// filesystem-only pause boots it from its disk. Call
+    /// [`Sandbox::wait_ready`] next: its `/init` resets the guest clock
+    /// (and after a boot restores the template's defaults). On failure the
+    /// sandbox stays paused.
     pub async fn resume(node: &Node, id: &str) -> Result<Self, NodeError> {
         let mut paused = node.paused(id)?;
         node.host.check(&paused.origin.host, "the paused sandbox")?;
         paused.origin.kernel_path = node.local_kernel(&paused.origin.kernel_path);
+        let booted = if paused.filesystem_only {
+            Some(node.template_of(&paused.origin.snapshot)?)
+        } else {
+            None
+        };
         let mut sandbox = Self::claim(node, id.to_owned(), paused.origin, paused.egress)?;
         let state = sandbox.dir.join(PAUSED_STATE);
         let machine = sandbox.machine(Memory::Anonymous);
-        let launch = Launch::Restore {
-            state: state.clone(),
-            saved: SavedMemory::Included,
+        let launch = match &booted {
+            Some(template) => Launch::Boot {
+                kernel_args: node.kernel_args(&template.init_path, id),
+            },
+            None => Launch::Restore {
+                state: state.clone(),
+                saved: SavedMemory::Included,
+            },
         };
+        sandbox.booted = booted.map(|template| template.run);
         let launched = Instance::launch(
             node,
             &sandbox.dir,
@@ -529,7 +612,12 @@ impl Sandbox {
             }
         }
         for done in [sandbox.dir.join(PAUSED), state] {
-            std::fs::remove_file(&done).map_err(NodeError::io(&done))?;
+            match std::fs::remove_file(&done) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(NodeError::io(&done)(e));
+                }
+                _ => {}
+            }
         }
         sandbox.record_vm()?;
         Ok(sandbox)
@@ -537,80 +625,110 @@ impl Sandbox {
 
     /// `count` new sandboxes, each a copy of this one as it is now: memory,
     /// processes and disk. This sandbox is paused while its state is saved
-    /// and its disk copied, then continues. Call [`Sandbox::wait_ready`] on
-    /// each copy.
-    pub async fn fork(&mut self, node: &Node, count: usize) -> Result<Vec<Self>, NodeError> {
+    /// and its disk copied, then continues. Each copy succeeds or fails on
+    /// its own (a slot, memory, its files); a failed one leaves nothing
+    /// behind. Fails as a whole only if the state cannot be saved or this
+    /// sandbox cannot continue. Call [`Sandbox::wait_ready`] on each copy.
+    pub async fn fork(
+        &mut self,
+        node: &Node,
+        count: usize,
+    ) -> Result<Vec<Result<Self, NodeError>>, NodeError> {
         let state = self.dir.join("fork.state");
-        let mut copies = Vec::with_capacity(count);
-        let result = self.fork_into(node, count, &state, &mut copies).await;
+        let forked = self.fork_from(node, count, &state).await;
         let _ = std::fs::remove_file(&state);
-        match result {
-            Ok(()) => Ok(copies),
+        forked
+    }
+
+    async fn fork_from(
+        &mut self,
+        node: &Node,
+        count: usize,
+        state: &Path,
+    ) -> Result<Vec<Result<Self, NodeError>>, NodeError> {
+        let vm = &mut self.instance_mut().vm;
+        if let Err(e) = vm.save(state, SavedMemory::Included).await {
+            if let Err(resume) = vm.resume().await {
+                tracing::warn!(sandbox = %self.id, "resuming after a failed fork: {resume}");
+            }
+            return Err(e.into());
+        }
+        let mut copies = Vec::with_capacity(count);
+        for _ in 0..count {
+            copies.push(self.copy_files(node).await);
+        }
+        // The parent continues whatever happened to its copies.
+        if let Err(e) = self.instance_mut().vm.resume().await {
+            for mut copy in copies.into_iter().flatten() {
+                copy.discard().await;
+            }
+            return Err(e.into());
+        }
+        let mut started = Vec::with_capacity(count);
+        for copy in copies {
+            started.push(match copy {
+                Ok(copy) => copy.restore_fork(node, state).await,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(started)
+    }
+
+    /// A new sandbox with this one's origin, policy and a copy of its
+    /// disk, not started.
+    async fn copy_files(&self, node: &Node) -> Result<Self, NodeError> {
+        let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
+        let mut copy = Self::claim(node, id, self.origin.clone(), self.egress.clone())?;
+        let copied = match copy.create_dir() {
+            Ok(()) => {
+                let (from, to) = (self.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));
+                tokio::task::spawn_blocking(move || {
+                    std::fs::copy(&from, &to)
+                        .map(drop)
+                        .map_err(NodeError::io(&to))
+                })
+                .await
+                .expect("copying a disk does not panic")
+            }
+            Err(e) => Err(e),
+        };
+        match copied {
+            Ok(()) => Ok(copy),
             Err(e) => {
-                for copy in copies {
-                    if let Err(cleanup) = copy.destroy().await {
-                        tracing::warn!("removing a failed fork: {cleanup}");
-                    }
-                }
+                copy.discard().await;
                 Err(e)
             }
         }
     }
 
-    async fn fork_into(
-        &mut self,
-        node: &Node,
-        count: usize,
-        state: &Path,
-        copies: &mut Vec<Self>,
-    ) -> Result<(), NodeError> {
-        let vm = &mut self.instance_mut().vm;
-        vm.save(state, SavedMemory::Included).await?;
-        let mut copied = Ok(());
-        for _ in 0..count {
-            let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
-            let copy = Self::claim(node, id, self.origin.clone(), self.egress.clone())?;
-            copies.push(copy);
-            let copy = copies.last().expect("just pushed");
-            copied = match copy.create_dir() {
-                Ok(()) => {
-                    let (from, to) = (self.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));
-                    tokio::task::spawn_blocking(move || {
-                        std::fs::copy(&from, &to)
-                            .map(drop)
-                            .map_err(NodeError::io(&to))
-                    })
-                    .await
-                    .expect("copying a disk does not panic")
-                }
-                Err(e) => Err(e),
-            };
-            if copied.is_err() {
-                break;
+    /// Starts a copy made by [`Sandbox::copy_files`] from the saved state;
+    /// on failure it is removed.
+    async fn restore_fork(mut self, node: &Node, state: &Path) -> Result<Self, NodeError> {
+        let machine = self.machine(Memory::Anonymous);
+        let launch = Launch::Restore {
+            state: state.to_owned(),
+            saved: SavedMemory::Included,
+        };
+        let launched = Instance::launch(
+            node,
+            &self.dir,
+            &machine,
+            &launch,
+            &self.egress,
+            self.lock.as_ref(),
+        )
+        .await;
+        let started = launched.and_then(|instance| {
+            self.instance = Some(instance);
+            self.record_vm()
+        });
+        match started {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                self.discard().await;
+                Err(e)
             }
         }
-        // The parent continues whatever happened to its copies.
-        self.instance_mut().vm.resume().await?;
-        copied?;
-        for copy in copies.iter_mut() {
-            let machine = copy.machine(Memory::Anonymous);
-            let launch = Launch::Restore {
-                state: state.to_owned(),
-                saved: SavedMemory::Included,
-            };
-            let instance = Instance::launch(
-                node,
-                &copy.dir,
-                &machine,
-                &launch,
-                &copy.egress,
-                copy.lock.as_ref(),
-            )
-            .await?;
-            copy.instance = Some(instance);
-            copy.record_vm()?;
-        }
-        Ok(())
     }
 
     /// Stops whatever runs and removes the directory (after a failed start).
@@ -681,6 +799,15 @@ impl Node {
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// What the pause of sandbox `id` kept.
+    pub fn paused_mode(&self, id: &str) -> Result<PauseMode, NodeError> {
+        Ok(if self.paused(id)?.filesystem_only {
+            PauseMode::Filesystem
+        } else {
+            PauseMode::Full
+        })
     }
 
     /// Deletes a paused sandbox.

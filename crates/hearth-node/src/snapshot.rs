@@ -122,7 +122,7 @@ impl Snapshot {
         self.dir.join("disk.qcow2")
     }
 
-    fn load(dir: &Path) -> Result<Option<Self>, NodeError> {
+    pub(crate) fn load(dir: &Path) -> Result<Option<Self>, NodeError> {
         let path = dir.join(META);
         let text = match std::fs::read(&path) {
             Ok(text) => text,

@@ -16,7 +16,7 @@ use hearth_vmm::VmExit;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lifecycle::{Event, Lifecycle, State, StopReason};
-use crate::{NodeError, Sandbox};
+use crate::{NodeError, PauseMode, Sandbox};
 
 /// What the supervisor needs of a sandbox: [`Sandbox`], or a fake in tests.
 pub trait Supervised: Send + 'static {
@@ -29,9 +29,9 @@ pub trait Supervised: Send + 'static {
     ) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Resolves when the VM has ended by itself. Cancel-safe.
     fn wait_exit(&mut self) -> impl Future<Output = Result<VmExit, NodeError>> + Send;
-    /// Saves it to its directory and stops its VM; on failure the guest
-    /// continues.
-    fn pause(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send;
+    /// Saves it (as `mode` says) to its directory and stops its VM; on
+    /// failure the guest continues.
+    fn pause(&mut self, mode: PauseMode) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Stops its VM and frees everything it holds.
     fn destroy(self) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// Lets go of it, running, for a later process to take over.
@@ -54,8 +54,8 @@ impl Supervised for Sandbox {
         Sandbox::wait_exit(self)
     }
 
-    fn pause(&mut self) -> impl Future<Output = Result<(), NodeError>> + Send {
-        Sandbox::pause(self)
+    fn pause(&mut self, mode: PauseMode) -> impl Future<Output = Result<(), NodeError>> + Send {
+        Sandbox::pause(self, mode)
     }
 
     fn destroy(self) -> impl Future<Output = Result<(), NodeError>> + Send {
@@ -85,7 +85,7 @@ type Job<S> =
 
 enum Command<S> {
     Stop(StopReason, oneshot::Sender<Result<(), NodeError>>),
-    Pause(oneshot::Sender<Result<(), NodeError>>),
+    Pause(PauseMode, oneshot::Sender<Result<(), NodeError>>),
     Detach(oneshot::Sender<Result<(), NodeError>>),
     With(Job<S>),
 }
@@ -195,12 +195,12 @@ impl<S: Supervised> SandboxHandle<S> {
         answer.await.unwrap_or(Ok(()))
     }
 
-    /// Saves the sandbox to its directory and stops its VM; its supervisor
-    /// ends. On failure it keeps running.
-    pub async fn pause(&self) -> Result<(), NodeError> {
+    /// Saves the sandbox (as `mode` says) to its directory and stops its
+    /// VM; its supervisor ends. On failure it keeps running.
+    pub async fn pause(&self, mode: PauseMode) -> Result<(), NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Pause(reply))
+            .send(Command::Pause(mode, reply))
             .await
             .map_err(|_| self.gone())?;
         answer.await.map_err(|_| self.gone())?
@@ -305,9 +305,9 @@ async fn run<S: Supervised>(
                 let _ = reply.send(sandbox.detach().await);
                 return;
             }
-            Some(Command::Pause(reply)) => {
+            Some(Command::Pause(mode, reply)) => {
                 move_to(id, &state, watcher, Event::Pause);
-                match sandbox.pause().await {
+                match sandbox.pause(mode).await {
                     Ok(()) => {
                         move_to(id, &state, watcher, Event::Saved);
                         let _ = reply.send(Ok(()));
@@ -366,7 +366,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Call {
         Ready(bool),
-        Pause,
+        Pause(PauseMode),
         Destroy,
         Detach,
         Job(u32),
@@ -406,8 +406,8 @@ mod tests {
             }
         }
 
-        async fn pause(&mut self) -> Result<(), NodeError> {
-            self.calls.lock().unwrap().push(Call::Pause);
+        async fn pause(&mut self, mode: PauseMode) -> Result<(), NodeError> {
+            self.calls.lock().unwrap().push(Call::Pause(mode));
             if self.pause_fails {
                 return Err(NodeError::Gone("save failed".into()));
             }
@@ -502,7 +502,10 @@ mod tests {
         );
         // A second stop finds it gone, which is fine; a pause is not.
         handle.stop(StopReason::Killed).await.unwrap();
-        assert!(matches!(handle.pause().await, Err(NodeError::Gone(_))));
+        assert!(matches!(
+            handle.pause(PauseMode::Full).await,
+            Err(NodeError::Gone(_))
+        ));
     }
 
     #[tokio::test]
@@ -531,7 +534,7 @@ mod tests {
         fake.pause_fails = true;
         let (handle, recorder) = start(fake, Origin::Created).await;
         let handle = handle.unwrap();
-        assert!(handle.pause().await.is_err());
+        assert!(handle.pause(PauseMode::Full).await.is_err());
         assert_eq!(handle.lifecycle().state(), State::Running);
         // Still served: a job sees the sandbox.
         let value = handle
@@ -553,11 +556,16 @@ mod tests {
             })
             .await
             .unwrap();
-        handle.pause().await.unwrap();
+        handle.pause(PauseMode::Filesystem).await.unwrap();
         assert_eq!(handle.ended().await.state(), State::Paused);
         assert_eq!(
             *calls.lock().unwrap(),
-            [Call::Ready(true), Call::Pause, Call::Job(8), Call::Pause]
+            [
+                Call::Ready(true),
+                Call::Pause(PauseMode::Full),
+                Call::Job(8),
+                Call::Pause(PauseMode::Filesystem)
+            ]
         );
         assert_eq!(
             recorder.states(),

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,8 +17,8 @@ use crate::builds::Builds;
 use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
-use crate::template_api;
-use hearth_node::{Cidr, CidrError, Egress};
+use crate::{team_api, template_api};
+use hearth_node::{Cidr, CidrError, Egress, PauseMode};
 
 const API_KEY_HEADER: &str = "x-api-key";
 /// Default sandbox lifetime when a request names none (E2B's).
@@ -181,7 +181,7 @@ const ROUTES: &[Route] = &[
         operation: "pauseSandbox",
         summary: "Pause a sandbox",
         query: &[],
-        body: None,
+        body: Some("SandboxPauseRequest"),
         responses: &[(204, None), (409, Some("Error"))],
         handler: || post(pause),
     },
@@ -261,8 +261,20 @@ const ROUTES: &[Route] = &[
         operation: "getSandboxLogs",
         summary: "The guest console since create or resume",
         query: &[
-            ("limit", "the last this many entries"),
+            (
+                "cursor",
+                "Unix milliseconds: entries from (forward) or up to (backward) this time",
+            ),
+            (
+                "limit",
+                "most entries to return (at most 1000, the default)",
+            ),
+            (
+                "direction",
+                "backward (newest first, the default) or forward (oldest first)",
+            ),
             ("level", "debug, info, warn or error: this level and above"),
+            ("search", "only entries whose message contains this text"),
         ],
         body: None,
         responses: &[(200, Some("SandboxLogs"))],
@@ -395,6 +407,76 @@ const ROUTES: &[Route] = &[
         responses: &[(200, Some("[TemplateTag]"))],
         handler: || get(template_api::template_tags),
     },
+    Route {
+        method: "get",
+        path: "/api-keys",
+        operation: "listApiKeys",
+        summary: "The API keys that work, oldest first (masked)",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[TeamAPIKey]"))],
+        handler: || get(team_api::list_keys),
+    },
+    Route {
+        method: "post",
+        path: "/api-keys",
+        operation: "createApiKey",
+        summary: "Make an API key; its value is in this answer only",
+        query: &[],
+        body: Some("NewTeamAPIKey"),
+        responses: &[(201, Some("CreatedTeamAPIKey"))],
+        handler: || post(team_api::create_key),
+    },
+    Route {
+        method: "patch",
+        path: "/api-keys/{apiKeyID}",
+        operation: "updateApiKey",
+        summary: "Rename an API key",
+        query: &[],
+        body: Some("NewTeamAPIKey"),
+        responses: &[(200, None)],
+        handler: || patch(team_api::rename_key),
+    },
+    Route {
+        method: "delete",
+        path: "/api-keys/{apiKeyID}",
+        operation: "deleteApiKey",
+        summary: "Revoke an API key at once (refused for the last one that works)",
+        query: &[],
+        body: None,
+        responses: &[(204, None), (409, Some("Error"))],
+        handler: || delete(team_api::delete_key),
+    },
+    Route {
+        method: "get",
+        path: "/teams/{teamID}/metrics",
+        operation: "getTeamMetrics",
+        summary: "Sandboxes running at once and started per second, for the server's team (local)",
+        query: &[
+            ("start", "Unix seconds (default: 7 days before end)"),
+            ("end", "Unix seconds (default: now)"),
+        ],
+        body: None,
+        responses: &[(200, Some("[TeamMetric]")), (403, Some("Error"))],
+        handler: || get(team_api::team_metrics),
+    },
+    Route {
+        method: "get",
+        path: "/teams/{teamID}/metrics/max",
+        operation: "getTeamMetricsMax",
+        summary: "The highest of a team metric in a range, and when",
+        query: &[
+            ("start", "Unix seconds (default: 7 days before end)"),
+            ("end", "Unix seconds (default: now)"),
+            (
+                "metric",
+                "concurrent_sandboxes or sandbox_start_rate (required)",
+            ),
+        ],
+        body: None,
+        responses: &[(200, Some("MaxTeamMetric")), (403, Some("Error"))],
+        handler: || get(team_api::team_metrics_max),
+    },
 ];
 
 /// Routes that need no API key: they carry their own authorization.
@@ -455,6 +537,9 @@ pub fn openapi() -> Value {
             .map(|(name, description)| {
                 let schema = match *name {
                     "limit" => json!({ "type": "integer", "minimum": 1 }),
+                    "cursor" | "start" | "end" => json!({ "type": "integer", "minimum": 0 }),
+                    "metric" => json!({ "type": "string", "enum": ["concurrent_sandboxes", "sandbox_start_rate"] }),
+                    "direction" => json!({ "type": "string", "enum": ["forward", "backward"] }),
                     "logsOffset" => json!({ "type": "integer", "minimum": 0 }),
                     "level" => json!({ "type": "string", "enum": ["debug", "info", "warn", "error"] }),
                     _ => json!({ "type": "string" }),
@@ -591,7 +676,11 @@ fn sandbox_schemas() -> Value {
             "templateID": { "type": "string" }, "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS },
             "metadata": string_map, "envVars": string_map, "secure": { "type": "boolean" },
             "allow_internet_access": { "type": "boolean" }, "autoPause": { "type": "boolean" },
+            "autoPauseMemory": { "type": "boolean", "description": "false: an auto-pause keeps the disk only, and a resume boots the sandbox again" },
+            "autoResume": { "type": "object", "required": ["enabled"], "properties": { "enabled": { "type": "boolean" } } },
             "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } },
+        "SandboxPauseRequest": { "type": "object", "properties": { "memory": { "type": "boolean",
+            "description": "false: keep the disk only; a resume boots the sandbox again, and auto-resume refuses it" } } },
         "SandboxNetworkConfig": { "type": "object", "properties": {
             "allowOut": blocks, "denyOut": blocks, "dnsServers": addresses,
             "allowPublicTraffic": { "type": "boolean", "enum": [true] } } },
@@ -612,7 +701,9 @@ fn sandbox_schemas() -> Value {
                 "description": "Hearth's: where the sandbox is in its lifecycle, finer than state" } } },
         "SandboxDetail": { "allOf": [ { "$ref": "#/components/schemas/ListedSandbox" }, { "type": "object", "properties": {
             "domain": { "type": "string", "nullable": true }, "allowInternetAccess": { "type": "boolean" }, "envdAccessToken": { "type": "string" },
-            "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } } ] },
+            "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" },
+            "lifecycle": { "type": "object", "required": ["autoResume", "onTimeout"], "properties": {
+                "autoResume": { "type": "boolean" }, "onTimeout": { "type": "string", "enum": ["kill", "pause"] } } } } } ] },
         "TimeoutRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "ForkRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS }, "count": { "type": "integer", "minimum": 1, "maximum": MAX_FORKS } } },
@@ -630,6 +721,18 @@ fn sandbox_schemas() -> Value {
             "logs": { "type": "array", "items": { "type": "object", "properties": {
                 "timestamp": { "type": "string", "format": "date-time" }, "line": { "type": "string" } } } },
             "logEntries": { "type": "array", "items": { "$ref": "#/components/schemas/SandboxLogEntry" } } } },
+        "NewTeamAPIKey": { "type": "object", "required": ["name"], "properties": { "name": { "type": "string", "minLength": 1, "maxLength": 128 } } },
+        "IdentifierMaskingDetails": { "type": "object", "required": ["prefix", "valueLength", "maskedValuePrefix", "maskedValueSuffix"], "properties": {
+            "prefix": { "type": "string" }, "valueLength": { "type": "integer" }, "maskedValuePrefix": { "type": "string" }, "maskedValueSuffix": { "type": "string" } } },
+        "TeamAPIKey": { "type": "object", "required": ["id", "name", "mask", "createdAt"], "properties": {
+            "id": { "type": "string" }, "name": { "type": "string" }, "mask": { "$ref": "#/components/schemas/IdentifierMaskingDetails" },
+            "createdAt": { "type": "string", "format": "date-time" }, "lastUsed": { "type": "string", "format": "date-time", "nullable": true } } },
+        "CreatedTeamAPIKey": { "allOf": [ { "$ref": "#/components/schemas/TeamAPIKey" }, { "type": "object", "required": ["key"], "properties": { "key": { "type": "string" } } } ] },
+        "TeamMetric": { "type": "object", "required": ["timestamp", "timestampUnix", "concurrentSandboxes", "sandboxStartRate"], "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "timestampUnix": { "type": "integer" },
+            "concurrentSandboxes": { "type": "integer" }, "sandboxStartRate": { "type": "number" } } },
+        "MaxTeamMetric": { "type": "object", "required": ["timestamp", "timestampUnix", "value"], "properties": {
+            "timestamp": { "type": "string", "format": "date-time" }, "timestampUnix": { "type": "integer" }, "value": { "type": "number" } } },
         "TemplateAlias": { "type": "object", "required": ["templateID", "public"], "properties": {
             "templateID": { "type": "string" }, "public": { "type": "boolean" } } },
     })
@@ -685,9 +788,10 @@ struct NewSandbox {
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
     auto_pause: Option<bool>,
+    auto_pause_memory: Option<bool>,
+    auto_resume: Option<AutoResume>,
     network: Option<Network>,
     /// E2B features Hearth does not have, kept to refuse them by name.
-    auto_resume: Option<Value>,
     mcp: Option<Value>,
     iam: Option<Value>,
     volume_mounts: Option<Vec<Value>>,
@@ -698,12 +802,6 @@ impl NewSandbox {
     /// sandbox without it would fail later and less clearly.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         let unsupported = [
-            (
-                self.auto_resume
-                    .as_ref()
-                    .is_some_and(|r| r["enabled"] == true),
-                "autoResume (connect to a paused sandbox to resume it)",
-            ),
             (self.mcp.as_ref().is_some_and(|m| !m.is_null()), "mcp"),
             (self.iam.as_ref().is_some_and(|i| !i.is_null()), "iam"),
             (
@@ -713,6 +811,32 @@ impl NewSandbox {
         ];
         refuse_first(&unsupported, "")
     }
+}
+
+/// E2B's `SandboxAutoResumeConfig`.
+#[derive(Debug, Default, Deserialize)]
+struct AutoResume {
+    #[serde(default)]
+    enabled: bool,
+}
+
+/// The timeout policy of a create request, checked as E2B checks it:
+/// `(autoPause, autoPauseMemory, autoResume)`.
+fn timeout_policy(new: &NewSandbox) -> Result<(bool, bool, bool), ApiError> {
+    let auto_pause = new.auto_pause.unwrap_or(false);
+    let memory = new.auto_pause_memory.unwrap_or(true);
+    let auto_resume = new.auto_resume.as_ref().is_some_and(|r| r.enabled);
+    if auto_resume && !auto_pause {
+        return Err(ApiError::bad_request(
+            "autoResume needs autoPause: a sandbox that is killed at its timeout has nothing to resume",
+        ));
+    }
+    if auto_resume && !memory {
+        return Err(ApiError::bad_request(
+            "autoResume cannot be combined with autoPauseMemory false: a sandbox paused without its memory boots again, so it must be resumed explicitly (connect or resume)",
+        ));
+    }
+    Ok((auto_pause, memory, auto_resume))
 }
 
 /// A 400 naming the first `(asked, field)` asked for, if any: features this
@@ -862,6 +986,10 @@ fn detail_json(api: &Api, r: &SandboxRecord) -> Value {
     if !r.egress.is_open() || !r.egress.allow.is_empty() {
         v["network"] = json!({ "allowOut": r.egress.allow, "denyOut": r.egress.deny });
     }
+    v["lifecycle"] = json!({
+        "autoResume": r.auto_resume,
+        "onTimeout": if r.auto_pause { "pause" } else { "kill" },
+    });
     v
 }
 
@@ -886,6 +1014,7 @@ async fn create_v2(
 
 async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
     new.refuse_unsupported()?;
+    let (auto_pause, auto_pause_memory, auto_resume) = timeout_policy(&new)?;
     let template = new
         .template_id
         .filter(|t| !t.is_empty())
@@ -903,7 +1032,9 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
             new.allow_internet_access,
             new.network.as_ref().unwrap_or(&Network::default()),
         )?,
-        auto_pause: new.auto_pause.unwrap_or(false),
+        auto_pause,
+        auto_pause_memory,
+        auto_resume,
     };
     let record = api.manager.create(request).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(api, &record))).into_response())
@@ -1118,11 +1249,24 @@ async fn refresh(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct PauseBody {
+    /// `false`: keep the disk only.
+    memory: Option<bool>,
+}
+
 async fn pause(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
+    bytes: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    api.manager.pause(&id).await?;
+    let body: PauseBody = body(&bytes)?;
+    let mode = if body.memory == Some(false) {
+        PauseMode::Filesystem
+    } else {
+        PauseMode::Full
+    };
+    api.manager.pause(&id, mode).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1189,63 +1333,118 @@ async fn many_metrics(
 
 #[derive(Debug, Default, Deserialize)]
 struct LogParams {
+    cursor: Option<i64>,
     limit: Option<usize>,
+    direction: Option<String>,
     level: Option<String>,
+    search: Option<String>,
 }
 
-/// `GET /sandboxes/{id}/logs`: the v2 entries, and the same as plain lines.
+/// Most entries one logs request returns (E2B's limit and default).
+const MAX_LOG_ENTRIES: usize = 1000;
+/// Longest `search` (E2B's).
+const MAX_LOG_SEARCH: usize = 256;
+
+/// A console entry: Unix milliseconds, level, message.
+type LogEntry = (i64, &'static str, String);
+
+fn log_rank(level: &str) -> Option<u8> {
+    ["debug", "info", "warn", "error"]
+        .iter()
+        .position(|l| *l == level)
+        .and_then(|p| u8::try_from(p).ok())
+}
+
+/// A page of `entries` (oldest first) as E2B's v2 logs route picks it:
+/// `backward` (the default) ends at `cursor` (or now) newest first,
+/// `forward` starts at `cursor` oldest first; at most `limit` entries
+/// (1000 at most and by default), at `level` or above, whose message
+/// contains `search`.
+fn select_logs(entries: Vec<LogEntry>, params: &LogParams) -> Result<Vec<LogEntry>, ApiError> {
+    let limit = params.limit.unwrap_or(MAX_LOG_ENTRIES);
+    if limit > MAX_LOG_ENTRIES {
+        return Err(ApiError::bad_request(format!(
+            "limit must be at most {MAX_LOG_ENTRIES}, not {limit}"
+        )));
+    }
+    let min = match params.level.as_deref() {
+        None => 0,
+        Some(level) => log_rank(level).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "level must be debug, info, warn or error, not '{level}'"
+            ))
+        })?,
+    };
+    let forward = match params.direction.as_deref() {
+        None | Some("backward") => false,
+        Some("forward") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be forward or backward, not '{other}'"
+            )));
+        }
+    };
+    let search = params.search.as_deref().unwrap_or("");
+    if search.len() > MAX_LOG_SEARCH {
+        return Err(ApiError::bad_request(format!(
+            "search must be at most {MAX_LOG_SEARCH} bytes"
+        )));
+    }
+    let keep = |(ms, level, message): &LogEntry| {
+        let in_window = match params.cursor {
+            None => true,
+            Some(cursor) if forward => *ms >= cursor,
+            Some(cursor) => *ms <= cursor,
+        };
+        in_window && log_rank(level).unwrap_or(0) >= min && message.contains(search)
+    };
+    let kept = entries.into_iter().filter(keep);
+    Ok(if forward {
+        kept.take(limit).collect()
+    } else {
+        kept.rev().take(limit).collect()
+    })
+}
+
+fn log_json((ms, level, message): &LogEntry) -> Value {
+    json!({ "timestamp": rfc3339_ms(*ms), "level": level, "message": message, "fields": {} })
+}
+
+/// `GET /sandboxes/{id}/logs`: the last `limit` console lines, oldest
+/// first, as lines and as entries.
 async fn logs_v1(
-    state: State<Arc<Api>>,
-    id: Path<String>,
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Json<Value>, ApiError> {
     let params = LogParams {
-        level: None,
-        ..params
+        limit: params.limit,
+        ..LogParams::default()
     };
-    let Json(mut entries) = logs(state, id, Query(params)).await?;
-    let entries = entries["logs"].take();
+    let mut entries = select_logs(api.manager.logs(&id)?, &params)?;
+    entries.reverse();
     let lines: Vec<Value> = entries
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| json!({ "timestamp": e["timestamp"], "line": e["message"] }))
+        .iter()
+        .map(|(ms, _, line)| json!({ "timestamp": rfc3339_ms(*ms), "line": line }))
         .collect();
+    let entries: Vec<Value> = entries.iter().map(log_json).collect();
     Ok(Json(json!({ "logs": lines, "logEntries": entries })))
 }
 
-/// `GET /v2/sandboxes/{id}/logs`: the guest's console since create or resume.
+/// `GET /v2/sandboxes/{id}/logs`: the guest's console since create or
+/// resume, a page at a time ([`select_logs`]).
 async fn logs(
     State(api): State<Arc<Api>>,
     Path(id): Path<String>,
     Query(params): Query<LogParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let rank = |level: &str| match level {
-        "debug" => 0,
-        "info" => 1,
-        "warn" => 2,
-        "error" => 3,
-        _ => 1,
-    };
-    let min = params.level.as_deref().map_or(0, rank);
-    let mut entries: Vec<Value> = api
-        .manager
-        .logs(&id)?
-        .into_iter()
-        .filter(|(_, level, _)| rank(level) >= min)
-        .map(|(ms, level, message)| {
-            json!({ "timestamp": rfc3339_ms(ms), "level": level, "message": message, "fields": {} })
-        })
-        .collect();
-    if let Some(limit) = params.limit {
-        let skip = entries.len().saturating_sub(limit);
-        entries.drain(..skip);
-    }
+    let entries = select_logs(api.manager.logs(&id)?, &params)?;
+    let entries: Vec<Value> = entries.iter().map(log_json).collect();
     Ok(Json(json!({ "logs": entries })))
 }
 
-/// Most copies one fork request may make.
-const MAX_FORKS: usize = 10;
+/// Most copies one fork request may make (E2B's limit).
+const MAX_FORKS: usize = 100;
 
 #[derive(Debug, Default, Deserialize)]
 struct ForkBody {
@@ -1264,10 +1463,15 @@ async fn fork(
         .ok()
         .filter(|c| (1..=MAX_FORKS).contains(c))
         .ok_or_else(|| ApiError::bad_request(format!("count must be between 1 and {MAX_FORKS}")))?;
-    let records = api.manager.fork(&id, count, secs).await?;
-    let results: Vec<Value> = records
+    let results: Vec<Value> = api
+        .manager
+        .fork(&id, count, secs)
+        .await?
         .iter()
-        .map(|r| json!({ "sandbox": sandbox_json(&api, r) }))
+        .map(|copy| match copy {
+            Ok(record) => json!({ "sandbox": sandbox_json(&api, record) }),
+            Err(e) => json!({ "error": { "code": e.status.as_u16(), "message": e.message } }),
+        })
         .collect();
     Ok((StatusCode::CREATED, Json(Value::Array(results))).into_response())
 }
@@ -1333,7 +1537,6 @@ mod tests {
             assert!(new(json.clone()).refuse_unsupported().is_ok(), "{json}");
         }
         for (json, field) in [
-            (json!({ "autoResume": { "enabled": true } }), "autoResume"),
             (json!({ "mcp": { "github": {} } }), "mcp"),
             (json!({ "iam": { "tokens": {} } }), "iam"),
             (
@@ -1344,6 +1547,69 @@ mod tests {
             let err = new(json.clone()).refuse_unsupported().unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert!(err.message.starts_with(field), "{json}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn log_pages_follow_cursor_direction_level_and_search() {
+        let entries: Vec<LogEntry> = (1..=5)
+            .map(|i| {
+                let level = if i == 4 { "error" } else { "info" };
+                (i * 10, level, format!("line {i}"))
+            })
+            .collect();
+        let page = |query: Value| {
+            let params: LogParams = serde_json::from_value(query).unwrap();
+            select_logs(entries.clone(), &params)
+                .map(|page| page.into_iter().map(|(ms, _, _)| ms).collect::<Vec<i64>>())
+        };
+        assert_eq!(page(json!({})).unwrap(), [50, 40, 30, 20, 10]);
+        assert_eq!(page(json!({ "limit": 2 })).unwrap(), [50, 40]);
+        assert_eq!(page(json!({ "cursor": 30 })).unwrap(), [30, 20, 10]);
+        assert_eq!(
+            page(json!({ "cursor": 30, "direction": "forward", "limit": 2 })).unwrap(),
+            [30, 40]
+        );
+        assert_eq!(page(json!({ "level": "warn" })).unwrap(), [40]);
+        assert_eq!(page(json!({ "search": "line 2" })).unwrap(), [20]);
+        assert_eq!(page(json!({ "limit": 0 })).unwrap(), Vec::<i64>::new());
+        for (query, said) in [
+            (json!({ "limit": 1001 }), "limit"),
+            (json!({ "direction": "sideways" }), "direction"),
+            (json!({ "level": "loud" }), "level"),
+            (json!({ "search": "x".repeat(257) }), "search"),
+        ] {
+            let err = page(query.clone()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with(said), "{query}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn timeout_policies_are_checked_as_e2b_checks_them() {
+        let policy = |json: Value| timeout_policy(&serde_json::from_value(json).unwrap());
+        assert_eq!(policy(json!({})).unwrap(), (false, true, false));
+        assert_eq!(
+            policy(json!({ "autoPause": true, "autoResume": { "enabled": true } })).unwrap(),
+            (true, true, true)
+        );
+        assert_eq!(
+            policy(json!({ "autoPause": true, "autoPauseMemory": false })).unwrap(),
+            (true, false, false)
+        );
+        for (json, said) in [
+            (
+                json!({ "autoResume": { "enabled": true } }),
+                "needs autoPause",
+            ),
+            (
+                json!({ "autoPause": true, "autoPauseMemory": false, "autoResume": { "enabled": true } }),
+                "cannot be combined",
+            ),
+        ] {
+            let err = policy(json.clone()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.contains(said), "{json}: {}", err.message);
         }
     }
 

@@ -58,6 +58,15 @@ pub(crate) fn display_prefix(plaintext: &str) -> String {
         .collect()
 }
 
+/// Characters at the end of a key kept to show it (E2B's mask).
+const SUFFIX_CHARS: usize = 4;
+
+/// A key's last 4 characters, which E2B's mask of it shows.
+pub(crate) fn display_suffix(plaintext: &str) -> String {
+    let skip = plaintext.chars().count().saturating_sub(SUFFIX_CHARS);
+    plaintext.chars().skip(skip).collect()
+}
+
 /// `N` bytes from the kernel's CSPRNG as `2 * N` lowercase hex characters.
 pub(crate) fn random_hex<const N: usize>() -> io::Result<String> {
     let mut raw = [0u8; N];

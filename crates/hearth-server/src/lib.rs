@@ -15,4 +15,5 @@ pub mod manager;
 pub mod proxy;
 pub mod server;
 pub mod store;
+mod team_api;
 mod template_api;

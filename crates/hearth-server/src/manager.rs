@@ -7,17 +7,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::http::StatusCode;
 use hearth_node::{
-    Egress, Lifecycle, Node, NodeError, Origin, Pool, Sandbox, SandboxHandle, SandboxSpec,
-    Snapshot, State, StopReason, Watcher,
+    Egress, Lifecycle, Node, NodeError, Origin, PauseMode, Pool, Sandbox, SandboxHandle,
+    SandboxSpec, Snapshot, State, StopReason, Watcher,
 };
 use hearth_proto::agent::InitRequest;
+use hearth_proto::signature::{Operation, SignedUrl, file_signature, same_bytes};
 
 use crate::error::ApiError;
 use crate::store::{SandboxRecord, SandboxState, Store};
 
 /// The envd version the agent implements (what the e2b SDKs check).
-pub const ENVD_VERSION: &str = "0.5.7";
+pub use hearth_proto::agent::ENVD_VERSION;
 /// How long a restored guest may take to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a template may take to boot for its snapshot.
@@ -63,6 +65,10 @@ pub struct CreateRequest {
     /// Includes `allow_internet_access`.
     pub egress: Egress,
     pub auto_pause: bool,
+    /// An auto-pause keeps memory; else the disk only.
+    pub auto_pause_memory: bool,
+    /// Traffic through the proxy resumes it when paused.
+    pub auto_resume: bool,
 }
 
 /// A running sandbox: its supervisor, and where its agent listens (the
@@ -157,6 +163,10 @@ pub struct Manager {
     pools: std::sync::Mutex<HashMap<String, PoolCell>>,
     live: Arc<LiveMap>,
     catalog: Arc<Catalog>,
+    /// Sandboxes started (created or forked) since the last team sample.
+    started: std::sync::atomic::AtomicU64,
+    /// One resume at a time per sandbox: others wait and find it running.
+    resuming: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -170,8 +180,17 @@ fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// How many copies of a fork get ready at once.
+const FORK_PARALLEL: usize = 4;
+
 /// How many sandboxes a starting server re-adopts at once.
 const ADOPT_PARALLEL: usize = 16;
+
+/// How long after a failed timeout action (kill, pause) it is tried again.
+const TIMEOUT_RETRY_MS: i64 = 10_000;
+
+/// How long the team's metric samples are kept (E2B's default range).
+const KEEP_TEAM_SAMPLES_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// How long the catalog lists a stopped sandbox.
 const KEEP_STOPPED_MS: i64 = 24 * 3600 * 1000;
@@ -202,6 +221,8 @@ impl Manager {
             pool_size,
             pools: std::sync::Mutex::new(HashMap::new()),
             live,
+            resuming: std::sync::Mutex::new(HashMap::new()),
+            started: std::sync::atomic::AtomicU64::new(0),
         };
         manager.take_over().await?;
         Ok(manager)
@@ -263,7 +284,7 @@ impl Manager {
     /// Re-adopts running sandbox `id` and supervises it again; `false`
     /// (and its row marked stopped with the reason) if it cannot be.
     async fn adopt(&self, id: &str) -> bool {
-        let sandbox = match Sandbox::adopt(&self.node, id).await {
+        let mut sandbox = match Sandbox::adopt(&self.node, id).await {
             Ok(sandbox) => sandbox,
             Err(e) => {
                 // Whatever it left is removed with the unadopted.
@@ -275,6 +296,15 @@ impl Manager {
                 return false;
             }
         };
+        match self.store.get_sandbox(id) {
+            Ok(Some(record)) => {
+                if let Some(token) = &record.envd_access_token {
+                    sandbox.use_token(token);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(sandbox = id, "reading its row: {e}"),
+        }
         // A supervisor that fails to start stops it and records why.
         match self.supervise(sandbox, Origin::Adopted, None).await {
             Ok(running) => {
@@ -446,8 +476,15 @@ impl Manager {
         let id = sandbox.id().to_owned();
         let agent = sandbox.agent().addr();
         let catalog: Arc<dyn Watcher> = Arc::clone(&self.catalog) as Arc<dyn Watcher>;
+        // A guest booting afresh (resumed from its disk) takes longer than
+        // a restore.
+        let ready_timeout = if sandbox.is_booting() {
+            SNAPSHOT_BOOT_TIMEOUT
+        } else {
+            READY_TIMEOUT
+        };
         let handle =
-            hearth_node::supervise(&id, sandbox, origin, READY_TIMEOUT, init, catalog).await?;
+            hearth_node::supervise(&id, sandbox, origin, ready_timeout, init, catalog).await?;
         Ok(Running { handle, agent })
     }
 
@@ -512,12 +549,17 @@ impl Manager {
             egress: request.egress,
             stop_reason: None,
             lifecycle: Some(State::Running.as_str().to_owned()),
+            auto_pause_memory: request.auto_pause_memory,
+            auto_resume: request.auto_resume,
+            timeout_secs: request.timeout_secs,
         };
         if let Err(e) = self.store.insert_sandbox(&record) {
             let _ = running.handle.stop(StopReason::Killed).await;
             return Err(e.into());
         }
         self.go_live(running);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(record)
     }
 
@@ -547,6 +589,44 @@ impl Manager {
             addr,
             ended: Box::pin(running.handle.out_of_service()),
         })
+    }
+
+    /// The running sandbox whose access token signed `url` for
+    /// `operation` (a `/files` URL the SDKs make with `download_url` and
+    /// `upload_url`, which names no sandbox). A 403 if none did, or if the
+    /// signature has expired at `now` (Unix seconds).
+    pub fn signed_by(
+        &self,
+        url: &SignedUrl<'_>,
+        operation: Operation,
+        now: i64,
+    ) -> Result<String, ApiError> {
+        let Some(given) = url.signature else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a /files URL without a sandbox id must be signed",
+            ));
+        };
+        let signer = self.store.running_sandboxes()?.into_iter().find(|r| {
+            r.state == SandboxState::Running
+                && r.envd_access_token.as_deref().is_some_and(|token| {
+                    let expected = file_signature(url, operation, token);
+                    same_bytes(given.as_bytes(), expected.as_bytes())
+                })
+        });
+        let Some(signer) = signer else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid signature: no running sandbox signed this URL for this path, user and operation",
+            ));
+        };
+        match url.expiration {
+            Some(expiration) if expiration < now => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("the signature expired at Unix time {expiration}: sign a new URL"),
+            )),
+            _ => Ok(signer.sandbox_id),
+        }
     }
 
     pub async fn kill(&self, id: &str) -> Result<(), ApiError> {
@@ -617,7 +697,8 @@ impl Manager {
         Ok(())
     }
 
-    pub async fn pause(&self, id: &str) -> Result<(), ApiError> {
+    /// Pauses a running sandbox, keeping what `mode` says.
+    pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<(), ApiError> {
         let record = self.get(id)?;
         if record.state == SandboxState::Paused {
             return Err(ApiError::conflict(format!(
@@ -625,13 +706,49 @@ impl Manager {
             )));
         }
         let running = self.live.get(id).ok_or_else(|| not_found(id))?;
-        running.handle.pause().await?;
+        running.handle.pause(mode).await?;
         Ok(())
+    }
+
+    /// For the proxy: resumes sandbox `id` if it is paused and asked for
+    /// that (`autoResume`), with the lifetime it last had. `Ok(false)` if
+    /// it may not be (not asked, or paused without its memory, which only
+    /// an explicit resume may boot again).
+    pub async fn auto_resume(&self, id: &str) -> Result<bool, ApiError> {
+        let record = self.get(id)?;
+        if !record.auto_resume || self.node.paused_mode(id)? != PauseMode::Full {
+            return Ok(false);
+        }
+        self.resume(id, record.timeout_secs).await?;
+        Ok(true)
     }
 
     /// Resumes a paused sandbox for `timeout_secs`. `Ok(false)` if it was
     /// running already (its timeout is moved then).
     pub async fn resume(&self, id: &str, timeout_secs: u64) -> Result<bool, ApiError> {
+        let turn = Arc::clone(
+            self.resuming
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(id.to_owned())
+                .or_default(),
+        );
+        let resumed = {
+            let _turn = turn.lock().await;
+            self.resume_now(id, timeout_secs).await
+        };
+        let mut resuming = self
+            .resuming
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's and ours: nobody waits.
+        if Arc::strong_count(&turn) == 2 {
+            resuming.remove(id);
+        }
+        resumed
+    }
+
+    async fn resume_now(&self, id: &str, timeout_secs: u64) -> Result<bool, ApiError> {
         let mut record = self.get(id)?;
         if record.state == SandboxState::Running {
             self.refresh(id, timeout_secs)?;
@@ -646,6 +763,7 @@ impl Manager {
         record.state = SandboxState::Running;
         record.lifecycle = Some(State::Running.as_str().to_owned());
         record.end_at_ms = now_ms().saturating_add(secs_ms(timeout_secs));
+        record.timeout_secs = timeout_secs;
         if let Err(e) = self.store.update_sandbox(&record) {
             let _ = running.handle.stop(StopReason::Killed).await;
             return Err(e.into());
@@ -655,14 +773,17 @@ impl Manager {
     }
 
     /// `count` copies of a running sandbox (memory, processes, files), each
-    /// ending `timeout_secs` from now. Copies keep the parent's access token
-    /// (their agents hold it from the parent's memory), env and metadata.
+    /// ending `timeout_secs` from now, each succeeding or failing on its
+    /// own (the outer error: nothing was attempted). Copies keep the
+    /// parent's access token (their agents hold it from the parent's
+    /// memory), env and metadata.
     pub async fn fork(
         &self,
         id: &str,
         count: usize,
         timeout_secs: u64,
-    ) -> Result<Vec<SandboxRecord>, ApiError> {
+    ) -> Result<Vec<Result<SandboxRecord, ApiError>>, ApiError> {
+        use futures_util::StreamExt;
         let parent = self.get(id)?;
         let running = self.running(id, "fork it")?;
         let node = Arc::clone(&self.node);
@@ -672,39 +793,57 @@ impl Manager {
                 Box::pin(async move { sandbox.fork(&node, count).await })
             })
             .await??;
-        let mut records = Vec::with_capacity(copies.len());
-        let mut failure = None;
-        for copy in copies {
-            let init = InitRequest {
-                access_token: parent.envd_access_token.clone(),
-                ..InitRequest::default()
-            };
-            let running = match self.supervise(copy, Origin::Created, Some(init)).await {
-                Ok(running) => running,
-                Err(e) => {
-                    failure = Some(e);
-                    continue;
-                }
-            };
-            let now = now_ms();
-            let record = SandboxRecord {
-                sandbox_id: running.handle.id().to_owned(),
-                started_at_ms: now,
-                end_at_ms: now.saturating_add(secs_ms(timeout_secs)),
-                lifecycle: Some(State::Running.as_str().to_owned()),
-                ..parent.clone()
-            };
-            if let Err(e) = self.store.insert_sandbox(&record) {
-                let _ = running.handle.stop(StopReason::Killed).await;
-                failure = Some(e.into());
-                continue;
-            }
-            self.go_live(running);
-            records.push(record);
+        let parent = &parent;
+        Ok(futures_util::stream::iter(copies)
+            .map(|copy| async move { self.start_fork(parent, copy?, timeout_secs).await })
+            .buffered(FORK_PARALLEL)
+            .collect()
+            .await)
+    }
+
+    /// Supervises and records one copy made by [`Manager::fork`].
+    async fn start_fork(
+        &self,
+        parent: &SandboxRecord,
+        copy: Sandbox,
+        timeout_secs: u64,
+    ) -> Result<SandboxRecord, ApiError> {
+        let init = InitRequest {
+            access_token: parent.envd_access_token.clone(),
+            ..InitRequest::default()
+        };
+        let running = self.supervise(copy, Origin::Created, Some(init)).await?;
+        let now = now_ms();
+        let record = SandboxRecord {
+            sandbox_id: running.handle.id().to_owned(),
+            started_at_ms: now,
+            end_at_ms: now.saturating_add(secs_ms(timeout_secs)),
+            lifecycle: Some(State::Running.as_str().to_owned()),
+            timeout_secs,
+            ..parent.clone()
+        };
+        if let Err(e) = self.store.insert_sandbox(&record) {
+            let _ = running.handle.stop(StopReason::Killed).await;
+            return Err(e.into());
         }
-        match failure {
-            Some(e) if records.is_empty() => Err(e),
-            _ => Ok(records),
+        self.go_live(running);
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(record)
+    }
+
+    /// Records a sample of the team's metrics: the sandboxes running now,
+    /// and those started since the sample before. Samples are kept
+    /// [`KEEP_TEAM_SAMPLES_MS`].
+    pub fn sample_team(&self) {
+        let now = now_ms();
+        let running = u64::try_from(self.live.lock().len()).unwrap_or(u64::MAX);
+        let started = self.started.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) =
+            self.store
+                .add_team_sample(now, running, started, now - KEEP_TEAM_SAMPLES_MS)
+        {
+            tracing::warn!("recording the team's metrics: {e}");
         }
     }
 
@@ -721,7 +860,12 @@ impl Manager {
         for record in expired {
             let id = &record.sandbox_id;
             let done = if record.auto_pause {
-                self.pause(id).await
+                let mode = if record.auto_pause_memory {
+                    PauseMode::Full
+                } else {
+                    PauseMode::Filesystem
+                };
+                self.pause(id, mode).await
             } else {
                 self.end(id, StopReason::TimedOut).await
             };
@@ -731,7 +875,14 @@ impl Manager {
                     auto_pause = record.auto_pause,
                     "sandbox timed out"
                 ),
-                Err(e) => tracing::warn!(sandbox = id, "ending a timed-out sandbox: {e}"),
+                Err(e) => {
+                    // Tried again a little later, not at every tick.
+                    tracing::warn!(sandbox = id, "ending a timed-out sandbox: {e}");
+                    let later = now_ms().saturating_add(TIMEOUT_RETRY_MS);
+                    if let Err(e) = self.store.set_end_at(id, later) {
+                        tracing::warn!(sandbox = id, "{e}");
+                    }
+                }
             }
         }
         if let Err(e) = self.store.forget_stopped(now_ms() - KEEP_STOPPED_MS) {
@@ -862,7 +1013,7 @@ impl Manager {
             "cpuUsedPct": m["cpu_used_pct"],
             "memUsed": m["mem_used"],
             "memTotal": m["mem_total"],
-            "memCache": 0,
+            "memCache": m["mem_cache"],
             "diskUsed": m["disk_used"],
             "diskTotal": m["disk_total"],
             // Beyond E2B's shape: the host's view of the VMM.
@@ -876,11 +1027,19 @@ impl Manager {
         let record = self.get(id)?;
         let path = self.node.layout().sandboxes().join(id).join("console.log");
         let text = std::fs::read(&path).unwrap_or_default();
+        // Times never go back: a line without its own time (a kernel
+        // message), or stamped by a guest clock not yet set after a
+        // restore, takes the one before it.
+        let mut last_ms = record.started_at_ms;
         Ok(String::from_utf8_lossy(&text)
             .lines()
             .map(str::trim_end)
             .filter(|l| !l.is_empty())
-            .map(|line| parse_log_line(line, record.started_at_ms))
+            .map(|line| {
+                let (ms, level, message) = parse_log_line(line, last_ms);
+                last_ms = ms.max(last_ms);
+                (last_ms, level, message)
+            })
             .collect())
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::api::Api;
 use crate::error::ApiError;
 use crate::manager::Route;
+use hearth_proto::signature::{Operation, SignedUrl};
 
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
@@ -78,9 +79,56 @@ fn target_from_host(host: &str, domain: &str) -> Option<Target> {
     })
 }
 
+/// The query of a `/files` URL.
+#[derive(Debug, Default, serde::Deserialize)]
+struct FilesQuery {
+    path: Option<String>,
+    username: Option<String>,
+    signature: Option<String>,
+    signature_expiration: Option<i64>,
+}
+
+/// A signed `/files` URL with no sandbox id (what the SDKs' `download_url`
+/// and `upload_url` give when `E2B_SANDBOX_URL` points here) goes to the
+/// running sandbox whose access token signed it; the agent checks it again.
+/// `None` if the request is not such a URL.
+fn signed_target(request: &Request, api: &Api) -> Option<Result<Target, ApiError>> {
+    let operation = match *request.method() {
+        Method::GET => Operation::Read,
+        Method::POST => Operation::Write,
+        _ => return None,
+    };
+    if request.uri().path() != "/files" {
+        return None;
+    }
+    let query: FilesQuery = Query::try_from_uri(request.uri()).ok()?.0;
+    query.signature.as_ref()?;
+    let url = SignedUrl {
+        path: query.path.as_deref().unwrap_or(""),
+        user: query.username.as_deref().unwrap_or(""),
+        signature: query.signature.as_deref(),
+        expiration: query.signature_expiration,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Some(
+        api.manager
+            .signed_by(&url, operation, now)
+            .map(|sandbox| Target {
+                sandbox,
+                port: AGENT_PORT,
+            }),
+    )
+}
+
 /// Runs before the API: sandbox traffic is proxied, the rest goes on.
 pub async fn route(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
-    match target(&request, api.domain.as_deref()) {
+    let target = match target(&request, api.domain.as_deref()) {
+        Ok(None) => signed_target(&request, &api).transpose(),
+        other => other,
+    };
+    match target {
         Ok(Some(target)) => match forward(&api, target, request).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -105,7 +153,17 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
     // ("was not found", "port is not open"): `is_running()` is false on the
     // first, and a command raises SandboxNotRunningException.
     let id = &target.sandbox;
-    let route = match api.manager.route(id, target.port) {
+    let mut route = api.manager.route(id, target.port);
+    // A paused sandbox that asked for it (`autoResume`) is resumed, and
+    // the request that woke it is answered.
+    if route
+        .as_ref()
+        .is_err_and(|e| e.status == StatusCode::CONFLICT)
+        && api.manager.auto_resume(id).await?
+    {
+        route = api.manager.route(id, target.port);
+    }
+    let route = match route {
         Ok(route) => route,
         Err(e) if matches!(e.status, StatusCode::NOT_FOUND | StatusCode::CONFLICT) => {
             let paused = if e.status == StatusCode::CONFLICT {

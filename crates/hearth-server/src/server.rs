@@ -17,6 +17,8 @@ use crate::store::Store;
 
 /// How often sandboxes are checked for their end time.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
+/// How often the team's metrics are sampled (E2B's finest step).
+pub const TEAM_SAMPLE_TICK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -119,10 +121,22 @@ pub async fn serve(
             }
         })
     };
+    let sampler = {
+        let manager = Arc::clone(&manager);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TEAM_SAMPLE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                manager.sample_team();
+            }
+        })
+    };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     expiry.abort();
+    sampler.abort();
     builds.shutdown();
     manager.shutdown(options.kill_on_exit).await;
     Ok(served?)

@@ -32,7 +32,7 @@ mod builds;
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +79,23 @@ const SCHEMA_4: &str = "ALTER TABLE sandboxes ADD COLUMN stop_reason TEXT;";
 /// stopping, stopped.
 const SCHEMA_5: &str = "ALTER TABLE sandboxes ADD COLUMN lifecycle TEXT;";
 
+/// Version 6: the rest of a sandbox's timeout policy (E2B's `lifecycle`):
+/// what an auto-pause keeps, whether traffic resumes it, and the lifetime
+/// a resume gives it; the last characters of each API key (E2B's mask);
+/// the samples of the team's metrics (sandboxes running, and started since
+/// the sample before).
+const SCHEMA_6: &str = "
+ALTER TABLE sandboxes ADD COLUMN auto_pause_memory INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN timeout_secs INTEGER NOT NULL DEFAULT 300;
+ALTER TABLE api_keys ADD COLUMN suffix TEXT NOT NULL DEFAULT '';
+CREATE TABLE team_metrics (
+    timestamp_ms INTEGER PRIMARY KEY,
+    concurrent   INTEGER NOT NULL,
+    started      INTEGER NOT NULL
+);
+";
+
 /// Version 3: template builds of the E2B build API, their logs and tags.
 const SCHEMA_3: &str = "
 CREATE TABLE template_builds (
@@ -116,9 +133,10 @@ CREATE TABLE template_tags (
 
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
-    auto_pause, allow_internet_access, egress, stop_reason, lifecycle";
+    auto_pause, allow_internet_access, egress, stop_reason, lifecycle, auto_pause_memory, \
+    auto_resume, timeout_secs";
 
-const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked";
+const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked, suffix";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +192,9 @@ pub struct KeyInfo {
     /// Unix seconds of the latest accepted request, if any.
     pub last_used: Option<u64>,
     pub revoked: bool,
+    /// Its last 4 characters (E2B's mask shows them); empty for keys made
+    /// before they were kept.
+    pub suffix: String,
 }
 
 /// Where a sandbox is in its life.
@@ -247,6 +268,15 @@ pub struct SandboxRecord {
     /// Its lifecycle state (`hearth_node::State`), persisted on every
     /// move; `None` in rows written before it was kept.
     pub lifecycle: Option<String>,
+    /// An auto-pause keeps memory (else the disk only: E2B's
+    /// `autoPauseMemory`).
+    pub auto_pause_memory: bool,
+    /// A request for it through the proxy resumes it when paused (E2B's
+    /// `autoResume`).
+    pub auto_resume: bool,
+    /// The lifetime it was created (or last resumed) with: what an
+    /// auto-resume gives it again.
+    pub timeout_secs: u64,
 }
 
 /// Which sandboxes [`Store::list_sandboxes`] returns.
@@ -364,6 +394,9 @@ impl Store {
         if version < 5 {
             tx.execute_batch(SCHEMA_5).map_err(self.query())?;
         }
+        if version < 6 {
+            tx.execute_batch(SCHEMA_6).map_err(self.query())?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
         tx.commit().map_err(self.query())
@@ -418,17 +451,19 @@ impl Store {
             created_at: now_secs(),
             last_used: None,
             revoked: false,
+            suffix: keys::display_suffix(&plaintext),
         };
         self.with(|c| {
             c.execute(
-                "INSERT INTO api_keys (id, name, hash, prefix, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO api_keys (id, name, hash, prefix, created_at, suffix) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     info.id,
                     info.name,
                     keys::hash_key(&plaintext),
                     info.prefix,
                     secs_to_sql(info.created_at),
+                    info.suffix,
                 ],
             )
         })
@@ -453,6 +488,19 @@ impl Store {
     pub fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
         let changed = self
             .with(|c| c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id]))
+            .map_err(self.query())?;
+        Ok(changed > 0)
+    }
+
+    /// Renames the key with id `id`; false if there is none.
+    pub fn rename_key(&self, id: &str, name: &str) -> Result<bool, StoreError> {
+        let changed = self
+            .with(|c| {
+                c.execute(
+                    "UPDATE api_keys SET name = ?2 WHERE id = ?1 AND revoked = 0",
+                    [id, name],
+                )
+            })
             .map_err(self.query())?;
         Ok(changed > 0)
     }
@@ -512,6 +560,58 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    // The team's metrics.
+
+    /// Records a sample: `concurrent` sandboxes running at `timestamp_ms`,
+    /// `started` since the sample before; samples older than `keep_from_ms`
+    /// go.
+    pub fn add_team_sample(
+        &self,
+        timestamp_ms: i64,
+        concurrent: u64,
+        started: u64,
+        keep_from_ms: i64,
+    ) -> Result<(), StoreError> {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO team_metrics (timestamp_ms, concurrent, started) \
+                 VALUES (?1, ?2, ?3)",
+                params![timestamp_ms, count(concurrent), count(started)],
+            )?;
+            c.execute(
+                "DELETE FROM team_metrics WHERE timestamp_ms < ?1",
+                [keep_from_ms],
+            )
+        })
+        .map_err(self.query())?;
+        Ok(())
+    }
+
+    /// The samples from `from_ms` to `to_ms` (inclusive), oldest first:
+    /// `(timestamp_ms, concurrent, started)`.
+    pub fn team_samples(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT timestamp_ms, concurrent, started FROM team_metrics \
+                     WHERE timestamp_ms BETWEEN ?1 AND ?2 ORDER BY timestamp_ms",
+                )
+                .map_err(self.query())?;
+            let rows = stmt
+                .query_map([from_ms, to_ms], |row| {
+                    let count = |i| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+                    Ok((row.get(0)?, count(1)?, count(2)?))
+                })
+                .map_err(self.query())?;
+            rows.collect::<Result<_, _>>().map_err(self.query())
+        })
+    }
+
     // Sandboxes.
 
     /// Adds a sandbox; its id must be new.
@@ -520,7 +620,8 @@ impl Store {
         let result = self.with(|c| c.execute(
             &format!(
                 "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+                 ?18, ?19, ?20, ?21)"
             ),
             row.params(),
         ));
@@ -558,7 +659,7 @@ impl Store {
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
                  auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17, \
-                 lifecycle = ?18 \
+                 lifecycle = ?18, auto_pause_memory = ?19, auto_resume = ?20, timeout_secs = ?21 \
                  WHERE sandbox_id = ?1",
                 row.params(),
             )
@@ -786,6 +887,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyInfo> {
         created_at: secs_from_sql(row.get(3)?),
         last_used: row.get::<_, Option<i64>>(4)?.map(secs_from_sql),
         revoked: row.get(5)?,
+        suffix: row.get(6)?,
     })
 }
 
@@ -809,6 +911,9 @@ struct SandboxRow {
     egress: String,
     stop_reason: Option<String>,
     lifecycle: Option<String>,
+    auto_pause_memory: bool,
+    auto_resume: bool,
+    timeout_secs: i64,
 }
 
 impl SandboxRow {
@@ -832,11 +937,14 @@ impl SandboxRow {
             egress: serde_json::to_string(&r.egress).expect("a policy serialises"),
             stop_reason: r.stop_reason.clone(),
             lifecycle: r.lifecycle.clone(),
+            auto_pause_memory: r.auto_pause_memory,
+            auto_resume: r.auto_resume,
+            timeout_secs: secs_to_sql(r.timeout_secs),
         }
     }
 
-    /// The 17 values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 18] {
+    /// The values in [`SANDBOX_COLUMNS`] order.
+    fn params(&self) -> [&dyn ToSql; 21] {
         [
             &self.sandbox_id,
             &self.template_id,
@@ -856,6 +964,9 @@ impl SandboxRow {
             &self.egress,
             &self.stop_reason,
             &self.lifecycle,
+            &self.auto_pause_memory,
+            &self.auto_resume,
+            &self.timeout_secs,
         ]
     }
 
@@ -879,6 +990,9 @@ impl SandboxRow {
             egress: row.get(15)?,
             stop_reason: row.get(16)?,
             lifecycle: row.get(17)?,
+            auto_pause_memory: row.get(18)?,
+            auto_resume: row.get(19)?,
+            timeout_secs: row.get(20)?,
         })
     }
 
@@ -916,6 +1030,9 @@ impl SandboxRow {
             egress,
             stop_reason: self.stop_reason,
             lifecycle: self.lifecycle,
+            auto_pause_memory: self.auto_pause_memory,
+            auto_resume: self.auto_resume,
+            timeout_secs: secs_from_sql(self.timeout_secs),
         })
     }
 }
@@ -1002,6 +1119,9 @@ mod tests {
             egress: Egress::open(),
             stop_reason: None,
             lifecycle: Some("running".into()),
+            auto_pause_memory: true,
+            auto_resume: false,
+            timeout_secs: 300,
         }
     }
 
@@ -1072,6 +1192,9 @@ mod tests {
         let old = store.get_sandbox("old").unwrap().unwrap();
         assert_eq!(old.state, SandboxState::Paused);
         assert_eq!(old.egress, Egress::open());
+        // Older rows keep E2B's defaults: a full auto-pause, no auto-resume.
+        assert!(old.auto_pause_memory && !old.auto_resume);
+        assert_eq!(old.timeout_secs, 300);
         let version: i64 = store
             .lock()
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -1174,6 +1297,9 @@ mod tests {
         rec.memory_mb = 2048;
         rec.secure = true;
         rec.auto_pause = true;
+        rec.auto_pause_memory = false;
+        rec.auto_resume = true;
+        rec.timeout_secs = 3600;
         rec.allow_internet_access = false;
         rec.egress = Egress::closed();
         store.update_sandbox(&rec).unwrap();

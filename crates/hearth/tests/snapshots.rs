@@ -210,7 +210,10 @@ fn paused_sandbox_survives_a_node_restart_and_resumes_running() {
         let (code, before) = sh(&sandbox, &format!("echo kept > /home/user/file; {COUNTER}")).await;
         assert_eq!(code, 0);
         let before: u64 = before.trim().parse().expect("a count");
-        sandbox.pause().await.expect("pause");
+        sandbox
+            .pause(hearth_node::PauseMode::Full)
+            .await
+            .expect("pause");
         let id = sandbox.id().to_owned();
         drop(sandbox);
         assert!(common::qemu_pids().is_empty(), "the paused VM still runs");
@@ -270,7 +273,8 @@ fn fork_makes_independent_running_copies() {
         let copies = parent.fork(&node, 2).await.expect("fork");
         assert_eq!(copies.len(), 2);
         let mut all = vec![parent];
-        for mut copy in copies {
+        for copy in copies {
+            let mut copy = copy.expect("each copy starts");
             copy.wait_ready(READY, InitRequest::default())
                 .await
                 .expect("copy answers");

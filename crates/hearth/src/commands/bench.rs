@@ -331,7 +331,7 @@ async fn pause_resume(
     for _ in 0..cycles {
         let dir = sandbox.dir().to_owned();
         let started = Instant::now();
-        sandbox.pause().await?;
+        sandbox.pause(hearth_node::PauseMode::Full).await?;
         pauses.push(started.elapsed());
         let id = sandbox.id().to_owned();
         state_bytes = std::fs::metadata(dir.join("state"))

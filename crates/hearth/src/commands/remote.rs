@@ -57,6 +57,32 @@ pub(crate) struct CreateArgs {
     /// IPv4 address or CIDR block the sandbox may not connect to (repeatable).
     #[arg(long = "deny-out", value_name = "CIDR")]
     deny_out: Vec<String>,
+    /// Pause the sandbox when its time is up instead of killing it.
+    #[arg(long)]
+    auto_pause: bool,
+    /// With --auto-pause: keep only its files (a resume boots it again).
+    #[arg(long, requires = "auto_pause")]
+    auto_pause_filesystem: bool,
+    /// With --auto-pause: a request for the paused sandbox through the
+    /// proxy resumes it.
+    #[arg(
+        long,
+        requires = "auto_pause",
+        conflicts_with = "auto_pause_filesystem"
+    )]
+    auto_resume: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct PauseArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Sandbox id.
+    id: String,
+    /// Keep only the sandbox's files: a resume boots it again from its
+    /// disk, without its processes.
+    #[arg(long)]
+    filesystem: bool,
 }
 
 #[derive(Args)]
@@ -198,6 +224,9 @@ pub(crate) fn create(args: CreateArgs, layout: &Layout) -> CommandResult {
         "metadata": args.metadata.into_iter().collect::<BTreeMap<_, _>>(),
         "allow_internet_access": !args.no_internet,
         "network": { "allowOut": args.allow_out, "denyOut": args.deny_out },
+        "autoPause": args.auto_pause,
+        "autoPauseMemory": !args.auto_pause_filesystem,
+        "autoResume": { "enabled": args.auto_resume },
     });
     run(
         &args.remote,
@@ -251,12 +280,13 @@ pub(crate) fn kill(args: IdArgs, layout: &Layout) -> CommandResult {
     )
 }
 
-pub(crate) fn pause(args: IdArgs, layout: &Layout) -> CommandResult {
+pub(crate) fn pause(args: PauseArgs, layout: &Layout) -> CommandResult {
     let path = format!("/sandboxes/{}/pause", args.id);
+    let body = json!({ "memory": !args.filesystem });
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::POST, &path, None).await,
+        async |c| c.call(Method::POST, &path, Some(body)).await,
         |_| {
             println!("paused {}", args.id);
         },

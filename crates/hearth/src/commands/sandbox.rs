@@ -34,8 +34,9 @@ pub(crate) enum SandboxCommand {
     List(super::remote::ListArgs),
     /// Kill a sandbox.
     Kill(super::remote::IdArgs),
-    /// Pause a sandbox (memory, processes and files are kept).
-    Pause(super::remote::IdArgs),
+    /// Pause a sandbox (memory, processes and files are kept; with
+    /// --filesystem only its files).
+    Pause(super::remote::PauseArgs),
     /// Resume a paused sandbox.
     Resume(super::remote::ResumeArgs),
     /// Print a sandbox's guest console log.

@@ -29,6 +29,10 @@ pub(crate) struct ServerArgs {
     /// Virtual CPUs per sandbox.
     #[arg(long, default_value_t = 2)]
     vcpus: u32,
+    /// Most sandboxes (pooled ones included) that may exist at once: each
+    /// takes a network slot. Creates beyond it fail with a clear error.
+    #[arg(long, default_value_t = NodeOptions::default().slot_capacity)]
+    max_sandboxes: u32,
     /// Guest memory per sandbox in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
@@ -91,6 +95,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         },
         node: NodeOptions {
             accel: args.accel,
+            slot_capacity: args.max_sandboxes,
             ..NodeOptions::default()
         },
         init_binary: match args.init_binary {

@@ -31,6 +31,7 @@ pub struct Server {
 
 impl Server {
     /// A server that kills its sandboxes when it stops.
+    #[allow(dead_code)]
     pub fn start(data: &Path) -> Self {
         Self::spawn(
             Path::new(env!("CARGO_BIN_EXE_hearth")),

@@ -128,12 +128,16 @@ def create_and_run():
         len(metrics) == 1 and metrics[0].cpu_count == 2 and 0 < metrics[0].mem_used < metrics[0].mem_total,
         metrics,
     )
+    # v2 logs: newest first by default (E2B's backward direction).
     status, _, body = http("GET", f"/v2/sandboxes/{sbx.sandbox_id}/logs", headers={"X-API-Key": KEY})
-    messages = [e["message"] for e in json.loads(body)["logs"]] if status == 200 else []
+    newest = json.loads(body)["logs"] if status == 200 else []
+    messages = [e["message"] for e in reversed(newest)]
     check("logs hold the guest's console", any("applied /init" in m for m in messages), (status, body[:300]))
+    check("v2 logs come newest first",
+          [e["timestamp"] for e in newest] == sorted((e["timestamp"] for e in newest), reverse=True), newest[:3])
     status, _, body = http("GET", f"/sandboxes/{sbx.sandbox_id}/logs?limit=5", headers={"X-API-Key": KEY})
     v1 = json.loads(body) if status == 200 else {}
-    check("v1 logs give the same console as lines",
+    check("v1 logs give the last lines, oldest first",
           [l["line"] for l in v1.get("logs", [])] == messages[-5:] and len(v1.get("logEntries", [])) == 5,
           (status, body[:300]))
     return sbx
