@@ -13,6 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::apply::{self, Runner, System};
 use crate::egress::Egress;
@@ -29,6 +30,25 @@ pub struct Slots {
     lock_dir: PathBuf,
     indexes: Range<u32>,
     runner: Arc<dyn Runner>,
+    /// How many slots this value handed out are held now.
+    held: Arc<AtomicU32>,
+}
+
+/// Counts a slot as held while it lives.
+#[derive(Debug)]
+struct Held(Arc<AtomicU32>);
+
+impl Held {
+    fn new(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Slots {
@@ -46,7 +66,18 @@ impl Slots {
             lock_dir,
             indexes,
             runner: Arc::new(System),
+            held: Arc::default(),
         }
+    }
+
+    /// How many slots may be held at once.
+    pub fn capacity(&self) -> u32 {
+        self.indexes.len().try_into().unwrap_or(u32::MAX)
+    }
+
+    /// How many slots acquired or adopted through this value are held now.
+    pub fn in_use(&self) -> u32 {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Takes the lowest free index, removes whatever a dead holder left of it,
@@ -66,6 +97,7 @@ impl Slots {
                 lock,
                 runner: Arc::clone(&self.runner),
                 released: false,
+                _held: Held::new(&self.held),
             });
         }
         Err(NetError::Exhausted {
@@ -115,6 +147,7 @@ impl Slots {
             lock,
             runner: Arc::clone(&self.runner),
             released: false,
+            _held: Held::new(&self.held),
         })
     }
 
@@ -157,6 +190,7 @@ pub struct Slot {
     lock: File,
     runner: Arc<dyn Runner>,
     released: bool,
+    _held: Held,
 }
 
 impl Slot {

@@ -201,6 +201,17 @@ impl Node {
         Ok(current)
     }
 
+    /// How many network slots (so sandboxes, pooled ones included) are
+    /// held now.
+    pub fn slots_in_use(&self) -> u32 {
+        self.slots.in_use()
+    }
+
+    /// How many network slots may be held at once.
+    pub fn slot_capacity(&self) -> u32 {
+        self.slots.capacity()
+    }
+
     /// The current build of a template.
     pub fn template(&self, name: &str) -> Result<Template, NodeError> {
         hearth_image::find_template(&self.layout.templates(), name)?

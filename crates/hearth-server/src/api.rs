@@ -498,13 +498,19 @@ pub fn router(api: Arc<Api>) -> Router {
     for route in ROUTES {
         routes = routes.route(route.path, (route.handler)());
     }
-    routes = routes.layer(middleware::from_fn_with_state(api.clone(), require_key));
+    routes = routes
+        .route("/metrics", get(crate::metrics::scrape))
+        .layer(middleware::from_fn_with_state(api.clone(), require_key));
     for route in OPEN_ROUTES {
         routes = routes.route(route.path, (route.handler)());
     }
     routes
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            crate::metrics::track,
+        ))
         .with_state(api)
 }
 

@@ -12,6 +12,7 @@ pub mod builds;
 pub mod error;
 pub mod keys;
 pub mod manager;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -16,6 +16,7 @@ use hearth_proto::agent::InitRequest;
 use hearth_proto::signature::{Operation, SignedUrl, file_signature, same_bytes};
 
 use crate::error::ApiError;
+use crate::metrics::{Gauges, Metrics, ModeLabel, ReasonLabel, ResumeLabels};
 use crate::store::{SandboxRecord, SandboxState, Store};
 
 /// The envd version the agent implements (what the e2b SDKs check).
@@ -110,6 +111,7 @@ impl LiveMap {
 struct Catalog {
     store: Arc<Store>,
     live: Arc<LiveMap>,
+    metrics: Arc<Metrics>,
 }
 
 impl Watcher for Catalog {
@@ -121,6 +123,16 @@ impl Watcher for Catalog {
             }
             State::Stopping | State::Stopped => {
                 self.live.lock().remove(id);
+                if lifecycle.state() == State::Stopping
+                    && let Some(reason) = lifecycle.reason()
+                {
+                    self.metrics
+                        .stops
+                        .get_or_create(&ReasonLabel {
+                            reason: Metrics::stop_reason(reason),
+                        })
+                        .inc();
+                }
                 let reason = lifecycle
                     .reason()
                     .map_or_else(|| "stopped".to_owned(), ToString::to_string);
@@ -163,6 +175,7 @@ pub struct Manager {
     pools: std::sync::Mutex<HashMap<String, PoolCell>>,
     live: Arc<LiveMap>,
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
     /// Sandboxes started (created or forked) since the last team sample.
     started: std::sync::atomic::AtomicU64,
     /// One resume at a time per sandbox: others wait and find it running.
@@ -208,13 +221,16 @@ impl Manager {
         store: Arc<Store>,
         shape: Shape,
         pool_size: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
         let live = Arc::new(LiveMap::default());
         let manager = Self {
             catalog: Arc::new(Catalog {
                 store: Arc::clone(&store),
                 live: Arc::clone(&live),
+                metrics: Arc::clone(&metrics),
             }),
+            metrics,
             node,
             store,
             shape,
@@ -321,6 +337,57 @@ impl Manager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn server_metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What the metrics' gauges show: the catalog's sandboxes, the pools,
+    /// the slots, and the VMMs of the running sandboxes by template.
+    pub async fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges::default();
+        let records = match self.store.running_sandboxes() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!("reading the catalog for the metrics: {e}");
+                Vec::new()
+            }
+        };
+        for record in &records {
+            *gauges
+                .sandboxes
+                .entry((record.state.as_str().to_owned(), record.template_id.clone()))
+                .or_default() += 1;
+            let Some(running) = self.live.get(&record.sandbox_id) else {
+                continue;
+            };
+            let usage = running
+                .handle
+                .with(|sandbox: &mut Sandbox| Box::pin(async move { sandbox.vmm_usage() }));
+            // A sandbox busy with a long job (a pause, a fork) is skipped.
+            if let Ok(Ok(usage)) = tokio::time::timeout(Duration::from_secs(1), usage).await {
+                let vmm = gauges.vmm.entry(record.template_id.clone()).or_default();
+                vmm.0 += usage.cpu_seconds;
+                vmm.1 += usage
+                    .memory_bytes
+                    .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+            }
+        }
+        let pools: Vec<(String, PoolCell)> = self
+            .pools()
+            .iter()
+            .map(|(name, cell)| (name.clone(), Arc::clone(cell)))
+            .collect();
+        for (name, cell) in pools {
+            if let Some(pool) = cell.get() {
+                let parked = i64::try_from(pool.pool.len()).unwrap_or(i64::MAX);
+                gauges.pooled.insert(name, parked);
+            }
+        }
+        gauges.slots_used = i64::from(self.node.slots_in_use());
+        gauges.slots_capacity = i64::from(self.node.slot_capacity());
+        gauges
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -508,6 +575,36 @@ impl Manager {
     }
 
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
+        let started = std::time::Instant::now();
+        let template = request.template.name.clone();
+        let source = if request.template.build.is_some() {
+            "restore"
+        } else {
+            "pool"
+        };
+        match self.create_now(request).await {
+            Ok(record) => {
+                self.metrics
+                    .observe_create(&template, source, started.elapsed());
+                Ok(record)
+            }
+            Err(e) => {
+                let reason = match e.status {
+                    StatusCode::SERVICE_UNAVAILABLE => "capacity",
+                    StatusCode::NOT_FOUND => "no_template",
+                    StatusCode::BAD_REQUEST => "bad_request",
+                    _ => "error",
+                };
+                self.metrics
+                    .create_failures
+                    .get_or_create(&ReasonLabel { reason })
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_now(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
         let (sandbox, shape) = match &request.template.build {
             None => {
                 let TemplatePool { pool, shape } = self.pool(&request.template.name).await?;
@@ -706,8 +803,20 @@ impl Manager {
             )));
         }
         let running = self.live.get(id).ok_or_else(|| not_found(id))?;
-        running.handle.pause(mode).await?;
-        Ok(())
+        match running.handle.pause(mode).await {
+            Ok(()) => {
+                let mode = match mode {
+                    PauseMode::Full => "full",
+                    PauseMode::Filesystem => "filesystem",
+                };
+                self.metrics.pauses.get_or_create(&ModeLabel { mode }).inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.pause_failures.inc();
+                Err(e.into())
+            }
+        }
     }
 
     /// For the proxy: resumes sandbox `id` if it is paused and asked for
@@ -719,13 +828,23 @@ impl Manager {
         if !record.auto_resume || self.node.paused_mode(id)? != PauseMode::Full {
             return Ok(false);
         }
-        self.resume(id, record.timeout_secs).await?;
+        self.resume_for(id, record.timeout_secs, "traffic").await?;
         Ok(true)
     }
 
     /// Resumes a paused sandbox for `timeout_secs`. `Ok(false)` if it was
     /// running already (its timeout is moved then).
     pub async fn resume(&self, id: &str, timeout_secs: u64) -> Result<bool, ApiError> {
+        self.resume_for(id, timeout_secs, "api").await
+    }
+
+    /// [`Manager::resume`], counted as asked by `trigger`.
+    async fn resume_for(
+        &self,
+        id: &str,
+        timeout_secs: u64,
+        trigger: &'static str,
+    ) -> Result<bool, ApiError> {
         let turn = Arc::clone(
             self.resuming
                 .lock()
@@ -735,7 +854,24 @@ impl Manager {
         );
         let resumed = {
             let _turn = turn.lock().await;
-            self.resume_now(id, timeout_secs).await
+            let mode = match self.node.paused_mode(id) {
+                Ok(PauseMode::Filesystem) => "filesystem",
+                _ => "full",
+            };
+            let resumed = self.resume_now(id, timeout_secs).await;
+            match &resumed {
+                Ok(true) => {
+                    self.metrics
+                        .resumes
+                        .get_or_create(&ResumeLabels { mode, trigger })
+                        .inc();
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    self.metrics.resume_failures.inc();
+                }
+            }
+            resumed
         };
         let mut resuming = self
             .resuming
@@ -794,11 +930,18 @@ impl Manager {
             })
             .await??;
         let parent = &parent;
-        Ok(futures_util::stream::iter(copies)
+        let results: Vec<Result<SandboxRecord, ApiError>> = futures_util::stream::iter(copies)
             .map(|copy| async move { self.start_fork(parent, copy?, timeout_secs).await })
             .buffered(FORK_PARALLEL)
             .collect()
-            .await)
+            .await;
+        for result in &results {
+            match result {
+                Ok(_) => self.metrics.fork_copies.inc(),
+                Err(_) => self.metrics.fork_copy_failures.inc(),
+            };
+        }
+        Ok(results)
     }
 
     /// Supervises and records one copy made by [`Manager::fork`].

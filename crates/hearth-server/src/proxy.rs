@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 
 use crate::api::Api;
 use crate::error::ApiError;
-use crate::manager::Route;
+use crate::manager::{Manager, Route};
+use crate::metrics::DirectionLabel;
 use hearth_proto::signature::{Operation, SignedUrl};
 
 const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
@@ -129,10 +130,33 @@ pub async fn route(State(api): State<Arc<Api>>, request: Request, next: Next) ->
         other => other,
     };
     match target {
-        Ok(Some(target)) => match forward(&api, target, request).await {
-            Ok(response) => response,
-            Err(e) => e.into_response(),
-        },
+        Ok(Some(target)) => {
+            let started = std::time::Instant::now();
+            let method = request.method().as_str().to_owned();
+            let http1 = request.version() <= hyper::Version::HTTP_11;
+            let response = match forward(&api, target, request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    let mut response = e.into_response();
+                    // The request's body may be unread: the server will not
+                    // reuse the connection, and says so, or a client could
+                    // send its next request into one being closed.
+                    if http1 {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    response
+                }
+            };
+            api.manager.server_metrics().observe_request(
+                "proxy".to_owned(),
+                method,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            response
+        }
         Ok(None) => next.run(request).await,
         Err(e) => e.into_response(),
     }
@@ -208,7 +232,7 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
         });
     }
     let (parts, body) = response.into_parts();
-    let body = UntilEnded { body, ended };
+    let body = UntilEnded::new(body, ended, Arc::clone(&api.manager));
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -259,6 +283,29 @@ async fn send(
 struct UntilEnded {
     body: Incoming,
     ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Where its bytes and its being open are counted.
+    manager: Arc<Manager>,
+}
+
+impl UntilEnded {
+    fn new(
+        body: Incoming,
+        ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+        manager: Arc<Manager>,
+    ) -> Self {
+        manager.server_metrics().proxy_open.inc();
+        Self {
+            body,
+            ended,
+            manager,
+        }
+    }
+}
+
+impl Drop for UntilEnded {
+    fn drop(&mut self) {
+        self.manager.server_metrics().proxy_open.dec();
+    }
 }
 
 impl HttpBody for UntilEnded {
@@ -272,7 +319,19 @@ impl HttpBody for UntilEnded {
         if self.ended.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err("the sandbox stopped".into())));
         }
-        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.manager
+                .server_metrics()
+                .proxy_bytes
+                .get_or_create(&DirectionLabel {
+                    direction: "to_client",
+                })
+                .inc_by(u64::try_from(data.len()).unwrap_or(u64::MAX));
+        }
+        frame.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

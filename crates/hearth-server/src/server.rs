@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, Api};
 use crate::builds::Builds;
 use crate::manager::{Manager, Shape};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How often sandboxes are checked for their end time.
@@ -31,6 +32,9 @@ pub struct ServerOptions {
     pub node: NodeOptions,
     /// The static `hearth-init` that template builds put into image bases.
     pub init_binary: PathBuf,
+    /// Where to serve `GET /metrics` without an API key (for a Prometheus
+    /// on a trusted network); on the API's port it needs the key.
+    pub metrics_listen: Option<SocketAddr>,
     /// Kill the running sandboxes when the server stops. By default they
     /// keep running, and the next server on this data directory adopts
     /// them (as it does after a crash).
@@ -87,6 +91,7 @@ pub async fn serve(
             Arc::clone(&store),
             options.shape,
             options.pool_size,
+            Arc::new(Metrics::default()),
         )
         .await?,
     );
@@ -106,6 +111,21 @@ pub async fn serve(
         domain: options.domain.clone(),
         listen,
     });
+    let metrics_server = match options.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics without a key");
+            let app = axum::Router::new()
+                .route("/metrics", axum::routing::get(crate::metrics::scrape))
+                .with_state(Arc::clone(&api));
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!("the metrics listener ended: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = api::router(Arc::clone(&api))
         .layer(middleware::from_fn_with_state(api, crate::proxy::route));
     ready(listen);
@@ -137,6 +157,9 @@ pub async fn serve(
         .await;
     expiry.abort();
     sampler.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     builds.shutdown();
     manager.shutdown(options.kill_on_exit).await;
     Ok(served?)

@@ -3,7 +3,8 @@
 //! policies with and without memory, auto-resume by traffic,
 //! filesystem-only pauses that boot again, signed file URLs, a sandbox
 //! killed under a streaming command, forks of up to 100 copies with
-//! per-copy results, and the log, API-key and team-metric routes. Needs
+//! per-copy results, and the log, API-key and team-metric routes; and the
+//! Prometheus metrics move with all that. Needs
 //! root, the kernel, the base template, `HEARTH_E2B_PYTHON` and
 //! `HEARTH_E2B_JS`; CI runs it with `--include-ignored`.
 
@@ -11,6 +12,9 @@ mod common;
 #[path = "common/server.rs"]
 mod sdk_server;
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 
@@ -28,15 +32,32 @@ fn current_e2b_sdks_against_hearth_server() {
     );
     assert_nothing_left("before the test");
     let data = server_data_dir();
+    let metrics_addr = free_port();
     // Room for a parent and its 100 copies, not for many more: the script
     // forks past it to see copies fail one by one.
-    let server = Server::start_with(data.path(), &["--max-sandboxes", "110"]);
+    let server = Server::start_with(
+        data.path(),
+        &[
+            "--max-sandboxes",
+            "110",
+            "--metrics-listen",
+            &metrics_addr.to_string(),
+        ],
+    );
     let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
     let key = key.trim();
+    let api: SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let (status, _) = get(api, "/metrics", None);
+    assert_eq!(status, 401, "/metrics on the API port needs the key");
+    let (status, _) = get(api, "/metrics", Some(key));
+    assert_eq!(status, 200);
+    let before = scrape(metrics_addr);
 
     let mut py = Command::new(&python);
     py.arg(script("current_drive.py"));
     sdk_server::drive(py, &server, key);
+    let after = scrape(metrics_addr);
+    check_metrics(&before, &after);
     let mut node = Command::new("node");
     node.arg(script("current_drive.cjs"))
         .env("NODE_PATH", Path::new(&js).join("node_modules"));
@@ -48,4 +69,133 @@ fn current_e2b_sdks_against_hearth_server() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET path` over HTTP/1.0: the status and the body.
+fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("the server listens");
+    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{key}\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The samples of a scrape of the key-less metrics listener: the series
+/// (name and labels) to its value.
+fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let (status, body) = get(addr, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("# EOF\n"), "an OpenMetrics exposition");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sum(samples: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| {
+            (series.as_str() == name || series.starts_with(&format!("{name}{{")))
+                && labels.iter().all(|l| series.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// What the Python script did shows in the metrics: its nine creates,
+/// kills, pauses of both kinds, resumes by API and by traffic, 100+
+/// fork copies and the ones that failed, API requests by route pattern,
+/// proxied bytes; and no series is labelled with a sandbox id.
+fn check_metrics(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
+    let grew = |name: &str, labels: &[&str]| sum(after, name, labels) - sum(before, name, labels);
+    for (name, labels, least) in [
+        (
+            "hearth_sandbox_creates_total",
+            &[r#"source="pool""#, r#"template="base""#][..],
+            9.0,
+        ),
+        (
+            "hearth_sandbox_stops_total",
+            &[r#"reason="killed""#][..],
+            100.0,
+        ),
+        (
+            "hearth_sandbox_pauses_total",
+            &[r#"mode="filesystem""#][..],
+            2.0,
+        ),
+        ("hearth_sandbox_pauses_total", &[r#"mode="full""#][..], 2.0),
+        (
+            "hearth_sandbox_resumes_total",
+            &[r#"trigger="traffic""#][..],
+            2.0,
+        ),
+        (
+            "hearth_sandbox_resumes_total",
+            &[r#"trigger="api""#][..],
+            2.0,
+        ),
+        ("hearth_sandbox_fork_copies_total", &[][..], 100.0),
+        ("hearth_sandbox_fork_copy_failures_total", &[][..], 1.0),
+        (
+            "hearth_http_requests_total",
+            &[
+                r#"route="/sandboxes/{id}""#,
+                r#"method="GET""#,
+                r#"status="200""#,
+            ][..],
+            10.0,
+        ),
+        (
+            "hearth_http_requests_total",
+            &[r#"route="proxy""#][..],
+            20.0,
+        ),
+        ("hearth_proxy_bytes_total", &[][..], 1000.0),
+        (
+            "hearth_sandbox_create_seconds_count",
+            &[r#"source="pool""#][..],
+            9.0,
+        ),
+    ] {
+        let grown = grew(name, labels);
+        assert!(
+            grown >= least,
+            "{name}{labels:?} grew by {grown}, expected at least {least}"
+        );
+    }
+    assert_eq!(sum(after, "hearth_slots_capacity", &[]), 110.0);
+    let pooled = sum(after, "hearth_pool_sandboxes", &[r#"template="base""#]);
+    assert!(pooled >= 1.0, "the base pool shows: {pooled}");
+    // Bounded cardinality: no label value is a sandbox id (20 lowercase
+    // letters and digits).
+    let id_like = after.keys().find(|series| {
+        series.split('"').skip(1).step_by(2).any(|v| {
+            v.len() == 20
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+    });
+    assert!(
+        id_like.is_none(),
+        "a series labelled by sandbox: {id_like:?}"
+    );
 }

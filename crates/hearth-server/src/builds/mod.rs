@@ -384,6 +384,7 @@ impl Builds {
                 if let Err(e) = self.store.finish_build(id, &node_build, now) {
                     tracing::warn!(build = id, "recording a finished template build: {e}");
                 }
+                self.observe_build("ready", started.elapsed());
                 tracing::info!(
                     template,
                     build = id,
@@ -400,6 +401,7 @@ impl Builds {
                 {
                     tracing::warn!(build = id, "recording a failed template build: {store}");
                 }
+                self.observe_build("error", started.elapsed());
                 tracing::info!(
                     template,
                     build = id,
@@ -409,6 +411,15 @@ impl Builds {
                 );
             }
         }
+    }
+
+    fn observe_build(&self, status: &'static str, took: std::time::Duration) {
+        let metrics = self.manager.server_metrics();
+        metrics
+            .builds
+            .get_or_create(&crate::metrics::StatusLabel { status })
+            .inc();
+        metrics.build_seconds.observe(took.as_secs_f64());
     }
 
     /// Unpacks the uploads and runs the recipe; the node build's id.

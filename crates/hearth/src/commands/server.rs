@@ -43,6 +43,10 @@ pub(crate) struct ServerArgs {
     /// hearth-init beside hearth).
     #[arg(long, env = "HEARTH_INIT_BINARY")]
     init_binary: Option<std::path::PathBuf>,
+    /// Also serve Prometheus metrics at `/metrics` on this address,
+    /// without an API key (on the API port they need one).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Kill the running sandboxes when the server stops. Without it they
     /// keep running, and the next `hearth server` on this data directory
     /// takes them over, as after a crash.
@@ -103,6 +107,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
             None => server::default_init_binary()?,
         },
         kill_on_exit: args.kill_on_exit,
+        metrics_listen: args.metrics_listen,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -1,0 +1,396 @@
+//! What the server exposes to Prometheus (`GET /metrics`, with the API
+//! key, or on `--metrics-listen` without): counters and histograms updated
+//! where things happen, and gauges read at each scrape. Every label takes
+//! a bounded set of values (templates, states, reasons, routes, never a
+//! sandbox id). Names follow Prometheus' conventions: `hearth_` first,
+//! base units, `_total` on counters (which the encoder appends).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::manager::Manager;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabel {
+    pub template: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+    pub template: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CreateLabels {
+    pub template: String,
+    /// `pool` (a parked sandbox) or `restore` (a tagged build's snapshot).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    /// `full` or `filesystem`.
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeLabels {
+    pub mode: &'static str,
+    /// `api` (resume or connect) or `traffic` (auto-resume).
+    pub trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route's pattern (`/sandboxes/{id}`), `proxy` for sandbox
+    /// traffic, `none` for an unknown path.
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `to_client`: what sandboxes answered through the proxy.
+    pub direction: &'static str,
+}
+
+/// The server's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    pub creates: Family<CreateLabels, Counter>,
+    pub create_failures: Family<ReasonLabel, Counter>,
+    pub create_seconds: Family<SourceLabel, Histogram>,
+    pub stops: Family<ReasonLabel, Counter>,
+    pub pauses: Family<ModeLabel, Counter>,
+    pub pause_failures: Counter,
+    pub resumes: Family<ResumeLabels, Counter>,
+    pub resume_failures: Counter,
+    pub fork_copies: Counter,
+    pub fork_copy_failures: Counter,
+    pub builds: Family<StatusLabel, Counter>,
+    pub build_seconds: Histogram,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_seconds: Family<RouteLabel, Histogram>,
+    pub proxy_open: Gauge,
+    pub proxy_bytes: Family<DirectionLabel, Counter>,
+    // Read at each scrape.
+    sandboxes: Family<StateLabels, Gauge>,
+    pooled: Family<TemplateLabel, Gauge>,
+    slots_used: Gauge,
+    slots_capacity: Gauge,
+    vmm_cpu_seconds: Family<TemplateLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    vmm_memory_bytes: Family<TemplateLabel, Gauge>,
+}
+
+/// Seconds from 5 ms to about 80 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.005, 2.0, 15)
+}
+
+fn create_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Self {
+            registry: Registry::default(),
+            creates: Family::default(),
+            create_failures: Family::default(),
+            create_seconds: Family::new_with_constructor(create_histogram),
+            stops: Family::default(),
+            pauses: Family::default(),
+            pause_failures: Counter::default(),
+            resumes: Family::default(),
+            resume_failures: Counter::default(),
+            fork_copies: Counter::default(),
+            fork_copy_failures: Counter::default(),
+            builds: Family::default(),
+            // Builds take seconds to many minutes.
+            build_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            http_requests: Family::default(),
+            http_seconds: Family::new_with_constructor(create_histogram),
+            proxy_open: Gauge::default(),
+            proxy_bytes: Family::default(),
+            sandboxes: Family::default(),
+            pooled: Family::default(),
+            slots_used: Gauge::default(),
+            slots_capacity: Gauge::default(),
+            vmm_cpu_seconds: Family::default(),
+            vmm_memory_bytes: Family::default(),
+        };
+        metrics.register();
+        metrics
+    }
+}
+
+impl Metrics {
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        let hearth = r.sub_registry_with_prefix("hearth");
+        hearth.register(
+            "sandbox_creates",
+            "Sandboxes created, by template and source (pool or restore)",
+            self.creates.clone(),
+        );
+        hearth.register(
+            "sandbox_create_failures",
+            "Creates that failed, by reason",
+            self.create_failures.clone(),
+        );
+        hearth.register(
+            "sandbox_create_seconds",
+            "From a create request to a sandbox whose agent answered, by source",
+            self.create_seconds.clone(),
+        );
+        hearth.register(
+            "sandbox_stops",
+            "Sandboxes stopped, by reason (killed, timed_out, vm_exited, failed)",
+            self.stops.clone(),
+        );
+        hearth.register(
+            "sandbox_pauses",
+            "Sandboxes paused, by what was kept (full or filesystem)",
+            self.pauses.clone(),
+        );
+        hearth.register(
+            "sandbox_pause_failures",
+            "Pauses that failed (the sandbox kept running)",
+            self.pause_failures.clone(),
+        );
+        hearth.register(
+            "sandbox_resumes",
+            "Sandboxes resumed, by mode and trigger (api or traffic)",
+            self.resumes.clone(),
+        );
+        hearth.register(
+            "sandbox_resume_failures",
+            "Resumes that failed (the sandbox stayed paused)",
+            self.resume_failures.clone(),
+        );
+        hearth.register(
+            "sandbox_fork_copies",
+            "Copies made by forks that started",
+            self.fork_copies.clone(),
+        );
+        hearth.register(
+            "sandbox_fork_copy_failures",
+            "Copies asked of forks that did not start",
+            self.fork_copy_failures.clone(),
+        );
+        hearth.register(
+            "sandboxes",
+            "Sandboxes in the catalog now, by state and template",
+            self.sandboxes.clone(),
+        );
+        hearth.register(
+            "pool_sandboxes",
+            "Parked sandboxes ready in a template's pool now",
+            self.pooled.clone(),
+        );
+        hearth.register(
+            "slots_used",
+            "Network slots held now (sandboxes, pooled ones included)",
+            self.slots_used.clone(),
+        );
+        hearth.register(
+            "slots_capacity",
+            "Network slots this node may hold (--max-sandboxes)",
+            self.slots_capacity.clone(),
+        );
+        hearth.register(
+            "vmm_cpu_seconds",
+            "CPU time used by the VMMs of the running sandboxes of a template",
+            self.vmm_cpu_seconds.clone(),
+        );
+        hearth.register(
+            "vmm_memory_bytes",
+            "Memory held by the VMMs of the running sandboxes of a template",
+            self.vmm_memory_bytes.clone(),
+        );
+        hearth.register(
+            "template_builds",
+            "Template builds that ended, by status (ready or error)",
+            self.builds.clone(),
+        );
+        hearth.register(
+            "template_build_seconds",
+            "How long template builds took",
+            self.build_seconds.clone(),
+        );
+        hearth.register(
+            "http_requests",
+            "API and proxy requests answered, by route, method and status",
+            self.http_requests.clone(),
+        );
+        hearth.register(
+            "http_request_seconds",
+            "Time to the answer's head, by route",
+            self.http_seconds.clone(),
+        );
+        hearth.register(
+            "proxy_open_requests",
+            "Proxied requests whose answer is still streaming",
+            self.proxy_open.clone(),
+        );
+        hearth.register(
+            "proxy_bytes",
+            "Bytes of sandbox answers sent through the proxy",
+            self.proxy_bytes.clone(),
+        );
+    }
+
+    /// The text exposition of every metric, the gauges read afresh.
+    pub async fn render(&self, manager: &Manager) -> String {
+        self.refresh(manager).await;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+
+    async fn refresh(&self, manager: &Manager) {
+        let snapshot = manager.gauges().await;
+        self.sandboxes.clear();
+        for ((state, template), n) in snapshot.sandboxes {
+            self.sandboxes
+                .get_or_create(&StateLabels { state, template })
+                .set(n);
+        }
+        self.pooled.clear();
+        for (template, n) in snapshot.pooled {
+            self.pooled
+                .get_or_create(&TemplateLabel { template })
+                .set(n);
+        }
+        self.slots_used.set(snapshot.slots_used);
+        self.slots_capacity.set(snapshot.slots_capacity);
+        self.vmm_cpu_seconds.clear();
+        self.vmm_memory_bytes.clear();
+        for (template, (cpu, memory)) in snapshot.vmm {
+            self.vmm_cpu_seconds
+                .get_or_create(&TemplateLabel {
+                    template: template.clone(),
+                })
+                .set(cpu);
+            self.vmm_memory_bytes
+                .get_or_create(&TemplateLabel { template })
+                .set(memory);
+        }
+    }
+
+    /// A stop reason as a label.
+    pub fn stop_reason(reason: &hearth_node::StopReason) -> &'static str {
+        match reason {
+            hearth_node::StopReason::Killed => "killed",
+            hearth_node::StopReason::TimedOut => "timed_out",
+            hearth_node::StopReason::VmExited(_) => "vm_exited",
+            hearth_node::StopReason::Failed(_) => "failed",
+        }
+    }
+
+    pub fn observe_create(&self, template: &str, source: &'static str, took: Duration) {
+        self.creates
+            .get_or_create(&CreateLabels {
+                template: template.to_owned(),
+                source,
+            })
+            .inc();
+        self.create_seconds
+            .get_or_create(&SourceLabel { source })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// What the gauges are read from, gathered by the manager.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// `(state, template)` → count.
+    pub sandboxes: std::collections::BTreeMap<(String, String), i64>,
+    pub pooled: std::collections::BTreeMap<String, i64>,
+    pub slots_used: i64,
+    pub slots_capacity: i64,
+    /// template → (CPU seconds, memory bytes) of its running VMMs.
+    pub vmm: std::collections::BTreeMap<String, (f64, i64)>,
+}
+
+/// The content type of the text exposition.
+const EXPOSITION: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`.
+pub async fn scrape(State(api): State<Arc<crate::api::Api>>) -> Response {
+    let text = api.manager.server_metrics().render(&api.manager).await;
+    ([(header::CONTENT_TYPE, EXPOSITION)], text).into_response()
+}
+
+/// Counts and times every API request by its route's pattern (bounded:
+/// no ids). A layer of the API router, where the pattern is known.
+pub async fn track(
+    State(api): State<Arc<crate::api::Api>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "none".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    api.manager.server_metrics().observe_request(
+        route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+impl Metrics {
+    /// One request answered: `route` is a pattern or `proxy`.
+    pub fn observe_request(&self, route: String, method: String, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.clone(),
+                method,
+                status,
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabel { route })
+            .observe(took.as_secs_f64());
+    }
+}
