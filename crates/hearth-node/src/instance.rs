@@ -30,6 +30,8 @@ pub(crate) struct Machine {
     pub(crate) vcpus: u32,
     pub(crate) memory_mib: u32,
     pub(crate) memory: Memory,
+    /// A sandbox's VM: its directory and disk are given to its VMM's uid.
+    pub(crate) sandbox: bool,
 }
 
 /// A VM and the network slot it runs in. Dropping it kills the VM and
@@ -161,8 +163,11 @@ impl Instance {
     ) -> Result<(QemuVm, AgentClient), NodeError> {
         let plan = slot.plan();
         let uid = plan.vmm_uid();
-        if let Launch::Restore { .. } = launch {
-            // A restored VM reopens its disk when it continues, as its uid.
+        // A restored VM reopens its disk when it continues, and any VM lets
+        // go of it when its state is saved (a pause), both as its uid: a
+        // sandbox's disk belongs to the uid of the slot it runs in now,
+        // which after a resume need not be the one it was made in.
+        if machine.sandbox || matches!(launch, Launch::Restore { .. }) {
             give_to(uid, run_dir, &machine.disk.path)?;
         }
         let (kernel_args, start) = match launch {

@@ -231,6 +231,7 @@ impl Sandbox {
             vcpus: self.origin.vcpus,
             memory_mib: self.origin.memory_mib,
             memory,
+            sandbox: true,
         }
     }
 

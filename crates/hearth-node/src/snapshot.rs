@@ -283,6 +283,7 @@ impl Node {
                 path: memory,
                 shared: true,
             },
+            sandbox: false,
         };
         let launch = Launch::Boot {
             kernel_args: self.kernel_args(&template.init_path, &template.name),

@@ -71,6 +71,7 @@ pub(crate) async fn run_step(
         vcpus: machine.vcpus,
         memory_mib: machine.memory_mib,
         memory: Memory::Anonymous,
+        sandbox: false,
     };
     let launch = Launch::Boot {
         kernel_args: node.kernel_args(INIT, "build"),

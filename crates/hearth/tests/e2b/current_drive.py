@@ -103,7 +103,13 @@ def on_timeout_pause_filesystem_only():
     check("a filesystem-only pause boots again: the process is gone", alive(resumed, pid) == "gone")
     check("the booted sandbox has the template's defaults",
           resumed.commands.run("whoami; pwd").stdout.split() == ["user", "/home/user"])
-    resumed.kill()
+    # Booted in another slot than it was made in, it still pauses with its
+    # memory (its disk belongs to its new VMM).
+    later = resumed.commands.run("sleep 600", background=True).pid
+    resumed.pause()
+    again = Sandbox.connect(sbx.sandbox_id, timeout=60)
+    check("a rebooted sandbox pauses and resumes with its memory", alive(again, later) == "alive")
+    again.kill()
 
 
 def auto_resume_by_traffic():
