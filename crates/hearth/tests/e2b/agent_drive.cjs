@@ -17,7 +17,14 @@ function check(name, cond, detail = '') {
   console.log(`ok js ${name}`)
 }
 
-const same = (a, b) => JSON.stringify(a) === JSON.stringify(b)
+// Equal as JSON, whatever the order of object keys (metadata is a map).
+const canonical = (v) =>
+  Array.isArray(v)
+    ? v.map(canonical)
+    : v && typeof v === 'object'
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canonical(v[k])]))
+      : v
+const same = (a, b) => JSON.stringify(canonical(a)) === JSON.stringify(canonical(b))
 
 async function metadata(sbx, d) {
   const path = `${d}/meta.txt`
