@@ -1,7 +1,8 @@
 //! Connect protocol framing (<https://connectrpc.com/docs/protocol>): the
 //! envelope of streaming RPCs, error codes, the JSON error shapes of
-//! end-stream messages and unary error bodies, and the proto3 JSON mapping
-//! that the JSON codec (what the e2b SDKs send) carries messages in.
+//! end-stream messages and unary error bodies, and the reading and writing
+//! of messages in the proto3 JSON mapping that the JSON codec (what the e2b
+//! SDKs send) carries.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -9,7 +10,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::{Buf, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Streaming request/response with protobuf messages.
 pub const CONTENT_TYPE_CONNECT_PROTO: &str = "application/connect+proto";
@@ -323,29 +326,91 @@ pub fn parse_end_stream(payload: &[u8]) -> Result<(), ConnectError> {
 
 /// A message in the proto3 JSON mapping
 /// (<https://protobuf.dev/programming-guides/json/>), which Connect's
-/// `application/json` and `application/connect+json` carry: lowerCamelCase
-/// names (the proto names are accepted too), bytes as base64, enums by name,
-/// 64-bit integers as strings, default values left out.
-pub trait JsonMessage: Sized {
-    /// The message as a JSON object.
-    fn to_json(&self) -> JsonObject;
-    /// The message from a JSON value; `null` is the default message.
-    fn from_json(value: &Value) -> Result<Self, JsonError>;
-
+/// `application/json` and `application/connect+json` carry. The mapping of
+/// each message is generated (pbjson): lowerCamelCase names (proto names
+/// accepted too), enums by name (numbers accepted), 64-bit integers as
+/// strings, bytes as base64 (standard or URL-safe, padded or not), default
+/// values left out, unknown fields ignored. Reading adds what the mapping
+/// allows and the generated code does not: `null` for any field (the
+/// default) or for the whole message, and integers written as `5.0` or
+/// `1e3`.
+pub trait JsonMessage: prost::Message + Serialize + DeserializeOwned {
     /// Serialized JSON text.
+    ///
+    /// # Panics
+    /// If an enum field holds a number its enum does not name, which only a
+    /// message built with such a number can.
     fn encode_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&Value::Object(self.to_json().0)).expect("JSON always serializes")
+        serde_json::to_vec(self).expect("messages with known enum values serialize")
     }
 
     /// Parses JSON text.
     fn decode_json(text: &[u8]) -> Result<Self, JsonError> {
-        let value: Value =
+        let mut value: Value =
             serde_json::from_slice(text).map_err(|e| JsonError(format!("Invalid JSON: {e}")))?;
-        Self::from_json(&value)
+        if value.is_null() {
+            value = Value::Object(serde_json::Map::new());
+        }
+        drop_nulls_and_integral_floats(&mut value);
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let inner = e.inner().to_string();
+            // pbjson reads numbers through an untagged enum, whose error
+            // names only that enum.
+            let what = if inner.contains("untagged enum") {
+                "expected an integer in the field's range, as a number or a decimal string"
+                    .to_owned()
+            } else {
+                inner
+            };
+            match e.path().to_string().as_str() {
+                "." => JsonError(what),
+                path => JsonError(format!("{path}: {what}")),
+            }
+        })
     }
 }
 
-pub use serde_json::Value;
+impl<T: prost::Message + Serialize + DeserializeOwned> JsonMessage for T {}
+
+/// Removes `null` object members (an absent field, for the mapping) and
+/// turns integral floats into integers, through the whole value. envd's
+/// schemas have no floating-point fields, and an integer reads as a float
+/// anyway.
+fn drop_nulls_and_integral_floats(value: &mut Value) {
+    match value {
+        Value::Object(members) => {
+            members.retain(|_, v| !v.is_null());
+            members
+                .values_mut()
+                .for_each(drop_nulls_and_integral_floats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls_and_integral_floats),
+        Value::Number(n) if n.is_f64() => {
+            if let Some(i) = n.as_f64().and_then(integral) {
+                *value = i;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `f` as a JSON integer, if it is one within 64 bits.
+fn integral(f: f64) -> Option<Value> {
+    if f.fract() != 0.0 || f.abs() >= 1.8e19 {
+        return None;
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "integral and within 64 bits, checked above"
+    )]
+    let value = if f < 0.0 {
+        Value::from(f as i64)
+    } else {
+        Value::from(f as u64)
+    };
+    Some(value)
+}
 
 /// A value that does not fit the message's JSON mapping.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -358,377 +423,6 @@ impl From<JsonError> for ConnectError {
             Code::InvalidArgument,
             format!("Malformed JSON request: {e}"),
         )
-    }
-}
-
-/// Builds the JSON object of a message; every setter leaves out the
-/// field's default value, as the mapping asks.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct JsonObject(pub serde_json::Map<String, Value>);
-
-impl JsonObject {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A field that is always written (oneof members, fields with presence).
-    pub fn put(mut self, name: &str, value: Value) -> Self {
-        self.0.insert(name.to_owned(), value);
-        self
-    }
-
-    pub fn string(self, name: &str, value: &str) -> Self {
-        if value.is_empty() {
-            self
-        } else {
-            self.put(name, Value::from(value))
-        }
-    }
-
-    /// A proto3 `optional string`: written whenever present, even empty.
-    pub fn opt_string(self, name: &str, value: Option<&str>) -> Self {
-        match value {
-            Some(v) => self.put(name, Value::from(v)),
-            None => self,
-        }
-    }
-
-    pub fn strings(self, name: &str, values: &[String]) -> Self {
-        if values.is_empty() {
-            self
-        } else {
-            self.put(name, Value::from(values.to_vec()))
-        }
-    }
-
-    /// A `map<string, string>`.
-    pub fn string_map<'a>(
-        self,
-        name: &str,
-        map: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
-    ) -> Self {
-        if map.len() == 0 {
-            return self;
-        }
-        let object = map
-            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
-            .collect();
-        self.put(name, Value::Object(object))
-    }
-
-    pub fn u32(self, name: &str, value: u32) -> Self {
-        if value == 0 {
-            self
-        } else {
-            self.put(name, Value::from(value))
-        }
-    }
-
-    pub fn i32(self, name: &str, value: i32) -> Self {
-        if value == 0 {
-            self
-        } else {
-            self.put(name, Value::from(value))
-        }
-    }
-
-    /// An `int64`/`sint64`/`sfixed64`: a decimal string.
-    pub fn i64(self, name: &str, value: i64) -> Self {
-        if value == 0 {
-            self
-        } else {
-            self.put(name, Value::from(value.to_string()))
-        }
-    }
-
-    /// A `uint64`/`fixed64`: a decimal string.
-    pub fn u64(self, name: &str, value: u64) -> Self {
-        if value == 0 {
-            self
-        } else {
-            self.put(name, Value::from(value.to_string()))
-        }
-    }
-
-    pub fn bool(self, name: &str, value: bool) -> Self {
-        if value {
-            self.put(name, Value::Bool(true))
-        } else {
-            self
-        }
-    }
-
-    /// A `bytes` field: standard base64 with padding.
-    pub fn bytes(self, name: &str, value: &[u8]) -> Self {
-        if value.is_empty() {
-            self
-        } else {
-            self.put(name, Value::from(base64_encode(value)))
-        }
-    }
-
-    /// An enum field by its value name; the zero value is left out.
-    pub fn enumeration(self, name: &str, number: i32, value_name: Option<&str>) -> Self {
-        match (number, value_name) {
-            (0, _) => self,
-            (_, Some(n)) => self.put(name, Value::from(n)),
-            // A number this side does not know is written as a number.
-            (n, None) => self.put(name, Value::from(n)),
-        }
-    }
-
-    /// A message field, written when present.
-    pub fn message<M: JsonMessage>(self, name: &str, value: Option<&M>) -> Self {
-        match value {
-            Some(m) => self.put(name, Value::Object(m.to_json().0)),
-            None => self,
-        }
-    }
-
-    pub fn messages<M: JsonMessage>(self, name: &str, values: &[M]) -> Self {
-        if values.is_empty() {
-            return self;
-        }
-        let list = values
-            .iter()
-            .map(|m| Value::Object(m.to_json().0))
-            .collect();
-        self.put(name, Value::Array(list))
-    }
-}
-
-/// Reads the fields of a message's JSON object. Each field is looked up by
-/// its JSON (lowerCamelCase) name and then its proto name; `null` counts as
-/// absent; unknown fields are ignored.
-#[derive(Debug, Clone, Copy)]
-pub struct JsonFields<'a> {
-    object: Option<&'a serde_json::Map<String, Value>>,
-    message: &'static str,
-}
-
-impl<'a> JsonFields<'a> {
-    /// The fields of `value`, which must be an object or `null`.
-    pub fn new(value: &'a Value, message: &'static str) -> Result<Self, JsonError> {
-        let object = match value {
-            Value::Null => None,
-            Value::Object(o) => Some(o),
-            other => {
-                return Err(JsonError(format!(
-                    "{message} must be a JSON object, not {}",
-                    kind(other)
-                )));
-            }
-        };
-        Ok(Self { object, message })
-    }
-
-    /// The value of field `json_name` (or `proto_name`), `None` if absent or null.
-    pub fn get(&self, json_name: &str, proto_name: &str) -> Option<&'a Value> {
-        let object = self.object?;
-        object
-            .get(json_name)
-            .or_else(|| object.get(proto_name))
-            .filter(|v| !v.is_null())
-    }
-
-    fn err(&self, field: &str, what: &str, got: &Value) -> JsonError {
-        JsonError(format!(
-            "{}.{field} must be {what}, not {}",
-            self.message,
-            kind(got)
-        ))
-    }
-
-    pub fn string(&self, json_name: &str, proto_name: &str) -> Result<Option<String>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.err(json_name, "a string", other)),
-        }
-    }
-
-    pub fn strings(&self, json_name: &str, proto_name: &str) -> Result<Vec<String>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(self.err(json_name, "a list of strings", other)),
-                })
-                .collect(),
-            Some(other) => Err(self.err(json_name, "a list of strings", other)),
-        }
-    }
-
-    pub fn string_map(
-        &self,
-        json_name: &str,
-        proto_name: &str,
-    ) -> Result<std::collections::HashMap<String, String>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(Default::default()),
-            Some(Value::Object(o)) => o
-                .iter()
-                .map(|(k, v)| match v {
-                    Value::String(s) => Ok((k.clone(), s.clone())),
-                    other => Err(self.err(json_name, "an object of strings", other)),
-                })
-                .collect(),
-            Some(other) => Err(self.err(json_name, "an object of strings", other)),
-        }
-    }
-
-    fn integer(&self, json_name: &str, value: &Value) -> Result<i128, JsonError> {
-        let what = "an integer (number or decimal string)";
-        let parsed = match value {
-            Value::Number(n) => n
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| n.as_u64().map(i128::from))
-                .or_else(|| {
-                    // 1e3 and 5.0 are integers too; 1.5 is not.
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e19)
-                        .map(|f| {
-                            #[expect(
-                                clippy::cast_possible_truncation,
-                                reason = "integral and in range, checked above"
-                            )]
-                            let i = f as i128;
-                            i
-                        })
-                }),
-            Value::String(s) => s.trim().parse::<i128>().ok(),
-            _ => None,
-        };
-        parsed.ok_or_else(|| self.err(json_name, what, value))
-    }
-
-    fn ranged<T: TryFrom<i128>>(
-        &self,
-        json_name: &str,
-        proto_name: &str,
-    ) -> Result<Option<T>, JsonError> {
-        let Some(value) = self.get(json_name, proto_name) else {
-            return Ok(None);
-        };
-        let n = self.integer(json_name, value)?;
-        T::try_from(n)
-            .map(Some)
-            .map_err(|_| JsonError(format!("{}.{json_name} is out of range: {n}", self.message)))
-    }
-
-    pub fn u32(&self, json_name: &str, proto_name: &str) -> Result<Option<u32>, JsonError> {
-        self.ranged(json_name, proto_name)
-    }
-
-    pub fn i32(&self, json_name: &str, proto_name: &str) -> Result<Option<i32>, JsonError> {
-        self.ranged(json_name, proto_name)
-    }
-
-    pub fn i64(&self, json_name: &str, proto_name: &str) -> Result<Option<i64>, JsonError> {
-        self.ranged(json_name, proto_name)
-    }
-
-    pub fn u64(&self, json_name: &str, proto_name: &str) -> Result<Option<u64>, JsonError> {
-        self.ranged(json_name, proto_name)
-    }
-
-    pub fn bool(&self, json_name: &str, proto_name: &str) -> Result<Option<bool>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.err(json_name, "true or false", other)),
-        }
-    }
-
-    /// A `bytes` field: base64, standard or URL-safe, padded or not.
-    pub fn bytes(&self, json_name: &str, proto_name: &str) -> Result<Option<Vec<u8>>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(None),
-            Some(Value::String(s)) => base64_decode(s).map(Some).ok_or_else(|| {
-                JsonError(format!("{}.{json_name} is not valid base64", self.message))
-            }),
-            Some(other) => Err(self.err(json_name, "a base64 string", other)),
-        }
-    }
-
-    /// An enum field: its value name, or its number. `from_name` maps names
-    /// to numbers.
-    pub fn enumeration(
-        &self,
-        json_name: &str,
-        proto_name: &str,
-        from_name: impl Fn(&str) -> Option<i32>,
-    ) -> Result<Option<i32>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(None),
-            Some(Value::String(s)) => from_name(s).map(Some).ok_or_else(|| {
-                JsonError(format!(
-                    "{}.{json_name} has no value named '{s}'",
-                    self.message
-                ))
-            }),
-            Some(v @ Value::Number(_)) => {
-                let n = self.integer(json_name, v)?;
-                i32::try_from(n).map(Some).map_err(|_| {
-                    JsonError(format!("{}.{json_name} is out of range: {n}", self.message))
-                })
-            }
-            Some(other) => Err(self.err(json_name, "an enum value name", other)),
-        }
-    }
-
-    pub fn message<M: JsonMessage>(
-        &self,
-        json_name: &str,
-        proto_name: &str,
-    ) -> Result<Option<M>, JsonError> {
-        self.get(json_name, proto_name)
-            .map(M::from_json)
-            .transpose()
-    }
-
-    pub fn messages<M: JsonMessage>(
-        &self,
-        json_name: &str,
-        proto_name: &str,
-    ) -> Result<Vec<M>, JsonError> {
-        match self.get(json_name, proto_name) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items.iter().map(M::from_json).collect(),
-            Some(other) => Err(self.err(json_name, "a list", other)),
-        }
-    }
-
-    /// Checks that at most one member of a oneof is set; returns the
-    /// JSON name of the one that is.
-    pub fn oneof(
-        &self,
-        members: &[(&'static str, &'static str)],
-    ) -> Result<Option<&'static str>, JsonError> {
-        let mut set = members.iter().filter(|(j, p)| self.get(j, p).is_some());
-        let first = set.next().map(|(j, _)| *j);
-        if let Some((second, _)) = set.next() {
-            return Err(JsonError(format!(
-                "{}: only one of {} and {second} may be set",
-                self.message,
-                first.unwrap_or_default()
-            )));
-        }
-        Ok(first)
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::google::protobuf::Timestamp;
+
 /// `seconds` since the Unix epoch (negative before 1970) plus `nanos`, in
 /// UTC, with 0, 3, 6 or 9 fractional digits: as few as show `nanos`
 /// exactly, as the protobuf JSON mapping writes timestamps.
@@ -88,6 +90,33 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
 pub fn parse_since_epoch(s: &str) -> Option<Duration> {
     let (seconds, nanos) = parse_rfc3339(s)?;
     Some(Duration::new(u64::try_from(seconds).ok()?, nanos))
+}
+
+/// `google.protobuf.Timestamp` in the proto3 JSON mapping: an RFC 3339
+/// string in UTC. The one well-known type envd's schema uses; its JSON form
+/// is fixed by the mapping rather than derived from its fields, so it is
+/// written here, as `pbjson-types` does for all of them.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let nanos = u32::try_from(self.nanos)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)
+            .ok_or_else(|| {
+                serde::ser::Error::custom(format!("nanos {} out of range", self.nanos))
+            })?;
+        serializer.serialize_str(&format_rfc3339(self.seconds, nanos))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let (seconds, nanos) = parse_rfc3339(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("'{text}' is not an RFC 3339 date-time"))
+        })?;
+        let nanos = i32::try_from(nanos).map_err(serde::de::Error::custom)?;
+        Ok(Timestamp { seconds, nanos })
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
