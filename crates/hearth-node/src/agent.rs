@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use tokio::net::TcpStream;
 
-use hearth_proto::agent::{AGENT_PORT, InitRequest};
+use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
 use hearth_proto::process::process_event::Event;
 use hearth_proto::process::process_selector::Selector;
@@ -53,8 +53,7 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     addr: SocketAddr,
-    /// Sent with every request: the sandbox and token headers when the
-    /// agent is reached through a Hearth server's proxy.
+    /// Sent with every request: the access token once one is set.
     headers: hyper::HeaderMap,
 }
 
@@ -66,29 +65,6 @@ impl AgentClient {
             addr,
             headers: hyper::HeaderMap::new(),
         }
-    }
-
-    /// The agent of sandbox `id` through the proxy of the Hearth server at
-    /// `server`, with the sandbox's access token if it has one.
-    pub fn through_proxy(
-        server: SocketAddr,
-        id: &str,
-        token: Option<&str>,
-    ) -> Result<Self, AgentError> {
-        let value = |v: &str| {
-            hyper::header::HeaderValue::from_str(v)
-                .map_err(|_| AgentError::Protocol(format!("'{v}' cannot be a header value")))
-        };
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("e2b-sandbox-id", value(id)?);
-        headers.insert("e2b-sandbox-port", value(&AGENT_PORT.to_string())?);
-        if let Some(token) = token {
-            headers.insert("x-access-token", value(token)?);
-        }
-        Ok(Self {
-            addr: server,
-            headers,
-        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -328,11 +304,13 @@ impl AgentClient {
                 &body,
             )));
         }
-        Ok(ProcessStream {
-            body: resp.into_body(),
-            decoder: EnvelopeDecoder::new(MAX_EVENT_BYTES),
-            _sender: sender,
-        })
+        // The chunks own the sender, which keeps the connection open
+        // while the body streams.
+        let chunks = BodyDataStream::new(resp.into_body()).map(move |chunk| {
+            let _connection = &sender;
+            chunk.map_err(AgentError::Http)
+        });
+        Ok(ProcessStream::from_chunks(chunks))
     }
 }
 
@@ -367,12 +345,23 @@ fn basic(user: &str) -> Result<hyper::header::HeaderValue, AgentError> {
 
 /// The events of one started process, in order.
 pub struct ProcessStream {
-    body: Incoming,
+    chunks: BoxStream<'static, Result<Bytes, AgentError>>,
     decoder: EnvelopeDecoder,
-    _sender: Sender,
 }
 
 impl ProcessStream {
+    /// The events of a `process.Process/Start` or `Connect` response body
+    /// in binary protobuf (`application/connect+proto`) that arrives as
+    /// `chunks`, however it is carried; an error in them ends the stream.
+    pub fn from_chunks(
+        chunks: impl Stream<Item = Result<Bytes, AgentError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            chunks: chunks.boxed(),
+            decoder: EnvelopeDecoder::new(MAX_EVENT_BYTES),
+        }
+    }
+
     /// The next event; `Ok(None)` after the end of the stream.
     pub async fn next(&mut self) -> Result<Option<ProcessEvent>, AgentError> {
         loop {
@@ -392,12 +381,8 @@ impl ProcessStream {
                     None => continue,
                 }
             }
-            match self.body.frame().await {
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
+            match self.chunks.next().await {
+                Some(chunk) => self.decoder.push(&chunk?),
                 None => return Err(AgentError::Truncated),
             }
         }

@@ -3,24 +3,27 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use futures_util::StreamExt;
+use hearth_node::{AgentError, Layout, ProcessStream};
+use hearth_proto::agent::AGENT_PORT;
+use hearth_proto::connect::{self, ConnectError};
+use hearth_proto::process::{self, StartRequest};
+use prost::Message;
+use reqwest::Method;
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-
-use hearth_node::{AgentClient, Layout};
+use url::Url;
 
 use super::CommandResult;
 
 /// Where the server is and the key to use.
 #[derive(Args, Clone)]
 pub(crate) struct Remote {
-    /// The server's URL (http only).
+    /// The server's URL (http:// or https://).
     #[arg(long, env = "HEARTH_API_URL", default_value = "http://127.0.0.1:3000")]
     api_url: String,
     /// API key (default: the one `hearth server` wrote to <data-dir>/api-key).
@@ -130,19 +133,49 @@ pub(crate) struct ExecArgs {
     command: Vec<String>,
 }
 
-struct Client {
-    host: String,
+/// A path below the API URL: segments, each escaped on its own (an id
+/// cannot reach another route), and query pairs.
+pub(crate) struct ApiPath<'a> {
+    segments: Vec<&'a str>,
+    query: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> ApiPath<'a> {
+    /// Adds `name=value` to the query string (both escaped).
+    pub(crate) fn query(mut self, name: &'a str, value: &'a str) -> Self {
+        self.query.push((name, value));
+        self
+    }
+}
+
+impl<'a, const N: usize> From<[&'a str; N]> for ApiPath<'a> {
+    fn from(segments: [&'a str; N]) -> Self {
+        Self {
+            segments: segments.to_vec(),
+            query: Vec::new(),
+        }
+    }
+}
+
+/// The server's REST API, over HTTP or HTTPS.
+pub(crate) struct Client {
+    http: reqwest::Client,
+    base: Url,
     key: String,
 }
 
 impl Client {
     fn new(remote: &Remote, layout: &Layout) -> anyhow::Result<Self> {
-        let host = remote
-            .api_url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("--api-url must start with http:// ({})", remote.api_url))?
-            .trim_end_matches('/')
-            .to_owned();
+        let mut base = Url::parse(&remote.api_url)
+            .with_context(|| format!("--api-url '{}' is not a URL", remote.api_url))?;
+        base.set_query(None);
+        base.set_fragment(None);
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            bail!(
+                "--api-url must be an http:// or https:// URL, not '{}'",
+                remote.api_url
+            );
+        }
         let key = match &remote.api_key {
             Some(key) => key.clone(),
             None => {
@@ -158,29 +191,62 @@ impl Client {
                     .to_owned()
             }
         };
-        Ok(Self { host, key })
+        // rustls needs a process-wide crypto provider: `ring`, as for image
+        // pulls. Err means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Self { http, base, key })
+    }
+
+    /// The API URL with `path` appended.
+    fn url(&self, path: &ApiPath<'_>) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked to be a base URL")
+            .pop_if_empty()
+            .extend(&path.segments);
+        if !path.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&path.query);
+        }
+        url
+    }
+
+    /// What a request that got no answer says: where the server was
+    /// looked for and the innermost cause (refused, timed out, TLS, …).
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        anyhow!("cannot reach the server at {}: {cause}", self.base)
     }
 
     /// One request; the JSON answer (Null for an empty body), or the API's
     /// error message.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let stream = TcpStream::connect(&self.host)
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.host))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.host)
-            .header("x-api-key", &self.key)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))?;
-        let response = sender.send_request(request).await?;
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: impl Into<ApiPath<'_>>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .http
+            .request(method, self.url(&path.into()))
+            .header("x-api-key", &self.key);
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the server's {status} answer"))?;
         let value: Value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -193,9 +259,50 @@ impl Client {
         }
         Ok(value)
     }
+
+    /// Starts `request` in sandbox `id` through the server's proxy (the
+    /// agent's `process.Process/Start`, with the sandbox's access token)
+    /// and streams its events.
+    async fn start_process(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        request: &StartRequest,
+    ) -> Result<ProcessStream, AgentError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked to be a base URL")
+            .clear()
+            .extend([process::SERVICE, "Start"]);
+        let mut http = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, connect::CONTENT_TYPE_CONNECT_PROTO)
+            .header("e2b-sandbox-id", id)
+            .header("e2b-sandbox-port", AGENT_PORT.to_string())
+            .body(connect::envelope(0, &request.encode_to_vec()));
+        if let Some(token) = token {
+            http = http.header("x-access-token", token);
+        }
+        let failed = |e: reqwest::Error| AgentError::Protocol(e.to_string());
+        let response = http.send().await.map_err(failed)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.map_err(failed)?;
+            return Err(AgentError::Rpc(ConnectError::from_unary_response(
+                status.as_u16(),
+                &body,
+            )));
+        }
+        // A broken body is a stream cut short, whatever broke it.
+        let chunks = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|_| AgentError::Truncated));
+        Ok(ProcessStream::from_chunks(chunks))
+    }
 }
 
-fn run(
+pub(crate) fn run(
     remote: &Remote,
     layout: &Layout,
     work: impl AsyncFnOnce(&Client) -> anyhow::Result<Value>,
@@ -231,17 +338,17 @@ pub(crate) fn create(args: CreateArgs, layout: &Layout) -> CommandResult {
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::POST, "/sandboxes", Some(body)).await,
+        async |c| c.call(Method::POST, ["sandboxes"], Some(body)).await,
         |v| println!("{}", text(v, "sandboxID")),
     )
 }
 
 pub(crate) fn list(args: ListArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/v2/sandboxes?state={}", args.state);
+    let path = || ApiPath::from(["v2", "sandboxes"]).query("state", &args.state);
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::GET, &path, None).await,
+        async |c| c.call(Method::GET, path(), None).await,
         |v| {
             println!(
                 "{:<22} {:<10} {:<8} {:<28} {:<28} REASON",
@@ -269,11 +376,10 @@ pub(crate) fn list(args: ListArgs, layout: &Layout) -> CommandResult {
 }
 
 pub(crate) fn kill(args: IdArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/sandboxes/{}", args.id);
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::DELETE, &path, None).await,
+        async |c| c.call(Method::DELETE, ["sandboxes", &args.id], None).await,
         |_| {
             println!("killed {}", args.id);
         },
@@ -281,12 +387,14 @@ pub(crate) fn kill(args: IdArgs, layout: &Layout) -> CommandResult {
 }
 
 pub(crate) fn pause(args: PauseArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/sandboxes/{}/pause", args.id);
     let body = json!({ "memory": !args.filesystem });
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::POST, &path, Some(body)).await,
+        async |c| {
+            c.call(Method::POST, ["sandboxes", &args.id, "pause"], Some(body))
+                .await
+        },
         |_| {
             println!("paused {}", args.id);
         },
@@ -294,12 +402,14 @@ pub(crate) fn pause(args: PauseArgs, layout: &Layout) -> CommandResult {
 }
 
 pub(crate) fn resume(args: ResumeArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/sandboxes/{}/connect", args.id);
     let body = json!({ "timeout": args.timeout });
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::POST, &path, Some(body)).await,
+        async |c| {
+            c.call(Method::POST, ["sandboxes", &args.id, "connect"], Some(body))
+                .await
+        },
         |_| {
             println!("running {}", args.id);
         },
@@ -307,11 +417,13 @@ pub(crate) fn resume(args: ResumeArgs, layout: &Layout) -> CommandResult {
 }
 
 pub(crate) fn logs(args: IdArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/v2/sandboxes/{}/logs", args.id);
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::GET, &path, None).await,
+        async |c| {
+            c.call(Method::GET, ["v2", "sandboxes", &args.id, "logs"], None)
+                .await
+        },
         |v| {
             for entry in v["logs"].as_array().into_iter().flatten() {
                 println!(
@@ -328,11 +440,13 @@ pub(crate) fn logs(args: IdArgs, layout: &Layout) -> CommandResult {
 /// What a running sandbox uses: the guest's view (E2B's metric) and the
 /// host's (its VMM's CPU time and memory, with their cgroup limits).
 pub(crate) fn metrics(args: IdArgs, layout: &Layout) -> CommandResult {
-    let path = format!("/sandboxes/{}/metrics", args.id);
     run(
         &args.remote,
         layout,
-        async |c| c.call(Method::GET, &path, None).await,
+        async |c| {
+            c.call(Method::GET, ["sandboxes", &args.id, "metrics"], None)
+                .await
+        },
         |v| {
             let Some(m) = v.as_array().and_then(|a| a.last()) else {
                 println!("no metrics: the sandbox is paused");
@@ -387,14 +501,9 @@ pub(crate) fn exec(args: ExecArgs, layout: &Layout) -> CommandResult {
     runtime.block_on(async {
         let mut signals = super::sandbox::Signals::new()?;
         let detail = client
-            .call(Method::GET, &format!("/sandboxes/{}", args.id), None)
+            .call(Method::GET, ["sandboxes", &args.id], None)
             .await?;
-        let server = tokio::net::lookup_host(&client.host)
-            .await?
-            .next()
-            .ok_or_else(|| anyhow!("{} does not resolve", client.host))?;
-        let agent =
-            AgentClient::through_proxy(server, &args.id, detail["envdAccessToken"].as_str())?;
+        let token = detail["envdAccessToken"].as_str();
         let request = super::sandbox::start_request(&args.command, &args.envs, args.cwd.clone());
         let cut = || {
             super::Failure::from(anyhow!(
@@ -402,8 +511,7 @@ pub(crate) fn exec(args: ExecArgs, layout: &Layout) -> CommandResult {
             ))
         };
         let outcome = super::sandbox::run_process(
-            &agent,
-            &request,
+            client.start_process(&args.id, token, &request),
             &mut signals,
             std::future::pending(),
             cut,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use hearth_node::{
-    AgentClient, AgentError, Layout, Node, NodeError, NodeOptions, Sandbox, SandboxSpec,
+    AgentError, Layout, Node, NodeError, NodeOptions, ProcessStream, Sandbox, SandboxSpec,
 };
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
@@ -210,15 +210,18 @@ async fn drive(
             Err(e) => failed(e.into()),
         }
     };
-    run_process(&agent, &request, signals, vm_exit, || vm_ended(&console)).await
+    run_process(agent.start(&request), signals, vm_exit, || {
+        vm_ended(&console)
+    })
+    .await
 }
 
-/// Starts `request` through `agent` and copies its output to this
-/// process's stdout and stderr until it ends, `vm_exit` resolves (the VM
-/// went away) or a signal arrives. `truncated` describes a stream cut off.
+/// Awaits `start` (a started process's events) and copies the process's
+/// output to this process's stdout and stderr until it ends, `vm_exit`
+/// resolves (the VM went away) or a signal arrives. `truncated` describes a
+/// stream cut off.
 pub(crate) async fn run_process(
-    agent: &AgentClient,
-    request: &StartRequest,
+    start: impl Future<Output = Result<ProcessStream, AgentError>>,
     signals: &mut Signals,
     vm_exit: impl Future<Output = Failure>,
     truncated: impl Fn() -> Failure,
@@ -228,7 +231,7 @@ pub(crate) async fn run_process(
         exit_code: ExitCode::from(EXIT_SANDBOX_FAILED),
     };
     let mut stream = tokio::select! {
-        stream = agent.start(request) => stream.map_err(start_failure)?,
+        stream = start => stream.map_err(start_failure)?,
         sig = signals.recv() => return Ok(Outcome::Interrupted(sig)),
     };
     let mut vm_exit = std::pin::pin!(vm_exit);
