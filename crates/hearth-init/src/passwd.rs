@@ -1,6 +1,7 @@
 //! Users and groups from /etc/passwd and /etc/group, parsed directly: the
 //! binary is static, so glibc's NSS lookups are unavailable.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -48,16 +49,23 @@ pub(crate) fn lookup_uid(etc: &Path, uid: u32) -> Result<User, PasswdError> {
 /// The gid of group `name` in `etc/group`.
 pub(crate) fn lookup_group(etc: &Path, name: &str) -> Result<Option<u32>, PasswdError> {
     let group = read(&etc.join("group"))?;
-    Ok(group
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            match f.as_slice() {
-                [n, _pw, gid, _members] if *n == name => gid.parse().ok(),
-                _ => None,
-            }
-        }))
+    Ok(parse_group(&group).find(|g| g.name == name).map(|g| g.gid))
+}
+
+/// User and group names by id, from `etc/passwd` and `etc/group`; a file
+/// that cannot be read names nobody. The first line for an id wins, as
+/// `getpwuid` and `getgrgid` do.
+pub(crate) fn names_by_id(etc: &Path) -> (HashMap<u32, String>, HashMap<u32, String>) {
+    let text = |file: &str| fs::read_to_string(etc.join(file)).unwrap_or_default();
+    let mut users = HashMap::new();
+    for e in parse_passwd(&text("passwd")) {
+        users.entry(e.uid).or_insert_with(|| e.name.to_owned());
+    }
+    let mut groups = HashMap::new();
+    for g in parse_group(&text("group")) {
+        groups.entry(g.gid).or_insert_with(|| g.name.to_owned());
+    }
+    (users, groups)
 }
 
 fn finish(etc: &Path, entry: PasswdEntry<'_>) -> Result<User, PasswdError> {
@@ -117,19 +125,37 @@ fn parse_passwd(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         })
 }
 
+#[derive(Debug, PartialEq, Eq)]
+struct GroupEntry<'a> {
+    name: &'a str,
+    gid: u32,
+    /// Comma-separated user names.
+    members: &'a str,
+}
+
+/// Well-formed lines of a group file; comments and broken lines are skipped.
+fn parse_group(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let [name, _pw, gid, members] = f.as_slice() else {
+                return None;
+            };
+            Some(GroupEntry {
+                name,
+                gid: gid.parse().ok()?,
+                members,
+            })
+        })
+}
+
 /// The primary group plus every group whose member list names `user`.
 fn supplementary_groups(group: &str, user: &str, primary: u32) -> Vec<u32> {
     let mut gids = vec![primary];
-    for line in group.lines().filter(|l| !l.starts_with('#')) {
-        let f: Vec<&str> = line.split(':').collect();
-        let [_name, _pw, gid, members] = f.as_slice() else {
-            continue;
-        };
-        let Ok(gid) = gid.parse::<u32>() else {
-            continue;
-        };
-        if members.split(',').any(|m| m == user) && !gids.contains(&gid) {
-            gids.push(gid);
+    for g in parse_group(group) {
+        if g.members.split(',').any(|m| m == user) && !gids.contains(&g.gid) {
+            gids.push(g.gid);
         }
     }
     gids
@@ -161,6 +187,27 @@ mod tests {
                 shell: "/bin/bash"
             }
         );
+    }
+
+    #[test]
+    fn names_users_and_groups_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, groups) = names_by_id(dir.path());
+        assert!(users.is_empty() && groups.is_empty());
+        fs::write(
+            dir.path().join("passwd"),
+            format!("{PASSWD}shadow:x:0:0::/:/bin/sh\n"),
+        )
+        .unwrap();
+        fs::write(dir.path().join("group"), GROUP).unwrap();
+        let (users, groups) = names_by_id(dir.path());
+        assert_eq!(users.len(), 3);
+        assert_eq!(users[&0], "root");
+        assert_eq!(users[&1000], "user");
+        assert_eq!(groups[&27], "sudo");
+        assert_eq!(groups.len(), 5);
+        assert_eq!(lookup_group(dir.path(), "users").unwrap(), Some(100));
+        assert_eq!(lookup_group(dir.path(), "bad").unwrap(), None);
     }
 
     #[test]

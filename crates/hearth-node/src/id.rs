@@ -1,6 +1,5 @@
-//! Sandbox ids: 20 random characters of `[a-z0-9]`, like E2B's.
-
-use std::io::Read;
+//! Random identifiers: sandbox ids (20 characters of `[a-z0-9]`, like
+//! E2B's), and the one source of random bytes for tokens and keys.
 
 const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const LEN: usize = 20;
@@ -9,11 +8,20 @@ pub(crate) fn new_sandbox_id() -> std::io::Result<String> {
     Ok(encode(&random_bytes::<LEN>()?))
 }
 
-/// `N` bytes from the kernel's CSPRNG.
+/// `N` bytes from the kernel's CSPRNG (`getrandom(2)`).
 pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut raw = [0u8; N];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+    getrandom::fill(&mut raw)?;
     Ok(raw)
+}
+
+/// `N` random bytes as `2 * N` lowercase hex characters: access tokens,
+/// API keys and other ids that must not be guessed.
+pub fn random_hex<const N: usize>() -> std::io::Result<String> {
+    Ok(random_bytes::<N>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn encode(raw: &[u8]) -> String {
@@ -40,5 +48,17 @@ mod tests {
         );
         assert_ne!(a, b);
         assert_eq!(encode(&[0, 25, 26, 35, 36, 255]), "az09ad");
+    }
+
+    #[test]
+    fn hex_tokens_have_two_characters_a_byte_and_differ() {
+        let a = random_hex::<16>().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{a}"
+        );
+        assert_ne!(a, random_hex::<16>().unwrap());
     }
 }

@@ -402,14 +402,7 @@ async fn release_slot(slot: Slot) {
 
 /// The last non-empty line of a guest console log, or `(empty)`.
 pub fn last_console_line(path: &Path) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(empty)")
-        .to_owned()
+    hearth_vmm::last_log_line(path).unwrap_or_else(|| "(empty)".to_owned())
 }
 
 /// The current time as RFC 3339, in UTC.

@@ -31,6 +31,7 @@ pub use cgroup::VmmUsage;
 pub use error::NodeError;
 pub use hearth_net::VMM_UID_BASE;
 pub use hearth_net::{Cidr, CidrError, Egress, NetError};
+pub use id::random_hex;
 pub use instance::last_console_line;
 pub use layout::Layout;
 pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};

@@ -1130,22 +1130,6 @@ fn percent_decode(text: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("'{text}' is not UTF-8")))
 }
 
-fn parse_states(text: Option<&str>) -> Result<Vec<SandboxState>, ApiError> {
-    let Some(text) = text.filter(|t| !t.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    text.split(',')
-        .map(|s| {
-            s.trim().parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "state '{}' is not one of running, paused, killed",
-                    s.trim()
-                ))
-            })
-        })
-        .collect()
-}
-
 async fn list_v1(
     State(api): State<Arc<Api>>,
     Query(params): Query<ListParams>,
@@ -1173,7 +1157,8 @@ async fn list_v2(
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
     let query = SandboxQuery {
-        states: parse_states(params.state.as_deref())?,
+        states: SandboxState::parse_list(params.state.as_deref().unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
         metadata: parse_metadata(params.metadata.as_deref())?,
         limit: params.limit,
         oldest_first: params.oldest_first()?,
@@ -1716,16 +1701,7 @@ mod tests {
     }
 
     #[test]
-    fn states_and_timeouts_are_checked() {
-        assert_eq!(
-            parse_states(Some("running,paused")).unwrap(),
-            [SandboxState::Running, SandboxState::Paused]
-        );
-        assert_eq!(
-            parse_states(Some("killed")).unwrap(),
-            [SandboxState::Killed]
-        );
-        assert!(parse_states(Some("sleeping")).is_err());
+    fn timeouts_are_checked() {
         assert_eq!(timeout_secs(None, "timeout").unwrap(), 300);
         assert_eq!(timeout_secs(Some(15), "timeout").unwrap(), 15);
         let err = timeout_secs(Some(-1), "timeout").unwrap_err();

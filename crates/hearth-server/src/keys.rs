@@ -6,7 +6,7 @@
 //! when the key is made.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -67,12 +67,7 @@ pub(crate) fn display_suffix(plaintext: &str) -> String {
     plaintext.chars().skip(skip).collect()
 }
 
-/// `N` bytes from the kernel's CSPRNG as `2 * N` lowercase hex characters.
-pub(crate) fn random_hex<const N: usize>() -> io::Result<String> {
-    let mut raw = [0u8; N];
-    fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
-}
+pub(crate) use hearth_node::random_hex;
 
 /// Makes the first API key if the store has no active one.
 ///

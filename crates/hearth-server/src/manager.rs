@@ -616,7 +616,11 @@ impl Manager {
             }
         };
         let token = if request.secure {
-            Some(new_token().map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))?)
+            Some(
+                // A fresh envd access token: 32 hex characters.
+                hearth_node::random_hex::<16>()
+                    .map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))?,
+            )
         } else {
             None
         };
@@ -650,14 +654,7 @@ impl Manager {
             auto_resume: request.auto_resume,
             timeout_secs: request.timeout_secs,
         };
-        if let Err(e) = self.store.insert_sandbox(&record) {
-            let _ = running.handle.stop(StopReason::Killed).await;
-            return Err(e.into());
-        }
-        self.go_live(running);
-        self.started
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(record)
+        self.record_started(running, record).await
     }
 
     /// The record of a sandbox that exists (running or paused).
@@ -965,6 +962,16 @@ impl Manager {
             timeout_secs,
             ..parent.clone()
         };
+        self.record_started(running, record).await
+    }
+
+    /// Puts a new sandbox's row in the catalog and makes it reachable; if
+    /// the row cannot be written, the sandbox is stopped.
+    async fn record_started(
+        &self,
+        running: Running,
+        record: SandboxRecord,
+    ) -> Result<SandboxRecord, ApiError> {
         if let Err(e) = self.store.insert_sandbox(&record) {
             let _ = running.handle.stop(StopReason::Killed).await;
             return Err(e.into());
@@ -1215,14 +1222,6 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!(
         "sandbox \"{id}\" doesn't exist or you don't have access to it"
     ))
-}
-
-/// A fresh envd access token: 32 hex characters.
-fn new_token() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut raw = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

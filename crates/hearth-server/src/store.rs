@@ -240,6 +240,17 @@ impl FromStr for SandboxState {
     }
 }
 
+impl SandboxState {
+    /// States from a comma-separated list (`running,paused`), as the list
+    /// routes' `state` parameter has them; none for an empty text.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, BadState> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        text.split(',').map(|s| s.trim().parse()).collect()
+    }
+}
+
 /// One sandbox as the API knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRecord {
@@ -1609,6 +1620,19 @@ mod tests {
         assert_eq!(
             "Running".parse::<SandboxState>(),
             Err(BadState("Running".to_owned()))
+        );
+        assert_eq!(
+            SandboxState::parse_list("running, paused").unwrap(),
+            [SandboxState::Running, SandboxState::Paused]
+        );
+        assert_eq!(
+            SandboxState::parse_list("killed").unwrap(),
+            [SandboxState::Killed]
+        );
+        assert_eq!(SandboxState::parse_list("").unwrap(), []);
+        assert_eq!(
+            SandboxState::parse_list("running,sleeping"),
+            Err(BadState("sleeping".to_owned()))
         );
     }
 }

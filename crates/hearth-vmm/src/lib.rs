@@ -92,3 +92,33 @@ pub trait Vm: Send {
     /// Runs a paused guest.
     fn resume(&mut self) -> impl Future<Output = Result<(), VmmError>> + Send;
 }
+
+/// The last non-empty line of a log file (a VMM's log, a guest's console),
+/// trimmed; `None` when the file is missing, empty or blank. What a VM's
+/// unexpected end is reported with.
+pub fn last_log_line(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_log_line_skips_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vmm.log");
+        assert_eq!(last_log_line(&log), None);
+        std::fs::write(&log, b"start\nqemu: \xff bad device\n \n\n").unwrap();
+        assert_eq!(
+            last_log_line(&log).as_deref(),
+            Some("qemu: \u{fffd} bad device")
+        );
+    }
+}

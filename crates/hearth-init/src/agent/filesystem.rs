@@ -287,26 +287,8 @@ pub(super) struct Names {
 
 impl Names {
     fn read(etc: &Path) -> Names {
-        let table = |file: &str| {
-            let text = fs::read_to_string(etc.join(file)).unwrap_or_default();
-            let mut ids = HashMap::new();
-            for line in text.lines().filter(|l| !l.starts_with('#')) {
-                let mut fields = line.split(':');
-                let (Some(name), Some(_), Some(id)) = (fields.next(), fields.next(), fields.next())
-                else {
-                    continue;
-                };
-                if let Ok(id) = id.parse::<u32>() {
-                    // The first line for an id wins, as getpwuid does.
-                    ids.entry(id).or_insert_with(|| name.to_owned());
-                }
-            }
-            ids
-        };
-        Names {
-            users: table("passwd"),
-            groups: table("group"),
-        }
+        let (users, groups) = passwd::names_by_id(etc);
+        Names { users, groups }
     }
 
     fn user(&self, uid: u32) -> String {

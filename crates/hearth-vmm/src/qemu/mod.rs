@@ -250,7 +250,10 @@ async fn connect_control(
     loop {
         if let Some(status) = child.try_wait().map_err(VmmError::io("the VMM process"))? {
             return Err(VmmError::EarlyExit {
-                exit: format!("{status}: {}", last_line(&files.vmm_log)),
+                exit: format!(
+                    "{status}: {}",
+                    crate::last_log_line(&files.vmm_log).unwrap_or_default()
+                ),
                 log: files.vmm_log.clone(),
             });
         }
@@ -267,17 +270,6 @@ async fn connect_control(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// The last non-empty line of a log file.
-fn last_line(path: &Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    log.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_owned()
 }
 
 /// A running QEMU VM.
@@ -453,7 +445,10 @@ impl QemuVm {
             .ok()?;
         self.record(exit);
         Some(VmmError::EarlyExit {
-            exit: format!("{exit}: {}", last_line(&self.vmm_log)),
+            exit: format!(
+                "{exit}: {}",
+                crate::last_log_line(&self.vmm_log).unwrap_or_default()
+            ),
             log: self.vmm_log.clone(),
         })
     }
