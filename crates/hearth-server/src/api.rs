@@ -819,6 +819,21 @@ impl NewSandbox {
     }
 }
 
+/// `envVars` as a process can have them: a name that is not empty and has
+/// no `=`, and neither name nor value with a NUL byte. Anything else could
+/// never start a process in the sandbox, so it is a 400 at create.
+fn checked_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    for (name, value) in &env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "envVars: {name:?} cannot be an environment variable: names must be non-empty \
+                 without '=', and neither names nor values may hold a NUL byte"
+            )));
+        }
+    }
+    Ok(env)
+}
+
 /// E2B's `SandboxAutoResumeConfig`.
 #[derive(Debug, Default, Deserialize)]
 struct AutoResume {
@@ -1031,7 +1046,7 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         template,
         timeout_secs: timeout_secs(new.timeout, "timeout")?,
         metadata: new.metadata.unwrap_or_default(),
-        env_vars: new.env_vars.unwrap_or_default(),
+        env_vars: checked_env(new.env_vars.unwrap_or_default())?,
         secure: new.secure.unwrap_or(false),
         allow_internet_access: new.allow_internet_access != Some(false),
         egress: egress(
@@ -1573,6 +1588,29 @@ mod tests {
             let err = page(query.clone()).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert!(err.message.starts_with(said), "{query}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn env_vars_a_process_cannot_have_are_refused() {
+        let env = |pairs: &[(&str, &str)]| {
+            checked_env(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+        };
+        assert!(env(&[("PATH", "/bin"), ("EMPTY", "")]).is_ok());
+        for bad in [
+            &[("", "x")][..],
+            &[("A=B", "x")],
+            &[("A\0", "x")],
+            &[("A", "x\0y")],
+        ] {
+            let err = env(bad).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with("envVars"), "{}", err.message);
         }
     }
 
