@@ -84,6 +84,16 @@ pub enum PauseMode {
     Filesystem,
 }
 
+impl PauseMode {
+    /// E2B's name of the mode: `full` or `filesystem`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Full => "full",
+            PauseMode::Filesystem => "filesystem",
+        }
+    }
+}
+
 /// The record of a paused sandbox (`paused.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Paused {

@@ -189,7 +189,7 @@ pub(crate) fn now_ms() -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-fn secs_ms(secs: u64) -> i64 {
+pub(crate) fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
@@ -802,11 +802,12 @@ impl Manager {
         let running = self.live.get(id).ok_or_else(|| not_found(id))?;
         match running.handle.pause(mode).await {
             Ok(()) => {
-                let mode = match mode {
-                    PauseMode::Full => "full",
-                    PauseMode::Filesystem => "filesystem",
-                };
-                self.metrics.pauses.get_or_create(&ModeLabel { mode }).inc();
+                self.metrics
+                    .pauses
+                    .get_or_create(&ModeLabel {
+                        mode: mode.as_str(),
+                    })
+                    .inc();
                 Ok(())
             }
             Err(e) => {
@@ -851,10 +852,11 @@ impl Manager {
         );
         let resumed = {
             let _turn = turn.lock().await;
-            let mode = match self.node.paused_mode(id) {
-                Ok(PauseMode::Filesystem) => "filesystem",
-                _ => "full",
-            };
+            let mode = self
+                .node
+                .paused_mode(id)
+                .unwrap_or(PauseMode::Full)
+                .as_str();
             let resumed = self.resume_now(id, timeout_secs).await;
             match &resumed {
                 Ok(true) => {

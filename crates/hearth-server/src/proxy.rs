@@ -110,9 +110,7 @@ fn signed_target(request: &Request, api: &Api) -> Option<Result<Target, ApiError
         signature: query.signature.as_deref(),
         expiration: query.signature_expiration,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::manager::now_ms() / 1000;
     Some(
         api.manager
             .signed_by(&url, operation, now)

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, body};
 use crate::error::ApiError;
 use crate::keys::KEY_PREFIX;
-use crate::manager::{now_ms, rfc3339_ms};
+use crate::manager::{now_ms, rfc3339_ms, secs_ms};
 use crate::server::TEAM_SAMPLE_TICK;
 use crate::store::KeyInfo;
 
@@ -52,10 +52,6 @@ fn key_json(key: &KeyInfo) -> Value {
         "createdBy": null,
         "lastUsed": key.last_used.map(|s| rfc3339_ms(secs_ms(s))),
     })
-}
-
-fn secs_ms(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// `GET /api-keys`: the keys that work, oldest first.
@@ -168,6 +164,20 @@ fn check_team(team: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A sample of the team's metrics: Unix ms, sandboxes running, started.
+type Sample = (i64, u64, u64);
+
+/// The range a team-metrics request asks for and the samples in it.
+fn samples_of(
+    api: &Api,
+    team: &str,
+    params: &MetricsParams,
+) -> Result<(i64, i64, Vec<Sample>), ApiError> {
+    check_team(team)?;
+    let (start, end) = params.range_ms()?;
+    Ok((start, end, api.manager.store().team_samples(start, end)?))
+}
+
 /// The step E2B's team metrics use for a range: under 1000 points.
 fn step_ms(range_ms: i64) -> i64 {
     const HOUR: i64 = 3600 * 1000;
@@ -210,9 +220,7 @@ pub(crate) async fn team_metrics(
     Path(team): Path<String>,
     Query(params): Query<MetricsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    check_team(&team)?;
-    let (start, end) = params.range_ms()?;
-    let samples = api.manager.store().team_samples(start, end)?;
+    let (start, end, samples) = samples_of(&api, &team, &params)?;
     let points = team_points(&samples, start, step_ms(end - start));
     Ok(Json(
         points
@@ -237,8 +245,7 @@ pub(crate) async fn team_metrics_max(
     Path(team): Path<String>,
     Query(params): Query<MetricsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    check_team(&team)?;
-    let (start, end) = params.range_ms()?;
+    let (_, end, samples) = samples_of(&api, &team, &params)?;
     let tick_secs = TEAM_SAMPLE_TICK.as_secs_f64();
     let value: fn(&(i64, u64, u64), f64) -> f64 = match params.metric.as_deref() {
         Some("concurrent_sandboxes") => |s, _| s.1 as f64,
@@ -250,7 +257,6 @@ pub(crate) async fn team_metrics_max(
             )));
         }
     };
-    let samples = api.manager.store().team_samples(start, end)?;
     // The first of equal highs, as a sample is the time it was taken at.
     let best = samples.iter().fold(None, |best: Option<(i64, f64)>, s| {
         let v = value(s, tick_secs);
