@@ -331,6 +331,7 @@ impl Instance {
     /// Lets go of a VM that outlives this process without stopping it:
     /// its slot, cgroup and files stay, for [`Instance::adopt`] later.
     pub(crate) fn detach(mut self) {
+        self.vm.leave_running();
         if let Some(slot) = self.slot.take() {
             slot.detach();
         }

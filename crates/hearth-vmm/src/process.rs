@@ -30,6 +30,15 @@ impl Process {
         }
     }
 
+    /// How it ended, if it has: the exit status of a child, `"ended"` for
+    /// an adopted process (its status went to its parent).
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<String>> {
+        match self {
+            Self::Child(child) => Ok(child.try_wait()?.map(|status| status.to_string())),
+            Self::Adopted(pidfd) => Ok(pidfd.has_exited().then(|| "ended".to_owned())),
+        }
+    }
+
     /// Sends SIGKILL; the process is reaped by [`Process::wait`].
     pub(crate) fn kill(&mut self) -> io::Result<()> {
         match self {

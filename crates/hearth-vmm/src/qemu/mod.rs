@@ -153,7 +153,7 @@ impl Vmm for Qemu {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
             binary: self.binary.display().to_string(),
             source,
         })?;
@@ -162,22 +162,26 @@ impl Vmm for Qemu {
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, accel = %spec.accel, "qemu started: {}", args.join(" "));
 
-        let qmp = match connect_control(&mut child, &files).await {
-            Ok(qmp) => qmp,
-            Err(e) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(e);
-            }
-        };
-        Ok(QemuVm {
+        // Owned from here: a start abandoned half-way (its future dropped)
+        // kills the VMM, which would otherwise outlive it.
+        let mut vm = QemuVm {
             process: Process::Child(child),
             pid,
-            qmp: Some(qmp),
-            console: files.console,
-            vmm_log: files.vmm_log,
+            qmp: None,
+            console: files.console.clone(),
+            vmm_log: files.vmm_log.clone(),
             exit: None,
-        })
+            left_running: false,
+        };
+        match connect_control(&mut vm.process, &files).await {
+            Ok(qmp) => vm.qmp = Some(qmp),
+            Err(e) => {
+                let _ = vm.process.kill();
+                let _ = vm.reap().await;
+                return Err(e);
+            }
+        }
+        Ok(vm)
     }
 }
 
@@ -220,6 +224,7 @@ impl Qemu {
             console: files.console,
             vmm_log: files.vmm_log,
             exit: None,
+            left_running: false,
         })
     }
 }
@@ -242,13 +247,13 @@ impl RunFiles {
 }
 
 /// Waits for QMP to accept connections, failing early if QEMU exits.
-async fn connect_control(
-    child: &mut tokio::process::Child,
-    files: &RunFiles,
-) -> Result<Qmp, VmmError> {
+async fn connect_control(process: &mut Process, files: &RunFiles) -> Result<Qmp, VmmError> {
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().map_err(VmmError::io("the VMM process"))? {
+        if let Some(status) = process
+            .try_wait()
+            .map_err(VmmError::io("the VMM process"))?
+        {
             return Err(VmmError::EarlyExit {
                 exit: format!(
                     "{status}: {}",
@@ -281,9 +286,28 @@ pub struct QemuVm {
     console: PathBuf,
     vmm_log: PathBuf,
     exit: Option<VmExit>,
+    /// Dropping it leaves the VMM running ([`QemuVm::leave_running`]).
+    left_running: bool,
+}
+
+impl Drop for QemuVm {
+    /// A VM dropped while its VMM may still run (a start or a restore whose
+    /// future was dropped, an error between two steps) is killed: a VMM
+    /// that outlives this process would otherwise be left with no owner.
+    fn drop(&mut self) {
+        if self.exit.is_none() && !self.left_running {
+            let _ = self.process.kill();
+        }
+    }
 }
 
 impl QemuVm {
+    /// Lets the VMM outlive this value: dropping it no longer kills it
+    /// (a server handing its sandboxes to the next one).
+    pub fn leave_running(&mut self) {
+        self.left_running = true;
+    }
+
     /// Waits for the VMM process to end and records how it ended.
     async fn reap(&mut self) -> Result<VmExit, VmmError> {
         let exit = self
