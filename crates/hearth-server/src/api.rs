@@ -17,7 +17,7 @@ use crate::builds::Builds;
 use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
-use crate::{team_api, template_api};
+use crate::{events_api, team_api, template_api};
 use hearth_node::{Cidr, CidrError, Egress, PauseMode};
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -477,6 +477,103 @@ const ROUTES: &[Route] = &[
         responses: &[(200, Some("MaxTeamMetric")), (403, Some("Error"))],
         handler: || get(team_api::team_metrics_max),
     },
+    Route {
+        method: "get",
+        path: "/events/sandboxes",
+        operation: "getSandboxesEvents",
+        summary: "Every sandbox's lifecycle events, newest first",
+        query: EVENT_QUERY,
+        body: None,
+        responses: &[(200, Some("[SandboxEvent]"))],
+        handler: || get(events_api::list_events),
+    },
+    Route {
+        method: "get",
+        path: "/events/sandboxes/{sandboxID}",
+        operation: "getSandboxEvents",
+        summary: "One sandbox's lifecycle events, newest first (kept after it stops)",
+        query: EVENT_QUERY,
+        body: None,
+        responses: &[(200, Some("[SandboxEvent]"))],
+        handler: || get(events_api::sandbox_events),
+    },
+    Route {
+        method: "get",
+        path: "/events/stream",
+        operation: "streamEvents",
+        summary: "Every event (sandboxes' and template builds') as Server-Sent Events; Last-Event-ID resumes",
+        query: &[
+            ("since", "the sequence number (SSE id) after which to start"),
+            (
+                "tail",
+                "start with the last N events (default 0: new ones only)",
+            ),
+            ("follow", "false: end after the events recorded so far"),
+            ("types", "event types, repeated or comma-separated"),
+            ("sandboxID", "one sandbox's events only"),
+        ],
+        body: None,
+        responses: &[(200, None)],
+        handler: || get(events_api::stream),
+    },
+    Route {
+        method: "post",
+        path: "/events/webhooks",
+        operation: "createWebhook",
+        summary: "Register a webhook for lifecycle events",
+        query: &[],
+        body: Some("NewWebhook"),
+        responses: &[(201, Some("Webhook"))],
+        handler: || post(events_api::create_webhook),
+    },
+    Route {
+        method: "get",
+        path: "/events/webhooks",
+        operation: "listWebhooks",
+        summary: "The webhooks, oldest first",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[Webhook]"))],
+        handler: || get(events_api::list_webhooks),
+    },
+    Route {
+        method: "get",
+        path: "/events/webhooks/{webhookID}",
+        operation: "getWebhook",
+        summary: "A webhook",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("Webhook"))],
+        handler: || get(events_api::get_webhook),
+    },
+    Route {
+        method: "patch",
+        path: "/events/webhooks/{webhookID}",
+        operation: "updateWebhook",
+        summary: "Replace the fields given of a webhook",
+        query: &[],
+        body: Some("WebhookUpdate"),
+        responses: &[(200, Some("Webhook"))],
+        handler: || patch(events_api::update_webhook),
+    },
+    Route {
+        method: "delete",
+        path: "/events/webhooks/{webhookID}",
+        operation: "deleteWebhook",
+        summary: "Unregister a webhook; what it had left to deliver is dropped",
+        query: &[],
+        body: None,
+        responses: &[(200, None)],
+        handler: || delete(events_api::delete_webhook),
+    },
+];
+
+/// The list parameters of the event routes (E2B's).
+const EVENT_QUERY: &[(&str, &str)] = &[
+    ("offset", "events to skip (default 0)"),
+    ("limit", "events to return, 1 to 100 (default 10)"),
+    ("orderAsc", "true: oldest first"),
+    ("types", "event types, repeated or comma-separated"),
 ];
 
 /// Routes that need no API key: they carry their own authorization.
@@ -548,6 +645,8 @@ pub fn openapi() -> Value {
                     "direction" => json!({ "type": "string", "enum": ["forward", "backward"] }),
                     "logsOffset" => json!({ "type": "integer", "minimum": 0 }),
                     "level" => json!({ "type": "string", "enum": ["debug", "info", "warn", "error"] }),
+                    "offset" | "since" | "tail" => json!({ "type": "integer", "minimum": 0 }),
+                    "orderAsc" | "follow" => json!({ "type": "boolean" }),
                     _ => json!({ "type": "string" }),
                 };
                 json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
@@ -606,10 +705,35 @@ pub fn openapi() -> Value {
 
 fn schemas() -> Value {
     let mut all = sandbox_schemas();
-    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), template_schemas()) {
-        all.extend(more);
+    for more in [template_schemas(), event_schemas()] {
+        if let (Some(all), Value::Object(more)) = (all.as_object_mut(), more) {
+            all.extend(more);
+        }
     }
     all
+}
+
+/// The schemas of the event routes.
+fn event_schemas() -> Value {
+    json!({
+        "SandboxEvent": { "type": "object", "required": ["version", "id", "type", "timestamp"], "properties": {
+            "version": { "type": "string" }, "id": { "type": "string", "format": "uuid" }, "type": { "type": "string" },
+            "eventData": { "type": "object", "nullable": true }, "sandboxId": { "type": "string", "nullable": true },
+            "sandboxBuildId": { "type": "string", "nullable": true }, "sandboxExecutionId": { "type": "string", "nullable": true },
+            "sandboxTeamId": { "type": "string" }, "sandboxTemplateId": { "type": "string", "nullable": true },
+            "timestamp": { "type": "string", "format": "date-time" } } },
+        "NewWebhook": { "type": "object", "required": ["url", "events", "signatureSecret"], "properties": {
+            "name": { "type": "string", "maxLength": 256 }, "url": { "type": "string", "format": "uri" }, "enabled": { "type": "boolean" },
+            "events": { "type": "array", "minItems": 1, "items": { "type": "string" } }, "signatureSecret": { "type": "string", "minLength": 1 } } },
+        "WebhookUpdate": { "type": "object", "properties": {
+            "name": { "type": "string", "maxLength": 256 }, "url": { "type": "string", "format": "uri" }, "enabled": { "type": "boolean" },
+            "events": { "type": "array", "minItems": 1, "items": { "type": "string" } }, "signatureSecret": { "type": "string", "minLength": 1 } } },
+        "Webhook": { "type": "object", "required": ["id", "teamId", "name", "createdAt", "enabled", "url", "events"], "properties": {
+            "id": { "type": "string" }, "teamId": { "type": "string" }, "name": { "type": "string" },
+            "createdAt": { "type": "string", "format": "date-time" }, "enabled": { "type": "boolean" }, "url": { "type": "string" },
+            "events": { "type": "array", "items": { "type": "string" } }, "failing": { "type": "boolean" },
+            "lastError": { "type": "string", "nullable": true } } },
+    })
 }
 
 /// The schemas of the template routes.

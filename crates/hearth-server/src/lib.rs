@@ -10,6 +10,8 @@
 pub mod api;
 pub mod builds;
 pub mod error;
+pub mod events;
+mod events_api;
 pub mod keys;
 pub mod manager;
 pub mod metrics;
@@ -18,3 +20,4 @@ pub mod server;
 pub mod store;
 mod team_api;
 mod template_api;
+pub mod webhooks;

@@ -205,6 +205,9 @@ const TIMEOUT_RETRY_MS: i64 = 10_000;
 /// How long the team's metric samples are kept (E2B's default range).
 const KEEP_TEAM_SAMPLES_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// How long events are kept (E2B's retention).
+const KEEP_EVENTS_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// How long the catalog lists a stopped sandbox.
 const KEEP_STOPPED_MS: i64 = 24 * 3600 * 1000;
 
@@ -333,6 +336,11 @@ impl Manager {
                 false
             }
         }
+    }
+
+    /// The store, to keep beyond a borrow (a stream).
+    pub fn store_arc(&self) -> &Arc<Store> {
+        &self.store
     }
 
     pub fn store(&self) -> &Store {
@@ -1031,7 +1039,7 @@ impl Manager {
                     // Tried again a little later, not at every tick.
                     tracing::warn!(sandbox = id, "ending a timed-out sandbox: {e}");
                     let later = now_ms().saturating_add(TIMEOUT_RETRY_MS);
-                    if let Err(e) = self.store.set_end_at(id, later) {
+                    if let Err(e) = self.store.postpone_end(id, later) {
                         tracing::warn!(sandbox = id, "{e}");
                     }
                 }
@@ -1039,6 +1047,9 @@ impl Manager {
         }
         if let Err(e) = self.store.forget_stopped(now_ms() - KEEP_STOPPED_MS) {
             tracing::warn!("forgetting stopped sandboxes: {e}");
+        }
+        if let Err(e) = self.store.forget_events(now_ms() - KEEP_EVENTS_MS) {
+            tracing::warn!("forgetting old events: {e}");
         }
     }
 

@@ -87,6 +87,12 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `delivered`, `retried` (will be tried again) or `failed` (given up).
+    pub result: &'static str,
+}
+
 /// The server's metrics and their registry.
 pub struct Metrics {
     registry: Registry,
@@ -106,6 +112,7 @@ pub struct Metrics {
     pub http_seconds: Family<RouteLabel, Histogram>,
     pub proxy_open: Gauge,
     pub proxy_bytes: Family<DirectionLabel, Counter>,
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
     // Read at each scrape.
     sandboxes: Family<StateLabels, Gauge>,
     pooled: Family<TemplateLabel, Gauge>,
@@ -145,6 +152,7 @@ impl Default for Metrics {
             http_seconds: Family::new_with_constructor(create_histogram),
             proxy_open: Gauge::default(),
             proxy_bytes: Family::default(),
+            webhook_deliveries: Family::default(),
             sandboxes: Family::default(),
             pooled: Family::default(),
             slots_used: Gauge::default(),
@@ -270,6 +278,11 @@ impl Metrics {
             "proxy_bytes",
             "Bytes of sandbox answers sent through the proxy",
             self.proxy_bytes.clone(),
+        );
+        hearth.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts, by result (delivered, retried, failed)",
+            self.webhook_deliveries.clone(),
         );
     }
 

@@ -152,11 +152,14 @@ pub async fn serve(
             }
         })
     };
+    let webhooks =
+        tokio::spawn(Arc::new(crate::webhooks::Sender::new(Arc::clone(&manager))?).run());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     expiry.abort();
     sampler.abort();
+    webhooks.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }

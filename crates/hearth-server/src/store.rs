@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rusqlite::types::{ToSql, Value};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, params, params_from_iter,
+};
 use serde::{Deserialize, Serialize};
 
 use hearth_node::Egress;
@@ -28,11 +30,15 @@ use hearth_node::Egress;
 use crate::keys;
 
 mod builds;
+mod events;
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
+pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
+
+use crate::events::EventType;
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -322,6 +328,8 @@ pub struct Page {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The newest event recorded through this store.
+    events: tokio::sync::watch::Sender<i64>,
 }
 
 impl fmt::Debug for Store {
@@ -368,8 +376,10 @@ impl Store {
         let store = Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            events: tokio::sync::watch::Sender::new(0),
         };
         store.migrate()?;
+        store.events.send_replace(store.last_seq()?);
         Ok(store)
     }
 
@@ -408,6 +418,9 @@ impl Store {
         if version < 6 {
             tx.execute_batch(SCHEMA_6).map_err(self.query())?;
         }
+        if version < 7 {
+            tx.execute_batch(events::SCHEMA_7).map_err(self.query())?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
         tx.commit().map_err(self.query())
@@ -433,6 +446,32 @@ impl Store {
             }
             _ => run(),
         }
+    }
+
+    /// Runs `f` in one transaction. The events it records are announced
+    /// on [`Store::event_feed`] once it commits.
+    fn transact<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let (value, last) = self
+            .with(|c| {
+                let tx = c.transaction()?;
+                let value = f(&tx)?;
+                let last: i64 =
+                    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+                tx.commit()?;
+                Ok((value, last))
+            })
+            .map_err(self.query())?;
+        self.events.send_if_modified(|seq| {
+            let newer = last > *seq;
+            if newer {
+                *seq = last;
+            }
+            newer
+        });
+        Ok(value)
     }
 
     fn query(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -628,20 +667,31 @@ impl Store {
     /// Adds a sandbox; its id must be new.
     pub fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let row = SandboxRow::from_record(record);
-        let result = self.with(|c| c.execute(
-            &format!(
-                "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-                 ?18, ?19, ?20, ?21)"
-            ),
-            row.params(),
-        ));
+        let result = self.transact(|tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+                     ?16, ?17, ?18, ?19, ?20, ?21)"
+                ),
+                row.params(),
+            )?;
+            events::record_sandbox(
+                tx,
+                EventType::SandboxCreated,
+                &record.sandbox_id,
+                serde_json::Map::new(),
+                record.started_at_ms,
+            )
+        });
         match result {
-            Ok(_) => Ok(()),
-            Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            Ok(()) => Ok(()),
+            Err(StoreError::Query { source, .. })
+                if source.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) =>
+            {
                 Err(StoreError::SandboxExists(record.sandbox_id.clone()))
             }
-            Err(err) => Err(self.query()(err)),
+            Err(err) => Err(err),
         }
     }
 
@@ -661,11 +711,18 @@ impl Store {
     }
 
     /// Replaces the whole stored row of `record.sandbox_id`.
+    /// A paused sandbox that runs again is recorded as resumed.
     pub fn update_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let row = SandboxRow::from_record(record);
-        let changed = self
-            .with(|c| {
-                c.execute(
+        let changed = self.transact(|tx| {
+            let before: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM sandboxes WHERE sandbox_id = ?1",
+                    [&record.sandbox_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let changed = tx.execute(
                 "UPDATE sandboxes SET template_id = ?2, alias = ?3, client_id = ?4, state = ?5, \
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
@@ -673,9 +730,20 @@ impl Store {
                  lifecycle = ?18, auto_pause_memory = ?19, auto_resume = ?20, timeout_secs = ?21 \
                  WHERE sandbox_id = ?1",
                 row.params(),
-            )
-            })
-            .map_err(self.query())?;
+            )?;
+            if before.as_deref() == Some(SandboxState::Paused.as_str())
+                && record.state == SandboxState::Running
+            {
+                events::record_sandbox(
+                    tx,
+                    EventType::SandboxResumed,
+                    &record.sandbox_id,
+                    serde_json::Map::new(),
+                    now_ms(),
+                )?;
+            }
+            Ok(changed)
+        })?;
         found(changed, &record.sandbox_id)
     }
 
@@ -686,31 +754,57 @@ impl Store {
         allow_internet_access: bool,
         egress: &Egress,
     ) -> Result<(), StoreError> {
-        let egress = serde_json::to_string(egress).expect("a policy serialises");
-        let changed = self
-            .with(|c| c.execute(
+        let text = serde_json::to_string(egress).expect("a policy serialises");
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
                 "UPDATE sandboxes SET allow_internet_access = ?2, egress = ?3 WHERE sandbox_id = ?1",
-                params![id, allow_internet_access, egress],
-            ))
-            .map_err(self.query())?;
+                params![id, allow_internet_access, text],
+            )?;
+            let mut data = serde_json::Map::new();
+            data.insert(
+                "network_egress".into(),
+                serde_json::json!({
+                    "allowInternetAccess": allow_internet_access,
+                    "policy": egress,
+                }),
+            );
+            events::record_sandbox(tx, EventType::SandboxUpdated, id, data, now_ms())?;
+            Ok(changed)
+        })?;
         found(changed, id)
     }
 
-    /// Sets the state of sandbox `id`.
+    /// Sets the state of sandbox `id`; a move to paused is recorded as
+    /// such.
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
-        let changed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE sandboxes SET state = ?2 WHERE sandbox_id = ?1",
-                    params![id, state.as_str()],
-                )
-            })
-            .map_err(self.query())?;
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
+                "UPDATE sandboxes SET state = ?2 WHERE sandbox_id = ?1 AND state != ?2",
+                params![id, state.as_str()],
+            )?;
+            if changed > 0 && state == SandboxState::Paused {
+                events::record_sandbox(
+                    tx,
+                    EventType::SandboxPaused,
+                    id,
+                    serde_json::Map::new(),
+                    now_ms(),
+                )?;
+            }
+            // Already in that state counts as found.
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE sandbox_id = ?1)",
+                [id],
+                |r| r.get(0),
+            )?;
+            Ok(usize::from(exists))
+        })?;
         found(changed, id)
     }
 
-    /// Sets when sandbox `id` times out, in unix milliseconds.
-    pub fn set_end_at(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
+    /// Moves when sandbox `id` times out without telling anyone: a
+    /// timeout action that failed is tried again then.
+    pub fn postpone_end(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
         let changed = self
             .with(|c| {
                 c.execute(
@@ -719,6 +813,25 @@ impl Store {
                 )
             })
             .map_err(self.query())?;
+        found(changed, id)
+    }
+
+    /// Sets when sandbox `id` times out, in unix milliseconds, recorded as
+    /// an updated event.
+    pub fn set_end_at(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
+                "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
+                params![id, end_at_ms],
+            )?;
+            let mut data = serde_json::Map::new();
+            data.insert(
+                "set_timeout".into(),
+                serde_json::Value::String(crate::manager::rfc3339_ms(end_at_ms)),
+            );
+            events::record_sandbox(tx, EventType::SandboxUpdated, id, data, now_ms())?;
+            Ok(changed)
+        })?;
         found(changed, id)
     }
 
@@ -738,16 +851,25 @@ impl Store {
     /// Records that sandbox `id` stopped at `now_ms` for `reason`; false if
     /// there is no such sandbox. Its row stays (state `killed`) for the
     /// list of stopped sandboxes until [`Store::forget_stopped`].
+    /// The first stop is recorded as a killed event, with why.
     pub fn stop_sandbox(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let changed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3, \
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
+                "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3, \
                  lifecycle = 'stopped' WHERE sandbox_id = ?1 AND state != 'killed'",
-                    params![id, reason, now_ms],
-                )
-            })
-            .map_err(self.query())?;
+                params![id, reason, now_ms],
+            )?;
+            if changed > 0 {
+                events::record_sandbox(
+                    tx,
+                    EventType::SandboxKilled,
+                    id,
+                    events::killed_data(reason),
+                    now_ms,
+                )?;
+            }
+            Ok(changed)
+        })?;
         Ok(changed > 0)
     }
 
@@ -1078,6 +1200,12 @@ fn decode_token(token: &str) -> Result<(i64, String), StoreError> {
     Ok((ms, id.to_owned()))
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1104,13 +1232,13 @@ mod tests {
 
     use super::*;
 
-    fn open_temp() -> (tempfile::TempDir, Store) {
+    pub(super) fn open_temp() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state/hearth.db")).unwrap();
         (dir, store)
     }
 
-    fn sandbox(id: &str, started_at_ms: i64) -> SandboxRecord {
+    pub(super) fn sandbox(id: &str, started_at_ms: i64) -> SandboxRecord {
         SandboxRecord {
             sandbox_id: id.to_owned(),
             template_id: "base".to_owned(),

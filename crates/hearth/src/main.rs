@@ -32,8 +32,19 @@ struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, global = true, env = "HEARTH_LOG", default_value = "warn")]
     log: String,
+    /// How log lines are written to stderr: `text` for people, `json` for
+    /// log shippers (one object per line, its fields, the sandbox id
+    /// among them, as keys).
+    #[arg(long, global = true, env = "HEARTH_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -55,17 +66,26 @@ enum Command {
     /// Measure create latency, exec round trip, pause/resume, memory and
     /// density on this machine.
     Bench(commands::bench::BenchArgs),
+    /// Print the server's events (sandbox lifecycle, template builds), the
+    /// last ones or as they happen.
+    Events(commands::events::EventsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let layout = hearth_node::Layout::new(&cli.data_dir, &cli.run_dir);
     let result = match cli.command {
         Command::Kernel(cmd) => commands::kernel::run(cmd, &layout),
@@ -74,6 +94,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args, &layout),
         Command::Server(args) => commands::server::run(args, &layout),
         Command::Keys(cmd) => commands::server::keys(cmd, &layout),
+        Command::Events(args) => commands::events::run(args, &layout),
     };
     match result {
         Ok(code) => code,

@@ -14,6 +14,7 @@ use rusqlite::{ErrorCode, OptionalExtension, Row, params, params_from_iter};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
+use crate::events::EventType;
 
 /// Why builds still waiting or building when the server starts failed.
 pub const INTERRUPTED: &str = "interrupted: the server stopped during the build";
@@ -207,14 +208,17 @@ impl Store {
 
     /// Moves a waiting build to building; false if it was not waiting.
     pub fn start_build(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let changed = self
-            .lock()
-            .execute(
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
                 "UPDATE template_builds SET status = 'building', updated_at_ms = ?2 \
                  WHERE build_id = ?1 AND status = 'waiting'",
                 params![id, now_ms],
-            )
-            .map_err(self.query())?;
+            )?;
+            if changed > 0 {
+                build_event(tx, EventType::BuildStarted, id, None, now_ms)?;
+            }
+            Ok(changed)
+        })?;
         Ok(changed > 0)
     }
 
@@ -224,24 +228,23 @@ impl Store {
         let build = self
             .get_build(id)?
             .ok_or_else(|| StoreError::NoBuild(id.to_owned()))?;
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.query())?;
-        tx.execute(
-            "UPDATE template_builds SET status = 'ready', node_build = ?2, reason = NULL, \
-             reason_step = NULL, updated_at_ms = ?3, finished_at_ms = ?3 WHERE build_id = ?1",
-            params![id, node_build, now_ms],
-        )
-        .map_err(self.query())?;
-        for tag in &build.tags {
+        self.transact(|tx| {
             tx.execute(
-                "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
-                 DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
-                params![build.template, tag, id, now_ms],
-            )
-            .map_err(self.query())?;
-        }
-        tx.commit().map_err(self.query())
+                "UPDATE template_builds SET status = 'ready', node_build = ?2, reason = NULL, \
+                 reason_step = NULL, updated_at_ms = ?3, finished_at_ms = ?3 WHERE build_id = ?1",
+                params![id, node_build, now_ms],
+            )?;
+            for tag in &build.tags {
+                tx.execute(
+                    "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
+                     DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
+                    params![build.template, tag, id, now_ms],
+                )?;
+            }
+            let data = serde_json::json!({ "tags": build.tags });
+            build_event(tx, EventType::BuildCompleted, id, Some(&data), now_ms)
+        })
     }
 
     /// Marks a build failed with `reason`, naming the failed `step`.
@@ -252,14 +255,18 @@ impl Store {
         step: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let changed = self
-            .lock()
-            .execute(
+        let changed = self.transact(|tx| {
+            let changed = tx.execute(
                 "UPDATE template_builds SET status = 'error', reason = ?2, reason_step = ?3, \
                  updated_at_ms = ?4, finished_at_ms = ?4 WHERE build_id = ?1",
                 params![id, reason, step, now_ms],
-            )
-            .map_err(self.query())?;
+            )?;
+            if changed > 0 {
+                let data = serde_json::json!({ "reason": reason, "step": step });
+                build_event(tx, EventType::BuildFailed, id, Some(&data), now_ms)?;
+            }
+            Ok(changed)
+        })?;
         if changed == 0 {
             return Err(StoreError::NoBuild(id.to_owned()));
         }
@@ -269,14 +276,25 @@ impl Store {
     /// Fails every build left waiting or building by a server that stopped
     /// (nothing runs them any more); returns how many.
     pub fn interrupt_builds(&self, now_ms: i64) -> Result<usize, StoreError> {
-        self.lock()
-            .execute(
+        self.transact(|tx| {
+            let ids: Vec<String> = tx
+                .prepare(
+                    "SELECT build_id FROM template_builds WHERE status IN ('waiting', 'building')",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute(
                 "UPDATE template_builds SET status = 'error', reason = ?1, \
                  updated_at_ms = ?2, finished_at_ms = ?2 \
                  WHERE status IN ('waiting', 'building')",
                 params![INTERRUPTED, now_ms],
-            )
-            .map_err(self.query())
+            )?;
+            let data = serde_json::json!({ "reason": INTERRUPTED });
+            for id in &ids {
+                build_event(tx, EventType::BuildFailed, id, Some(&data), now_ms)?;
+            }
+            Ok(ids.len())
+        })
     }
 
     /// Appends a line to a build's log.
@@ -454,6 +472,25 @@ impl Store {
         };
         rows.into_iter().map(|row| row.into_record(self)).collect()
     }
+}
+
+/// Records build `id`'s event, with its template.
+fn build_event(
+    tx: &rusqlite::Connection,
+    kind: EventType,
+    id: &str,
+    data: Option<&serde_json::Value>,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let template: Option<String> = tx
+        .query_row(
+            "SELECT template FROM template_builds WHERE build_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    super::events::record(tx, kind, None, template.as_deref(), Some(id), data, now_ms)?;
+    Ok(())
 }
 
 fn tag_from_row(row: &Row<'_>) -> rusqlite::Result<TagRecord> {

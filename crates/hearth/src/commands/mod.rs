@@ -1,4 +1,5 @@
 pub(crate) mod bench;
+pub(crate) mod events;
 pub(crate) mod kernel;
 pub(crate) mod remote;
 pub(crate) mod sandbox;

@@ -31,7 +31,7 @@ pub(crate) struct Remote {
     api_key: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
@@ -165,7 +165,7 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn new(remote: &Remote, layout: &Layout) -> anyhow::Result<Self> {
+    pub(crate) fn new(remote: &Remote, layout: &Layout) -> anyhow::Result<Self> {
         let mut base = Url::parse(&remote.api_url)
             .with_context(|| format!("--api-url '{}' is not a URL", remote.api_url))?;
         base.set_query(None);
@@ -258,6 +258,28 @@ impl Client {
             bail!("{} {message}", status.as_u16());
         }
         Ok(value)
+    }
+
+    /// A `GET` whose answer streams: the response once its head says
+    /// success, or the API's error message.
+    pub(crate) async fn open(
+        &self,
+        path: impl Into<ApiPath<'_>>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .get(self.url(&path.into()))
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let message = body["message"].as_str().unwrap_or("no message");
+            bail!("{} {message}", status.as_u16());
+        }
+        Ok(response)
     }
 
     /// Starts `request` in sandbox `id` through the server's proxy (the

@@ -148,6 +148,7 @@ impl Drop for Server {
 /// Runs an SDK script (`script`, already given its program and arguments)
 /// against `server` with E2B's three variables set, passes its `figure`
 /// lines on, and asserts it ends with `all checks passed`; its stdout.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
 pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
     let out = script
         .env("E2B_API_URL", &server.url)
@@ -169,6 +170,7 @@ pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
 }
 
 /// `tests/e2b/NAME`.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
 pub fn script(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/e2b")
