@@ -158,6 +158,12 @@ pub struct VmmUsage {
     /// The most it has used at once.
     pub memory_peak_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// Bytes its copy-on-write disk holds on the host (allocated blocks).
+    pub disk_bytes: Option<u64>,
+    /// Bytes the guest sent and received through its slot since it took
+    /// the slot (a resume may take another).
+    pub net_sent_bytes: Option<u64>,
+    pub net_received_bytes: Option<u64>,
 }
 
 impl VmmUsage {
@@ -189,6 +195,7 @@ impl VmmUsage {
             memory_bytes: number(&["memory.current", "memory.usage_in_bytes"]),
             memory_peak_bytes: number(&["memory.peak", "memory.max_usage_in_bytes"]),
             memory_limit_bytes: number(&["memory.max", "memory.limit_in_bytes"]),
+            ..Self::default()
         }
     }
 }

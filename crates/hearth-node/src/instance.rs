@@ -343,7 +343,18 @@ impl Instance {
     /// What the VMM uses now, and its limits.
     pub(crate) fn usage(&self) -> cgroup::VmmUsage {
         let dirs = self.cgroup.as_ref().map_or(&[][..], cgroup::Owned::dirs);
-        cgroup::VmmUsage::read(self.vm.pid(), dirs)
+        let mut usage = cgroup::VmmUsage::read(self.vm.pid(), dirs);
+        if let Some(slot) = &self.slot {
+            // The host end of the slot's veth: what it receives the guest
+            // sent.
+            let counter = |name: &str| {
+                let path = format!("/sys/class/net/{}/statistics/{name}", slot.plan().host_veth);
+                std::fs::read_to_string(path).ok()?.trim().parse().ok()
+            };
+            usage.net_sent_bytes = counter("rx_bytes");
+            usage.net_received_bytes = counter("tx_bytes");
+        }
+        usage
     }
 
     /// Stops the VM and releases the slot and the cgroup.

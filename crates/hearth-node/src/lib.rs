@@ -36,7 +36,7 @@ pub use instance::last_console_line;
 pub use layout::Layout;
 pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};
 pub use node::{Node, NodeOptions};
-pub use pool::Pool;
+pub use pool::{Pool, RefillObserver};
 pub use sandbox::{PauseMode, STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
 pub use supervisor::{Origin, SandboxHandle, Supervised, Unwatched, Watcher, supervise};

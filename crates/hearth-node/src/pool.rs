@@ -28,8 +28,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// sandboxes' first requests should not compete with a restore for CPU.
 const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
 
+/// Told how long each refill took (a restore and its agent's first
+/// answer).
+pub type RefillObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 struct Shared {
     node: Arc<Node>,
+    on_refill: Option<RefillObserver>,
     snapshot: Snapshot,
     size: usize,
     parked: Mutex<VecDeque<Sandbox>>,
@@ -56,8 +61,19 @@ impl Pool {
     /// Starts filling a pool of `size` sandboxes restored from `snapshot`.
     /// Must be called inside a Tokio runtime.
     pub fn start(node: Arc<Node>, snapshot: Snapshot, size: usize) -> Self {
+        Self::start_observed(node, snapshot, size, None)
+    }
+
+    /// [`Pool::start`], telling `on_refill` how long each refill took.
+    pub fn start_observed(
+        node: Arc<Node>,
+        snapshot: Snapshot,
+        size: usize,
+        on_refill: Option<RefillObserver>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             node,
+            on_refill,
             snapshot,
             size,
             parked: Mutex::new(VecDeque::with_capacity(size)),
@@ -152,8 +168,12 @@ async fn fill(shared: Arc<Shared>) {
             tokio::time::sleep(wait).await;
             continue;
         }
+        let started = Instant::now();
         match park_one(&shared).await {
             Ok(sandbox) => {
+                if let Some(observe) = &shared.on_refill {
+                    observe(started.elapsed());
+                }
                 shared.parked().push_back(sandbox);
                 shared.filled.notify_waiters();
             }

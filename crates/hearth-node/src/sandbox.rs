@@ -291,7 +291,12 @@ impl Sandbox {
     /// What its VMM uses (CPU time, memory) and may use, from its cgroup
     /// and its process.
     pub fn vmm_usage(&self) -> crate::VmmUsage {
-        self.instance().usage()
+        use std::os::unix::fs::MetadataExt;
+        let mut usage = self.instance().usage();
+        usage.disk_bytes = std::fs::metadata(self.dir.join("disk.qcow2"))
+            .ok()
+            .map(|m| m.blocks() * 512);
+        usage
     }
 
     /// The network policy in force.

@@ -35,6 +35,10 @@ pub struct Api {
     /// Where the server listens: the host of upload URLs when a request
     /// names none.
     pub listen: std::net::SocketAddr,
+    /// Turns true when the server starts to shut down: answers that stream
+    /// until their client leaves (the event stream) end then, or the
+    /// server would wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// One route: how it is served and how it is documented. [`ROUTES`] is the

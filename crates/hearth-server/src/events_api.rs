@@ -206,23 +206,37 @@ pub(crate) async fn stream(
         Some(after) => after,
         None => store.seq_before_last(q.tail, &q.types, q.sandbox_id.as_deref())?,
     };
-    let sse = Sse::new(event_stream(store, q, after)).keep_alive(KeepAlive::default());
+    let sse = Sse::new(event_stream(store, q, after, api.stopping.clone()))
+        .keep_alive(KeepAlive::default());
     Ok(sse.into_response())
 }
 
+/// The events after `after` that `q` selects, then (following) new ones
+/// as they are recorded, until the server stops.
 fn event_stream(
     store: Arc<Store>,
     q: StreamQuery,
     after: i64,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let feed = store.event_feed();
     futures_util::stream::unfold(
-        (store, q, after, feed, std::collections::VecDeque::new()),
-        |(store, q, mut after, mut feed, mut queued)| async move {
+        (
+            store,
+            q,
+            after,
+            feed,
+            std::collections::VecDeque::new(),
+            stopping,
+        ),
+        |(store, q, mut after, mut feed, mut queued, mut stopping)| async move {
             loop {
+                if *stopping.borrow() {
+                    return None;
+                }
                 if let Some(event) = queued.pop_front() {
                     let sse = sse_event(&event);
-                    return Some((Ok(sse), (store, q, after, feed, queued)));
+                    return Some((Ok(sse), (store, q, after, feed, queued, stopping)));
                 }
                 let page = match store.events_after(after, STREAM_PAGE) {
                     Ok(page) => page,
@@ -241,6 +255,7 @@ fn event_stream(
                 }
                 tokio::select! {
                     _ = feed.changed() => {}
+                    _ = stopping.changed() => {}
                     () = tokio::time::sleep(STREAM_POLL) => {}
                 }
             }

@@ -16,7 +16,7 @@ use hearth_proto::agent::InitRequest;
 use hearth_proto::signature::{Operation, SignedUrl, file_signature, same_bytes};
 
 use crate::error::ApiError;
-use crate::metrics::{Gauges, Metrics, ModeLabel, ReasonLabel, ResumeLabels};
+use crate::metrics::{Gauges, Metrics, ModeLabel, ReasonLabel, ResumeLabels, TemplateLabel};
 use crate::store::{SandboxRecord, SandboxState, Store};
 
 /// The envd version the agent implements (what the e2b SDKs check).
@@ -376,10 +376,12 @@ impl Manager {
             // A sandbox busy with a long job (a pause, a fork) is skipped.
             if let Ok(Ok(usage)) = tokio::time::timeout(Duration::from_secs(1), usage).await {
                 let vmm = gauges.vmm.entry(record.template_id.clone()).or_default();
-                vmm.0 += usage.cpu_seconds;
-                vmm.1 += usage
-                    .memory_bytes
-                    .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+                vmm.cpu_seconds += usage.cpu_seconds;
+                let bytes = |b: Option<u64>| b.map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX));
+                vmm.memory_bytes += bytes(usage.memory_bytes);
+                vmm.disk_bytes += bytes(usage.disk_bytes);
+                vmm.net_sent_bytes += bytes(usage.net_sent_bytes);
+                vmm.net_received_bytes += bytes(usage.net_received_bytes);
             }
         }
         let pools: Vec<(String, PoolCell)> = self
@@ -445,11 +447,22 @@ impl Manager {
                 format!("template '{template}' not found")
             })
             .await?;
+        let metrics = Arc::clone(&self.metrics);
+        let label = TemplateLabel {
+            template: template.to_owned(),
+        };
+        let on_refill: hearth_node::RefillObserver = Arc::new(move |took| {
+            metrics
+                .pool_refill_seconds
+                .get_or_create(&label)
+                .observe(took.as_secs_f64());
+        });
         Ok(TemplatePool {
-            pool: Arc::new(Pool::start(
+            pool: Arc::new(Pool::start_observed(
                 Arc::clone(&self.node),
                 snapshot,
                 self.pool_size,
+                Some(on_refill),
             )),
             shape,
         })

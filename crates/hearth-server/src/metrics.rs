@@ -113,6 +113,7 @@ pub struct Metrics {
     pub proxy_open: Gauge,
     pub proxy_bytes: Family<DirectionLabel, Counter>,
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    pub pool_refill_seconds: Family<TemplateLabel, Histogram>,
     // Read at each scrape.
     sandboxes: Family<StateLabels, Gauge>,
     pooled: Family<TemplateLabel, Gauge>,
@@ -120,6 +121,15 @@ pub struct Metrics {
     slots_capacity: Gauge,
     vmm_cpu_seconds: Family<TemplateLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     vmm_memory_bytes: Family<TemplateLabel, Gauge>,
+    disk_bytes: Family<TemplateLabel, Gauge>,
+    net_bytes: Family<NetLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetLabels {
+    pub template: String,
+    /// `sent` or `received`, by the guests.
+    pub direction: &'static str,
 }
 
 /// Seconds from 5 ms to about 80 s, doubling.
@@ -153,12 +163,15 @@ impl Default for Metrics {
             proxy_open: Gauge::default(),
             proxy_bytes: Family::default(),
             webhook_deliveries: Family::default(),
+            pool_refill_seconds: Family::new_with_constructor(create_histogram),
             sandboxes: Family::default(),
             pooled: Family::default(),
             slots_used: Gauge::default(),
             slots_capacity: Gauge::default(),
             vmm_cpu_seconds: Family::default(),
             vmm_memory_bytes: Family::default(),
+            disk_bytes: Family::default(),
+            net_bytes: Family::default(),
         };
         metrics.register();
         metrics
@@ -250,6 +263,16 @@ impl Metrics {
             self.vmm_memory_bytes.clone(),
         );
         hearth.register(
+            "sandbox_disk_bytes",
+            "Host bytes held by the copy-on-write disks of the running sandboxes of a template",
+            self.disk_bytes.clone(),
+        );
+        hearth.register(
+            "sandbox_network_bytes",
+            "Bytes the running sandboxes of a template sent and received since they took their slots",
+            self.net_bytes.clone(),
+        );
+        hearth.register(
             "template_builds",
             "Template builds that ended, by status (ready or error)",
             self.builds.clone(),
@@ -284,6 +307,11 @@ impl Metrics {
             "Webhook delivery attempts, by result (delivered, retried, failed)",
             self.webhook_deliveries.clone(),
         );
+        hearth.register(
+            "pool_refill_seconds",
+            "How long a pool took to park one more sandbox (restore and first answer)",
+            self.pool_refill_seconds.clone(),
+        );
     }
 
     /// The text exposition of every metric, the gauges read afresh.
@@ -313,15 +341,30 @@ impl Metrics {
         self.slots_capacity.set(snapshot.slots_capacity);
         self.vmm_cpu_seconds.clear();
         self.vmm_memory_bytes.clear();
-        for (template, (cpu, memory)) in snapshot.vmm {
+        self.disk_bytes.clear();
+        self.net_bytes.clear();
+        for (template, totals) in snapshot.vmm {
+            let label = TemplateLabel {
+                template: template.clone(),
+            };
             self.vmm_cpu_seconds
-                .get_or_create(&TemplateLabel {
-                    template: template.clone(),
-                })
-                .set(cpu);
+                .get_or_create(&label)
+                .set(totals.cpu_seconds);
             self.vmm_memory_bytes
-                .get_or_create(&TemplateLabel { template })
-                .set(memory);
+                .get_or_create(&label)
+                .set(totals.memory_bytes);
+            self.disk_bytes.get_or_create(&label).set(totals.disk_bytes);
+            for (direction, bytes) in [
+                ("sent", totals.net_sent_bytes),
+                ("received", totals.net_received_bytes),
+            ] {
+                self.net_bytes
+                    .get_or_create(&NetLabels {
+                        template: template.clone(),
+                        direction,
+                    })
+                    .set(bytes);
+            }
         }
     }
 
@@ -356,8 +399,18 @@ pub struct Gauges {
     pub pooled: std::collections::BTreeMap<String, i64>,
     pub slots_used: i64,
     pub slots_capacity: i64,
-    /// template → (CPU seconds, memory bytes) of its running VMMs.
-    pub vmm: std::collections::BTreeMap<String, (f64, i64)>,
+    /// template → what its running sandboxes' VMMs use, summed.
+    pub vmm: std::collections::BTreeMap<String, VmmTotals>,
+}
+
+/// What the running sandboxes of one template use, summed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VmmTotals {
+    pub cpu_seconds: f64,
+    pub memory_bytes: i64,
+    pub disk_bytes: i64,
+    pub net_sent_bytes: i64,
+    pub net_received_bytes: i64,
 }
 
 /// The content type of the text exposition.

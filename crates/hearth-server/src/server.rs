@@ -105,11 +105,13 @@ pub async fn serve(
     manager.warm(&["base"]).await?;
     let listener = TcpListener::bind(options.listen).await?;
     let listen = listener.local_addr()?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let api = Arc::new(Api {
         manager: Arc::clone(&manager),
         builds: Arc::clone(&builds),
         domain: options.domain.clone(),
         listen,
+        stopping,
     });
     let metrics_server = match options.metrics_listen {
         Some(addr) => {
@@ -155,7 +157,10 @@ pub async fn serve(
     let webhooks =
         tokio::spawn(Arc::new(crate::webhooks::Sender::new(Arc::clone(&manager))?).run());
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.send_replace(true);
+        })
         .await;
     expiry.abort();
     sampler.abort();

@@ -175,6 +175,12 @@ fn check_metrics(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) 
             &[r#"source="pool""#][..],
             9.0,
         ),
+        // Each create from the pool is followed by a refill.
+        (
+            "hearth_pool_refill_seconds_count",
+            &[r#"template="base""#][..],
+            9.0,
+        ),
     ] {
         let grown = grew(name, labels);
         assert!(

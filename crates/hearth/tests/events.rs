@@ -302,6 +302,36 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
     ))
     .unwrap();
     let id = created["sandboxID"].as_str().unwrap().to_owned();
+    // What it holds and moves shows in its metrics and, summed by
+    // template, in Prometheus' (the agent's answers crossed its slot).
+    let vmm =
+        runtime.block_on(api.ok(get.clone(), &format!("/sandboxes/{id}/metrics"), None))[0]["vmm"]
+            .clone();
+    for field in ["diskBytes", "netSentBytes", "netReceivedBytes"] {
+        assert!(vmm[field].as_u64().unwrap_or(0) > 0, "{field}: {vmm}");
+    }
+    let scrape = runtime.block_on(async {
+        api.http
+            .get(format!("{}/metrics", server.url))
+            .header("x-api-key", &api.key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for series in [
+        r#"hearth_sandbox_disk_bytes{template="base"}"#,
+        r#"hearth_sandbox_network_bytes{template="base",direction="sent"}"#,
+        r#"hearth_sandbox_network_bytes{template="base",direction="received"}"#,
+    ] {
+        let value: f64 = scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in\n{scrape}"));
+        assert!(value > 0.0, "{series} {value}");
+    }
     runtime.block_on(api.ok(
         post.clone(),
         &format!("/sandboxes/{id}/timeout"),
@@ -461,6 +491,24 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
     let (status, _) =
         runtime.block_on(api.call(get, &format!("/events/webhooks/{webhook_id}"), None));
     assert_eq!(status, 404);
+    // A stream that is following ends when the server stops: it would
+    // otherwise hold the server's shutdown open.
+    let following = runtime.block_on(async {
+        api.http
+            .get(format!("{}/events/stream?tail=1", server.url))
+            .header("x-api-key", &api.key)
+            .send()
+            .await
+            .unwrap()
+    });
+    let drained = runtime.spawn(async move {
+        let mut following = following;
+        while let Ok(Some(_)) = following.chunk().await {}
+    });
     server.stop();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), drained).await })
+        .expect("the stream ended with the server")
+        .unwrap();
     assert_nothing_left("after the test");
 }
