@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
 use hearth_proto::process::process_event::Event;
+use hearth_proto::process::process_input::Input;
 use hearth_proto::process::process_selector::Selector;
 use hearth_proto::process::{
-    ConnectRequest, ProcessConfig, ProcessEvent, ProcessSelector, SendSignalRequest, StartRequest,
-    StartResponse,
+    ConnectRequest, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty,
+    SendInputRequest, SendSignalRequest, StartRequest, StartResponse, UpdateRequest, pty,
 };
 
 /// Largest process event accepted from the agent (it sends chunks of at
@@ -262,12 +263,40 @@ impl AgentClient {
             process: Some(tagged(tag)),
             signal,
         };
+        self.unary("/process.Process/SendSignal", request.encode_to_vec())
+            .await
+    }
+
+    /// `process.Process/SendInput`: `data` typed into the terminal of the
+    /// process tagged `tag` (started with `pty`).
+    pub async fn send_pty_tagged(&self, tag: &str, data: Vec<u8>) -> Result<(), AgentError> {
+        let request = SendInputRequest {
+            process: Some(tagged(tag)),
+            input: Some(ProcessInput {
+                input: Some(Input::Pty(data)),
+            }),
+        };
+        self.unary("/process.Process/SendInput", request.encode_to_vec())
+            .await
+    }
+
+    /// `process.Process/Update`: the terminal of the process tagged `tag`
+    /// resized to `cols` × `rows`.
+    pub async fn resize_tagged(&self, tag: &str, cols: u32, rows: u32) -> Result<(), AgentError> {
+        let request = UpdateRequest {
+            process: Some(tagged(tag)),
+            pty: Some(Pty {
+                size: Some(pty::Size { cols, rows }),
+            }),
+        };
+        self.unary("/process.Process/Update", request.encode_to_vec())
+            .await
+    }
+
+    /// A unary call in binary protobuf whose answer is an empty message.
+    async fn unary(&self, path: &'static str, message: Vec<u8>) -> Result<(), AgentError> {
         let mut sender = self.connect(Duration::from_secs(5)).await?;
-        let http = self.request(
-            "/process.Process/SendSignal",
-            connect::CONTENT_TYPE_PROTO,
-            Bytes::from(request.encode_to_vec()),
-        );
+        let http = self.request(path, connect::CONTENT_TYPE_PROTO, Bytes::from(message));
         let resp = sender.send_request(http).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
