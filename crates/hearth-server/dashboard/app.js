@@ -6,7 +6,7 @@
 (function () {
   const KEY_ITEM = "hearth.apiKey";
   const REFRESH_MS = 2000;
-  const SLOW_REFRESH_MS = 10000;
+  const SLOW_REFRESH_MS = 5000;
   const EXTEND_SECS = 300;
   const MAX_TIMEOUT_SECS = 24 * 3600;
   const HISTORY_POINTS = 150;
@@ -150,7 +150,6 @@
       renderSandboxes(sandboxes);
       renderNode(node);
       recordHistory(sandboxes);
-      renderEvents();
       $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
       if ($("status").className === "error") status("");
     } catch (error) {
@@ -160,7 +159,7 @@
 
   async function refreshSlow() {
     try {
-      await Promise.all([renderTemplates(), renderConcurrent()]);
+      await Promise.all([renderTemplates(), renderConcurrent(), renderEvents()]);
     } catch (error) {
       failed(error);
     }
@@ -449,7 +448,10 @@
     const probe = el("span", { text: "MMMMMMMMMM" });
     $("terminal-screen").append(probe);
     const charWidth = probe.getBoundingClientRect().width / 10 || 8;
-    const lineHeight = probe.getBoundingClientRect().height || 16;
+    const lineHeight =
+      parseFloat(getComputedStyle($("terminal-screen")).lineHeight) ||
+      probe.getBoundingClientRect().height * 1.25 ||
+      16;
     probe.remove();
     const cols = Math.max(20, Math.floor((box.clientWidth - 16) / charWidth));
     const rows = Math.max(5, Math.floor((box.clientHeight - 16) / lineHeight));
