@@ -1,0 +1,113 @@
+"""The operator dashboard in a real headless Chromium (Playwright, driving
+the system's browser), against a real `hearth server` configured for the
+stock e2b SDK by E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY: log in with
+the key, see a sandbox the SDK creates appear in the table, run a command
+in its terminal, kill it from the page and see it leave the table and the
+API. Saves login.png, table.png and terminal.png under ARTIFACTS.
+
+usage: dashboard_drive.py CHROMIUM ARTIFACTS
+Prints `figure name=value` lines and ends with `all checks passed`.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from e2b import Sandbox
+from playwright.sync_api import expect, sync_playwright
+
+API = os.environ["E2B_API_URL"]
+KEY = os.environ["E2B_API_KEY"]
+CHROMIUM, ARTIFACTS = sys.argv[1], sys.argv[2]
+# Sandboxes boot under software emulation here: give the page time.
+TIMEOUT_MS = 120_000
+
+
+def check(name, cond, detail=""):
+    if not cond:
+        print(f"FAILED: {name} {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok: {name}", flush=True)
+
+
+def api_status(path):
+    request = urllib.request.Request(API + path, headers={"X-API-Key": KEY})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def main():
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    with sync_playwright() as p:
+        # Root in a container: Chromium's own sandbox cannot start.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        page.goto(API + "/dashboard")
+        page.wait_for_selector("#login-form", state="visible")
+        check("without a key the page shows the login form", page.is_hidden("#app"))
+        page.screenshot(path=os.path.join(ARTIFACTS, "login.png"))
+
+        page.fill("#login-key", "e2b_" + "0" * 40)
+        page.click("#login-submit")
+        expect(page.locator("#login-error")).not_to_be_empty()
+        check("a wrong key is refused", page.is_hidden("#app"))
+
+        page.fill("#login-key", KEY)
+        page.click("#login-submit")
+        page.wait_for_selector("#app", state="visible")
+        check("the key is kept in the tab only", page.evaluate("sessionStorage.getItem('hearth.apiKey')") == KEY)
+        expect(page.locator("#slots")).to_contain_text("/")
+        check("the node's slots are shown", "/" in page.inner_text("#slots"))
+
+        started = time.monotonic()
+        sandbox = Sandbox.create(timeout=600)
+        print(f"figure sdk_create_s={time.monotonic() - started:.2f}", flush=True)
+        row = f"#sandboxes tr[data-id='{sandbox.sandbox_id}']"
+        page.wait_for_selector(row, timeout=TIMEOUT_MS)
+        check("the sandbox appears in the table", "running" in page.inner_text(row))
+        # Its metrics fill the CPU and memory cells once the agent answers.
+        expect(page.locator(f"{row} td").nth(6)).to_contain_text("MiB /", timeout=TIMEOUT_MS)
+        expect(page.locator("#templates tbody tr").first).to_be_visible(timeout=TIMEOUT_MS)
+        page.screenshot(path=os.path.join(ARTIFACTS, "table.png"), full_page=True)
+
+        page.click(f"{row} button[data-action=terminal]")
+        expect(page.locator("#terminal-state")).to_have_text("connected", timeout=TIMEOUT_MS)
+        # The shell's prompt, then a command typed key by key.
+        screen = page.locator("#terminal-screen")
+        expect(screen).to_contain_text(re.compile(r"[$#] *$", re.M), timeout=TIMEOUT_MS)
+        page.click("#terminal")
+        started = time.monotonic()
+        page.keyboard.type("echo hearth-$((6*7))")
+        page.keyboard.press("Enter")
+        expect(screen).to_contain_text("hearth-42", timeout=TIMEOUT_MS)
+        print(f"figure terminal_echo_s={time.monotonic() - started:.2f}", flush=True)
+        check("the terminal runs a command", True)
+        page.keyboard.type("tty; stty size")
+        page.keyboard.press("Enter")
+        expect(screen).to_contain_text(re.compile(r"/dev/pts/\d+"), timeout=TIMEOUT_MS)
+        check("the shell has a real PTY", True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "terminal.png"), full_page=True)
+
+        page.click(f"{row} button[data-action=kill]")
+        page.wait_for_selector(f"{row} button.armed")
+        page.click(f"{row} button[data-action=kill]")
+        expect(page.locator(row)).to_have_count(0, timeout=TIMEOUT_MS)
+        check("the killed sandbox leaves the table", True)
+        status, _ = api_status(f"/sandboxes/{sandbox.sandbox_id}")
+        check("the API says the sandbox is gone", status == 404, f"status {status}")
+        check("the page threw no errors", not errors, str(errors))
+        browser.close()
+    print("all checks passed", flush=True)
+
+
+main()
