@@ -360,34 +360,36 @@
   }
 
   async function renderTemplates() {
-    const templates = await api("/templates");
-    const details = await Promise.all(
-      templates.map((t) =>
-        api(`/templates/${encodeURIComponent(t.templateID)}?limit=5`).catch((error) => {
-          if (error instanceof Unauthorized) throw error;
-          return null;
-        }),
+    const [templates, builds] = await Promise.all([api("/templates"), api("/dashboard/api/builds?limit=20")]);
+    $("templates").tBodies[0].replaceChildren(
+      ...templates.map((t) =>
+        el("tr", { "data-template": t.templateID }, [
+          el("td", { class: "mono", text: t.templateID }),
+          el("td", { text: String(t.cpuCount) }),
+          el("td", { text: `${t.memoryMB} MiB` }),
+          el("td", { text: `${t.diskSizeMB} MiB` }),
+          el("td", { text: String(t.buildCount) }),
+          el("td", { text: new Date(t.updatedAt).toLocaleString() }),
+        ]),
       ),
     );
-    const rows = templates.map((t, i) => {
-      const builds = (details[i] && details[i].builds) || [];
-      const links = builds.map((b) =>
-        el("a", {
-          class: "build",
-          title: `build ${b.buildID}, ${b.updatedAt}`,
-          text: `${b.status} ${b.buildID.slice(0, 8)}`,
-          onclick: () => showBuildLog(t.templateID, b.buildID),
-        }),
-      );
-      return el("tr", { "data-template": t.templateID }, [
-        el("td", { class: "mono", text: t.templateID }),
-        el("td", { text: String(t.cpuCount) }),
-        el("td", { text: `${t.memoryMB} MiB` }),
-        el("td", { text: `${t.diskSizeMB} MiB` }),
-        el("td", {}, links.length ? links : [el("span", { class: "muted", text: "built locally" })]),
-      ]);
-    });
-    $("templates").tBodies[0].replaceChildren(...rows);
+    const now = Date.now();
+    $("builds").tBodies[0].replaceChildren(
+      ...builds.map((b) => {
+        const end = b.finishedAt ? Date.parse(b.finishedAt) : b.status === "building" ? now : Date.parse(b.updatedAt);
+        return el("tr", { "data-build": b.buildID }, [
+          el("td", { class: "mono", text: b.templateID }),
+          el("td", { class: "mono", title: b.buildID, text: b.buildID.slice(0, 8) }),
+          el("td", { class: `build-${b.status}`, title: b.reason || "", text: b.status }),
+          el("td", { text: new Date(b.createdAt).toLocaleTimeString() }),
+          el("td", { text: duration((end - Date.parse(b.createdAt)) / 1000) }),
+          el("td", {}, [
+            el("a", { class: "build", text: "log", onclick: () => showBuildLog(b.templateID, b.buildID) }),
+          ]),
+        ]);
+      }),
+    );
+    $("builds-empty").hidden = builds.length > 0;
     if (selectedBuild) showBuildLog(...selectedBuild);
   }
 

@@ -1,9 +1,10 @@
 //! The operator dashboard at `/dashboard`: a static single-page app
 //! (`dashboard/` in this crate, embedded in the binary) that logs in with
 //! an API key and calls the keyed REST API from the browser, plus what the
-//! REST API lacks for it: the node's capacity (`/dashboard/api/node`) and
-//! a terminal into a sandbox over a WebSocket, bridged to a PTY process
-//! that the sandbox's agent runs.
+//! REST API lacks for it: the node's capacity (`/dashboard/api/node`), the
+//! recent builds of every template (`/dashboard/api/builds`), and a
+//! terminal into a sandbox over a WebSocket, bridged to a PTY process that
+//! the sandbox's agent runs.
 //!
 //! The pages embed no data and need no key; every data route does. A
 //! browser cannot set headers on a WebSocket, so the terminal takes the key
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::api::Api;
 use crate::error::ApiError;
+use crate::manager::rfc3339_ms;
 use hearth_node::AgentClient;
 use hearth_proto::agent::AGENT_PORT;
 use hearth_proto::process::process_event::{Event, data_event::Output};
@@ -64,11 +66,15 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 /// The dashboard's routes, for [`crate::api::router`] to merge: the pages
 /// and the terminal without the key middleware (the terminal checks the
-/// key itself), the data route behind it.
+/// key itself), the data routes behind it.
 pub(crate) fn routes(api: &Arc<Api>) -> Router<Arc<Api>> {
-    let keyed = Router::new().route("/dashboard/api/node", get(node)).layer(
-        middleware::from_fn_with_state(Arc::clone(api), crate::api::require_key),
-    );
+    let keyed = Router::new()
+        .route("/dashboard/api/node", get(node))
+        .route("/dashboard/api/builds", get(builds))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(api),
+            crate::api::require_key,
+        ));
     Router::new()
         .route(
             "/dashboard",
@@ -143,6 +149,48 @@ async fn node(State(api): State<Arc<Api>>) -> axum::Json<serde_json::Value> {
         "pooled": gauges.pooled,
         "vmm": vmm,
     }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct BuildsParams {
+    limit: Option<u32>,
+}
+
+/// Builds listed when a request names no limit, and the most it may ask.
+const DEFAULT_BUILDS: u32 = 20;
+const MAX_BUILDS: u32 = 100;
+
+/// `GET /dashboard/api/builds?limit=N`: the newest template builds of
+/// every template, running ones included (`GET /templates` lists only
+/// templates with a finished build), newest first; their logs are at
+/// `GET /templates/{templateID}/builds/{buildID}/status`.
+async fn builds(
+    State(api): State<Arc<Api>>,
+    Query(params): Query<BuildsParams>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_BUILDS).clamp(1, MAX_BUILDS);
+    let builds = api.builds.store().recent_builds(limit)?;
+    Ok(axum::Json(serde_json::Value::Array(
+        builds
+            .iter()
+            .map(|b| {
+                let mut v = json!({
+                    "templateID": b.template,
+                    "buildID": b.build_id,
+                    "status": b.status.as_str(),
+                    "createdAt": rfc3339_ms(b.created_at_ms),
+                    "updatedAt": rfc3339_ms(b.updated_at_ms),
+                });
+                if let Some(finished) = b.finished_at_ms {
+                    v["finishedAt"] = json!(rfc3339_ms(finished));
+                }
+                if let Some(reason) = &b.reason {
+                    v["reason"] = json!(reason);
+                }
+                v
+            })
+            .collect(),
+    )))
 }
 
 /// The API key among the subprotocols a WebSocket request offers (the
