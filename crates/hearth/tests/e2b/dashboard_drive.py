@@ -3,7 +3,8 @@ the system's browser), against a real `hearth server` configured for the
 stock e2b SDK by E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY: log in with
 the key, see a sandbox the SDK creates appear in the table, run a command
 in its terminal, kill it from the page and see it leave the table and the
-API. Saves login.png, table.png and terminal.png under ARTIFACTS.
+API; and a template build that fails, with its log. Saves login.png,
+table.png and terminal.png under ARTIFACTS.
 
 usage: dashboard_drive.py CHROMIUM ARTIFACTS
 Prints `figure name=value` lines and ends with `all checks passed`.
@@ -34,13 +35,35 @@ def check(name, cond, detail=""):
     print(f"ok: {name}", flush=True)
 
 
-def api_status(path):
-    request = urllib.request.Request(API + path, headers={"X-API-Key": KEY})
+def api(method, path, body=None):
+    """A keyed REST call: (status, parsed JSON answer or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        API + path,
+        data=data,
+        method=method,
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
+
+
+def failed_build():
+    """A template build through E2B's build API that fails at once (its
+    image is missing): its build id."""
+    status, requested = api("POST", "/v3/templates", {"name": "dashboard-broken"})
+    check("a build is requested", status == 202, f"status {status}")
+    build = requested["buildID"]
+    status, _ = api(
+        "POST",
+        f"/v2/templates/dashboard-broken/builds/{build}",
+        {"fromImage": "oci:/nonexistent/dashboard-test", "steps": []},
+    )
+    check("the build starts", status == 202, f"status {status}")
+    return build
 
 
 def main():
@@ -69,6 +92,7 @@ def main():
         expect(page.locator("#slots")).to_contain_text("/")
         check("the node's slots are shown", "/" in page.inner_text("#slots"))
 
+        build = failed_build()
         started = time.monotonic()
         sandbox = Sandbox.create(timeout=600)
         print(f"figure sdk_create_s={time.monotonic() - started:.2f}", flush=True)
@@ -77,7 +101,12 @@ def main():
         check("the sandbox appears in the table", "running" in page.inner_text(row))
         # Its metrics fill the CPU and memory cells once the agent answers.
         expect(page.locator(f"{row} td").nth(6)).to_contain_text("MiB /", timeout=TIMEOUT_MS)
-        expect(page.locator("#templates tbody tr").first).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.locator("#templates tbody tr[data-template=base]")).to_be_visible()
+        build_row = page.locator(f"#builds tr[data-build='{build}']")
+        expect(build_row.locator("td").nth(2)).to_have_text("error", timeout=TIMEOUT_MS)
+        build_row.locator("a.build").click()
+        expect(page.locator("#build-log")).to_contain_text("not an OCI image layout")
+        check("a failed build and its log are shown", True)
         page.screenshot(path=os.path.join(ARTIFACTS, "table.png"), full_page=True)
 
         page.click(f"{row} button[data-action=terminal]")
@@ -94,7 +123,7 @@ def main():
         check("the terminal runs a command", True)
         page.keyboard.type("tty; stty size")
         page.keyboard.press("Enter")
-        expect(screen).to_contain_text(re.compile(r"/dev/pts/\d+"), timeout=TIMEOUT_MS)
+        expect(screen).to_contain_text(re.compile(r"/dev/pts/\d+\s+\d+ \d+"), timeout=TIMEOUT_MS)
         check("the shell has a real PTY", True)
         page.screenshot(path=os.path.join(ARTIFACTS, "terminal.png"), full_page=True)
 
@@ -103,9 +132,11 @@ def main():
         page.click(f"{row} button[data-action=kill]")
         expect(page.locator(row)).to_have_count(0, timeout=TIMEOUT_MS)
         check("the killed sandbox leaves the table", True)
-        status, _ = api_status(f"/sandboxes/{sandbox.sandbox_id}")
+        status, _ = api("GET", f"/sandboxes/{sandbox.sandbox_id}")
         check("the API says the sandbox is gone", status == 404, f"status {status}")
         check("the page threw no errors", not errors, str(errors))
+        status, _ = api("DELETE", "/templates/dashboard-broken")
+        check("the failed build's template is deleted", status == 204, f"status {status}")
         browser.close()
     print("all checks passed", flush=True)
 
