@@ -2,8 +2,10 @@
 //! Chromium: the login page and the 401 of a data route without a key,
 //! then, driven by Playwright with the system's browser, log-in, a sandbox
 //! the stock e2b SDK creates in the live table, a command in its terminal
-//! (a PTY through the in-VM agent) and a kill from the page. Screenshots
-//! land in `<target>/test-artifacts/dashboard/`. Needs root, the kernel,
+//! (a PTY through the in-VM agent, its shell killed when the terminal
+//! closes), a failed template build with its log, and a kill from the
+//! page. Screenshots land in `<target>/<host triple>/test-artifacts/dashboard/`
+//! (the path is printed). Needs root, the kernel,
 //! the base template, `HEARTH_E2B_PYTHON` (with `playwright`) and
 //! `chromium`; CI runs it with `--include-ignored`.
 
@@ -79,7 +81,7 @@ fn dashboard_in_a_headless_browser() {
     assert_nothing_left("after the test");
 }
 
-/// `<target>/test-artifacts/dashboard`, emptied.
+/// `test-artifacts/dashboard` next to the target's `tmp` dir, emptied.
 fn artifact_dir() -> PathBuf {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()

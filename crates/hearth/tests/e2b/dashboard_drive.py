@@ -2,9 +2,10 @@
 the system's browser), against a real `hearth server` configured for the
 stock e2b SDK by E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY: log in with
 the key, see a sandbox the SDK creates appear in the table, run a command
-in its terminal, kill it from the page and see it leave the table and the
-API; and a template build that fails, with its log. Saves login.png,
-table.png and terminal.png under ARTIFACTS.
+in its terminal (whose shell dies when the terminal closes), kill it from
+the page and see it leave the table and the API; and a template build
+that fails, with its log. Saves login.png, table.png and terminal.png
+under ARTIFACTS.
 
 usage: dashboard_drive.py CHROMIUM ARTIFACTS
 Prints `figure name=value` lines and ends with `all checks passed`.
@@ -49,6 +50,13 @@ def api(method, path, body=None):
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
+
+
+def terminal_shells(sandbox):
+    """The dashboard's terminal processes running in `sandbox`."""
+    return [
+        p for p in sandbox.commands.list() if (p.tag or "").startswith("dashboard-terminal-")
+    ]
 
 
 def failed_build():
@@ -126,6 +134,12 @@ def main():
         expect(screen).to_contain_text(re.compile(r"/dev/pts/\d+\s+\d+ \d+"), timeout=TIMEOUT_MS)
         check("the shell has a real PTY", True)
         page.screenshot(path=os.path.join(ARTIFACTS, "terminal.png"), full_page=True)
+        check("the shell is a process of the sandbox", terminal_shells(sandbox))
+        page.click("#terminal-close")
+        deadline = time.monotonic() + 30
+        while terminal_shells(sandbox) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check("closing the terminal kills its shell", not terminal_shells(sandbox))
 
         page.click(f"{row} button[data-action=kill]")
         page.wait_for_selector(f"{row} button.armed")
