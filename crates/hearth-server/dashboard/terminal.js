@@ -301,9 +301,13 @@
       if (this.history.length > HISTORY) this.history.shift();
     }
 
-    // The screen's text, lines trimmed at the right.
+    // The screen's text: lines trimmed at the right, blank ones at the end
+    // left out.
     screenText() {
-      return this.lines.map((l) => l.join("").trimEnd()).join("\n");
+      return this.lines
+        .map((l) => l.join("").trimEnd())
+        .join("\n")
+        .replace(/\n+$/, "");
     }
 
     scheduleRender() {

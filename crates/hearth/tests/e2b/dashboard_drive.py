@@ -52,6 +52,37 @@ def api(method, path, body=None):
         return e.code, None
 
 
+# The page's terminal renderer, fed bytes in the browser: (what the shell
+# writes, in chunks), columns, rows, the screen's text expected.
+RENDERER_CASES = [
+    ([b"ab\tc\rX"], 20, 2, "Xb      c"),
+    ([b"hello\x1b[2Dxy"], 20, 2, "helxy"),
+    ([b"abc\x08\x08X"], 20, 2, "aXc"),
+    ([b"abcdef\x1b[3G\x1b[P"], 20, 2, "abdef"),
+    ([b"abcdef\x1b[3G\x1b[K"], 20, 2, "ab"),
+    ([b"abcdef\x1b[3G\x1b[1K"], 20, 2, "   def"),
+    ([b"one\r\ntwo\x1b[H\x1b[2J"], 20, 2, ""),
+    ([b"one\r\ntwo\x1b[1;2Hx"], 20, 2, "oxe\ntwo"),
+    ([b"0123456789ab"], 10, 2, "0123456789\nab"),
+    ([b"1\r\n2\r\n3\r\n4"], 10, 3, "2\n3\n4"),
+    ([b"\x1b]0;user@host: ~\x07\x1b[01;32mok\x1b[00m\x1b[?2004h"], 10, 2, "ok"),
+    ([b"caf\xc3", b"\xa9"], 10, 2, "caf\u00e9"),
+]
+
+
+def check_renderer(page):
+    for chunks, cols, rows, expected in RENDERER_CASES:
+        text = page.evaluate(
+            """([chunks, cols, rows]) => {
+                const term = new window.HearthTerminal(null, cols, rows);
+                for (const chunk of chunks) term.write(new Uint8Array(chunk));
+                return term.screenText();
+            }""",
+            [[list(c) for c in chunks], cols, rows],
+        )
+        check(f"the renderer draws {chunks!r}", text == expected, f"as {text!r}")
+
+
 def terminal_shells(sandbox):
     """The dashboard's terminal processes running in `sandbox`."""
     return [
@@ -85,6 +116,7 @@ def main():
 
         page.goto(API + "/dashboard")
         page.wait_for_selector("#login-form", state="visible")
+        check_renderer(page)
         check("without a key the page shows the login form", page.is_hidden("#app"))
         page.screenshot(path=os.path.join(ARTIFACTS, "login.png"))
 
