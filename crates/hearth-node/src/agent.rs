@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::{self, ConnectError, EnvelopeDecoder};
 use hearth_proto::process::process_event::Event;
+use hearth_proto::process::process_input::Input;
 use hearth_proto::process::process_selector::Selector;
 use hearth_proto::process::{
-    ConnectRequest, ProcessConfig, ProcessEvent, ProcessSelector, SendSignalRequest, StartRequest,
-    StartResponse,
+    ConnectRequest, ProcessConfig, ProcessEvent, ProcessInput, ProcessSelector, Pty,
+    SendInputRequest, SendSignalRequest, StartRequest, StartResponse, UpdateRequest, pty,
 };
 
 /// Largest process event accepted from the agent (it sends chunks of at
@@ -262,12 +263,40 @@ impl AgentClient {
             process: Some(tagged(tag)),
             signal,
         };
+        self.unary("/process.Process/SendSignal", request.encode_to_vec())
+            .await
+    }
+
+    /// `process.Process/SendInput`: `data` typed into the terminal of the
+    /// process tagged `tag` (started with `pty`).
+    pub async fn send_pty_tagged(&self, tag: &str, data: Vec<u8>) -> Result<(), AgentError> {
+        let request = SendInputRequest {
+            process: Some(tagged(tag)),
+            input: Some(ProcessInput {
+                input: Some(Input::Pty(data)),
+            }),
+        };
+        self.unary("/process.Process/SendInput", request.encode_to_vec())
+            .await
+    }
+
+    /// `process.Process/Update`: the terminal of the process tagged `tag`
+    /// resized to `cols` × `rows`.
+    pub async fn resize_tagged(&self, tag: &str, cols: u32, rows: u32) -> Result<(), AgentError> {
+        let request = UpdateRequest {
+            process: Some(tagged(tag)),
+            pty: Some(Pty {
+                size: Some(pty::Size { cols, rows }),
+            }),
+        };
+        self.unary("/process.Process/Update", request.encode_to_vec())
+            .await
+    }
+
+    /// A unary call in binary protobuf whose answer is an empty message.
+    async fn unary(&self, path: &'static str, message: Vec<u8>) -> Result<(), AgentError> {
         let mut sender = self.connect(Duration::from_secs(5)).await?;
-        let http = self.request(
-            "/process.Process/SendSignal",
-            connect::CONTENT_TYPE_PROTO,
-            Bytes::from(request.encode_to_vec()),
-        );
+        let http = self.request(path, connect::CONTENT_TYPE_PROTO, Bytes::from(message));
         let resp = sender.send_request(http).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -386,5 +415,113 @@ impl ProcessStream {
                 None => return Err(AgentError::Truncated),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// One request a fake agent received: its head and body.
+    struct Received {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    /// A fake agent that answers one request with `status` and `body`,
+    /// and hands back what it received.
+    async fn fake_agent(
+        status: &'static str,
+        body: &'static str,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Received>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut bytes = Vec::new();
+            let mut buf = [0; 4096];
+            let (head, length) = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                bytes.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    bytes.drain(..end + 4);
+                    break (head, length);
+                }
+            };
+            while bytes.len() < length {
+                let n = stream.read(&mut buf).await.unwrap();
+                bytes.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            Received { head, body: bytes }
+        });
+        (addr, served)
+    }
+
+    #[tokio::test]
+    async fn terminal_input_is_sent_to_the_tagged_process_with_the_token() {
+        let (addr, served) = fake_agent("200 OK", "").await;
+        let mut agent = AgentClient::new(addr);
+        agent.use_token("secret");
+        agent
+            .send_pty_tagged("term-1", b"ls\r".to_vec())
+            .await
+            .unwrap();
+        let received = served.await.unwrap();
+        assert!(
+            received
+                .head
+                .starts_with("POST /process.Process/SendInput ")
+        );
+        assert!(received.head.contains("x-access-token: secret"));
+        let request = SendInputRequest::decode(received.body.as_slice()).unwrap();
+        assert_eq!(request.process, Some(tagged("term-1")));
+        let input = request.input.and_then(|i| i.input);
+        assert_eq!(input, Some(Input::Pty(b"ls\r".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_resize_updates_the_tagged_process_terminal() {
+        let (addr, served) = fake_agent("200 OK", "").await;
+        AgentClient::new(addr)
+            .resize_tagged("term-1", 120, 40)
+            .await
+            .unwrap();
+        let received = served.await.unwrap();
+        assert!(received.head.starts_with("POST /process.Process/Update "));
+        let request = UpdateRequest::decode(received.body.as_slice()).unwrap();
+        assert_eq!(request.process, Some(tagged("term-1")));
+        let size = request.pty.and_then(|p| p.size).unwrap();
+        assert_eq!((size.cols, size.rows), (120, 40));
+    }
+
+    #[tokio::test]
+    async fn a_refused_input_is_the_agent_error() {
+        let (addr, _served) = fake_agent(
+            "404 Not Found",
+            r#"{"code":"not_found","message":"no process tagged term-2"}"#,
+        )
+        .await;
+        let err = AgentClient::new(addr)
+            .send_pty_tagged("term-2", b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no process tagged term-2");
     }
 }

@@ -606,6 +606,7 @@ pub fn router(api: Arc<Api>) -> Router {
         routes = routes.route(route.path, (route.handler)());
     }
     routes
+        .merge(crate::dashboard::routes(&api))
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .layer(middleware::from_fn_with_state(
@@ -872,7 +873,11 @@ fn sandbox_schemas() -> Value {
     })
 }
 
-async fn require_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+pub(crate) async fn require_key(
+    State(api): State<Arc<Api>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let key = request
         .headers()
         .get(API_KEY_HEADER)

@@ -4,11 +4,12 @@
 //! so the server survives restarts; [`keys`] holds the API key format and
 //! the first-start key bootstrap; [`manager`] keeps the live sandboxes and
 //! their timeouts; [`builds`] runs template builds of E2B's build API;
-//! [`api`] is the REST API and [`proxy`] the sandbox proxy, both served on
-//! one port by [`server`].
+//! [`api`] is the REST API (with the operator dashboard at `/dashboard`)
+//! and [`proxy`] the sandbox proxy, both served on one port by [`server`].
 
 pub mod api;
 pub mod builds;
+mod dashboard;
 pub mod error;
 pub mod events;
 mod events_api;

@@ -59,6 +59,7 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("zstd", &["/usr/bin/zstd"]),
     ("busybox-static", &["/bin/busybox"]),
     ("nodejs", &["/usr/bin/node", "/usr/bin/npm"]),
+    ("chromium", &["/usr/bin/chromium"]),
 ];
 
 /// Real tools the script and the fakes run; none is something the script

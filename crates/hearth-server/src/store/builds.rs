@@ -184,6 +184,17 @@ impl Store {
         )
     }
 
+    /// The `limit` newest builds of every template, newest first.
+    pub fn recent_builds(&self, limit: u32) -> Result<Vec<BuildRecord>, StoreError> {
+        self.select_builds(
+            &format!(
+                "SELECT {BUILD_COLUMNS} FROM template_builds \
+                 ORDER BY created_at_ms DESC, build_id LIMIT ?1"
+            ),
+            vec![Value::Integer(i64::from(limit))],
+        )
+    }
+
     /// The newest ready build of `template` that made node build
     /// `node_build`, if the API made it.
     pub fn build_of_node_build(
@@ -581,6 +592,19 @@ mod tests {
             message: message.to_owned(),
             step: None,
         }
+    }
+
+    #[test]
+    fn recent_builds_are_newest_first_across_templates() {
+        let (_dir, store) = open_temp();
+        for (id, template, at) in [("b1", "app", 1), ("b2", "web", 3), ("b3", "app", 2)] {
+            store.insert_build(&build(id, template, at)).unwrap();
+        }
+        let ids = |builds: Vec<BuildRecord>| -> Vec<String> {
+            builds.into_iter().map(|b| b.build_id).collect()
+        };
+        assert_eq!(ids(store.recent_builds(10).unwrap()), ["b2", "b3", "b1"]);
+        assert_eq!(ids(store.recent_builds(2).unwrap()), ["b2", "b3"]);
     }
 
     #[test]
