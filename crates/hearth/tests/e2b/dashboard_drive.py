@@ -147,6 +147,11 @@ def main():
         build_row.locator("a.build").click()
         expect(page.locator("#build-log")).to_contain_text("not an OCI image layout")
         check("a failed build and its log are shown", True)
+        # Its creation is among the recent events (from /events/sandboxes).
+        expect(page.locator("#events")).to_contain_text(
+            f"sandbox.lifecycle.created {sandbox.sandbox_id}", timeout=TIMEOUT_MS
+        )
+        check("the sandbox's created event is listed", True)
         page.screenshot(path=os.path.join(ARTIFACTS, "table.png"), full_page=True)
 
         page.click(f"{row} button[data-action=terminal]")
@@ -178,6 +183,10 @@ def main():
         page.click(f"{row} button[data-action=kill]")
         expect(page.locator(row)).to_have_count(0, timeout=TIMEOUT_MS)
         check("the killed sandbox leaves the table", True)
+        expect(page.locator("#events")).to_contain_text(
+            f"sandbox.lifecycle.killed {sandbox.sandbox_id}", timeout=TIMEOUT_MS
+        )
+        check("its killed event follows", True)
         status, _ = api("GET", f"/sandboxes/{sandbox.sandbox_id}")
         check("the API says the sandbox is gone", status == 404, f"status {status}")
         check("the page threw no errors", not errors, str(errors))
