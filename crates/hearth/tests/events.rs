@@ -426,6 +426,7 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
     let before_restart = target.received.lock().unwrap().len();
 
     let server = Server::start(data.path());
+    let restarted = Instant::now();
     wait_for(
         &target,
         Duration::from_secs(60),
@@ -435,6 +436,10 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
                 .iter()
                 .any(|d| d.event()["id"] == killed_event_id.as_str())
         },
+    );
+    eprintln!(
+        "figure redelivered_after_restart_ms={}",
+        restarted.elapsed().as_millis()
     );
     // The deliveries a 500 answered are made again (1 s later, across
     // the restart).
