@@ -15,6 +15,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::plan::{NS_TABLE, TAP_NAME};
+use crate::publish::Published;
 
 /// An IPv4 network: an address and a prefix length, host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,15 +110,20 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// Which destinations the guest may connect to. Everything is allowed
-/// unless denied, and `allow` wins over `deny`: `deny = [0.0.0.0/0]` with
-/// `allow = [10.1.2.3]` lets the guest reach that one address only.
+/// A slot's network policy. Which destinations the guest may connect to:
+/// everything is allowed unless denied, and `allow` wins over `deny`:
+/// `deny = [0.0.0.0/0]` with `allow = [10.1.2.3]` lets the guest reach that
+/// one address only. And which host ports lead to the guest (`publish`),
+/// kept with the rest because it follows the sandbox from slot to slot
+/// the same way.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     #[serde(default)]
     pub allow: Vec<Cidr>,
     #[serde(default)]
     pub deny: Vec<Cidr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Published>,
 }
 
 impl Egress {
@@ -131,12 +137,28 @@ impl Egress {
         Self {
             allow: Vec::new(),
             deny: vec![Cidr::ANY],
+            publish: Vec::new(),
         }
     }
 
     /// Whether this policy refuses nothing.
     pub fn is_open(&self) -> bool {
         self.deny.is_empty()
+    }
+
+    /// Whether a new slot has this policy already: open, nothing
+    /// published.
+    pub fn is_default(&self) -> bool {
+        self.is_open() && self.publish.is_empty()
+    }
+
+    /// The same policy without published ports (a fork's copies: a host
+    /// port leads to one sandbox).
+    pub fn without_publish(&self) -> Self {
+        Self {
+            publish: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// The nft script that replaces the slot's policy with this one, in one
@@ -225,10 +247,21 @@ mod tests {
         let egress = Egress {
             allow: vec!["1.1.1.1".parse().unwrap()],
             deny: vec![Cidr::ANY],
+            publish: Vec::new(),
         };
         let json = serde_json::to_string(&egress).unwrap();
         assert_eq!(json, r#"{"allow":["1.1.1.1"],"deny":["0.0.0.0/0"]}"#);
         assert_eq!(serde_json::from_str::<Egress>(&json).unwrap(), egress);
+        // Published ports are kept when there are some.
+        let published = Egress {
+            publish: vec!["8080:80".parse().unwrap()],
+            ..egress.clone()
+        };
+        let json = serde_json::to_string(&published).unwrap();
+        assert!(json.ends_with(r#""publish":["8080:80/tcp"]}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Egress>(&json).unwrap(), published);
+        assert!(!published.is_default() && !egress.is_default() && Egress::open().is_default());
+        assert_eq!(published.without_publish(), egress);
         assert_eq!(
             serde_json::from_str::<Egress>("{}").unwrap(),
             Egress::open()
@@ -259,6 +292,7 @@ mod tests {
                 "10.0.0.0/8".parse().unwrap(),
                 "192.168.0.0/16".parse().unwrap(),
             ],
+            publish: Vec::new(),
         }
         .nft_script();
         let rules: Vec<&str> = partial.lines().skip(2).collect();

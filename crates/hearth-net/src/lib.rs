@@ -15,6 +15,7 @@ mod leftovers;
 #[cfg(feature = "testing")]
 mod outside;
 mod plan;
+mod publish;
 mod slots;
 
 pub use egress::{Cidr, CidrError, Egress};
@@ -26,4 +27,5 @@ pub use plan::{
     GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, GUEST_PREFIX_LEN, MAX_SLOTS, PlanError, SlotPlan,
     TAP_NAME, VMM_UID_BASE,
 };
+pub use publish::{Proto, PublishError, Published};
 pub use slots::{DEFAULT_LOCK_DIR, Slot, Slots, leftovers};

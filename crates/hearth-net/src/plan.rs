@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::egress::Egress;
 use crate::leftovers::Leftovers;
+use crate::publish::Published;
 
 /// The guest's address, the same in every sandbox.
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
@@ -208,12 +209,30 @@ impl SlotPlan {
         )
     }
 
+    /// What replaces the slot's published ports with `published`: host
+    /// rules, and loopback routing on the host veth for clients on
+    /// 127.0.0.1.
+    pub(crate) fn publish_steps(&self, published: &[Published]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        if !published.is_empty() {
+            steps.push(Step::Sysctl {
+                netns: None,
+                key: format!("net/ipv4/conf/{}/route_localnet", self.host_veth),
+                value: "1",
+            });
+        }
+        steps.push(Step::Run(Cmd::new("nft", ["-f", "-"]).stdin(
+            crate::publish::nft_script(&self.host_table, &self.host_veth, self.ns_ip, published),
+        )));
+        steps
+    }
+
     /// Everything `apply` does, in order.
     pub(crate) fn apply_steps(&self) -> Vec<Step> {
         let mut steps: Vec<Step> = self.ip_commands().into_iter().map(Step::Run).collect();
         steps.push(Step::Sysctl {
             netns: Some(self.netns_path()),
-            key: IP_FORWARD,
+            key: IP_FORWARD.to_owned(),
             value: "1",
         });
         steps.push(Step::Run(
@@ -222,7 +241,7 @@ impl SlotPlan {
         ));
         steps.push(Step::Sysctl {
             netns: None,
-            key: IP_FORWARD,
+            key: IP_FORWARD.to_owned(),
             value: "1",
         });
         steps.push(Step::Run(
@@ -284,7 +303,7 @@ pub(crate) enum Step {
     /// given netns (a `/run/netns` path) or on the host.
     Sysctl {
         netns: Option<PathBuf>,
-        key: &'static str,
+        key: String,
         value: &'static str,
     },
 }
@@ -540,5 +559,31 @@ mod tests {
             ..Leftovers::default()
         };
         assert!(plan.teardown_steps(&other).is_empty());
+    }
+
+    #[test]
+    fn published_ports_route_loopback_on_the_host_veth() {
+        let plan = SlotPlan::new(3).unwrap();
+        let steps = plan.publish_steps(&["127.0.0.1:8080:80".parse().unwrap()]);
+        assert_eq!(
+            steps[0],
+            Step::Sysctl {
+                netns: None,
+                key: "net/ipv4/conf/hearth-v3/route_localnet".to_owned(),
+                value: "1",
+            }
+        );
+        let Step::Run(nft) = &steps[1] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(nft.program, "nft");
+        let script = nft.stdin.as_deref().unwrap();
+        assert!(
+            script.contains(&format!("dnat to {}:80", plan.ns_ip)),
+            "{script}"
+        );
+        // None published: the chains are emptied, nothing else.
+        let none = plan.publish_steps(&[]);
+        assert_eq!(none.len(), 1);
     }
 }

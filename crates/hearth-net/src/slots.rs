@@ -227,11 +227,15 @@ impl Slot {
             .map_err(|source| NetError::Netns { path, source })
     }
 
-    /// Replaces the slot's egress policy (see [`Egress`]); a new slot's is
-    /// open. Takes effect for the next packet, so a guest's open
-    /// connections to a newly denied address stop too.
+    /// Replaces the slot's egress policy and published ports (see
+    /// [`Egress`]); a new slot's is open, with none. Takes effect for the
+    /// next packet, so a guest's open connections to a newly denied
+    /// address stop too.
     pub fn set_egress(&self, egress: &Egress) -> Result<(), NetError> {
         self.runner.run(&self.plan.egress_step(egress))?;
+        for step in self.plan.publish_steps(&egress.publish) {
+            self.runner.run(&step)?;
+        }
         tracing::debug!(index = self.plan.index, ?egress, "set egress policy");
         Ok(())
     }

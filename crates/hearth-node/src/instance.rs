@@ -109,7 +109,7 @@ impl Instance {
         let egress = egress.clone();
         let slot = tokio::task::spawn_blocking(move || {
             let slot = slots.acquire()?;
-            if !egress.is_open() {
+            if !egress.is_default() {
                 // Dropping the slot on failure removes it.
                 slot.set_egress(&egress)?;
             }

@@ -30,7 +30,7 @@ pub use build::{BuildError, BuildLog, BuildOptions, Built, RegistryOptions};
 pub use cgroup::VmmUsage;
 pub use error::NodeError;
 pub use hearth_net::VMM_UID_BASE;
-pub use hearth_net::{Cidr, CidrError, Egress, NetError};
+pub use hearth_net::{Cidr, CidrError, Egress, NetError, Proto, Published};
 pub use id::random_hex;
 pub use instance::last_console_line;
 pub use layout::Layout;

@@ -112,7 +112,7 @@ impl Pool {
         self.shared.claimed.notify_one();
         let node = &self.shared.node;
         match parked {
-            Some(sandbox) if egress.is_open() => Ok(sandbox),
+            Some(sandbox) if egress.is_default() => Ok(sandbox),
             Some(mut sandbox) => match sandbox.set_egress(egress).await {
                 Ok(()) => Ok(sandbox),
                 Err(e) => {

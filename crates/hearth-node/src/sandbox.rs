@@ -690,11 +690,12 @@ impl Sandbox {
         Ok(started)
     }
 
-    /// A new sandbox with this one's origin, policy and a copy of its
-    /// disk, not started.
+    /// A new sandbox with this one's origin, egress policy (not its
+    /// published ports: a host port leads to one sandbox) and a copy of
+    /// its disk, not started.
     async fn copy_files(&self, node: &Node) -> Result<Self, NodeError> {
         let id = id::new_sandbox_id().map_err(NodeError::io("/dev/urandom"))?;
-        let mut copy = Self::claim(node, id, self.origin.clone(), self.egress.clone())?;
+        let mut copy = Self::claim(node, id, self.origin.clone(), self.egress.without_publish())?;
         let copied = match copy.create_dir() {
             Ok(()) => {
                 let (from, to) = (self.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));

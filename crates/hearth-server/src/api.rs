@@ -39,6 +39,8 @@ pub struct Api {
     /// until their client leaves (the event stream) end then, or the
     /// server would wait for them.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Host ports below 1024 may be published.
+    pub allow_privileged_ports: bool,
 }
 
 /// One route: how it is served and how it is documented. [`ROUTES`] is the
@@ -811,6 +813,7 @@ fn sandbox_schemas() -> Value {
             "templateID": { "type": "string" }, "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS },
             "metadata": string_map, "envVars": string_map, "secure": { "type": "boolean" },
             "allow_internet_access": { "type": "boolean" }, "autoPause": { "type": "boolean" },
+            "publish": { "type": "array", "description": "Hearth's: host ports forwarded to the guest, [ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]", "items": { "type": "string" } },
             "autoPauseMemory": { "type": "boolean", "description": "false: an auto-pause keeps the disk only, and a resume boots the sandbox again" },
             "autoResume": { "type": "object", "required": ["enabled"], "properties": { "enabled": { "type": "boolean" } } },
             "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } },
@@ -930,6 +933,9 @@ struct NewSandbox {
     auto_pause_memory: Option<bool>,
     auto_resume: Option<AutoResume>,
     network: Option<Network>,
+    /// Hearth's: host ports forwarded to the guest,
+    /// `[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]` each.
+    publish: Option<Vec<String>>,
     /// E2B features Hearth does not have, kept to refuse them by name.
     mcp: Option<Value>,
     iam: Option<Value>,
@@ -1002,6 +1008,36 @@ fn refuse_first(unsupported: &[(bool, &str)], prefix: &str) -> Result<(), ApiErr
         ))),
         None => Ok(()),
     }
+}
+
+/// The `publish` entries of a create, parsed; a host port below 1024 only
+/// with `allow_privileged` (`--allow-privileged-ports`). Two entries that
+/// take the same host port are a 400.
+fn published(
+    entries: &[String],
+    allow_privileged: bool,
+) -> Result<Vec<hearth_node::Published>, ApiError> {
+    let mut all: Vec<hearth_node::Published> = Vec::new();
+    for entry in entries {
+        let p: hearth_node::Published = entry
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("publish: {e}")))?;
+        if p.host_port < 1024 && !allow_privileged {
+            return Err(ApiError::bad_request(format!(
+                "publish: {entry}: host ports below 1024 need the server's \
+                 --allow-privileged-ports"
+            )));
+        }
+        if all.iter().any(|q| q.clashes_with(&p)) {
+            return Err(ApiError::bad_request(format!(
+                "publish: {entry}: host port {}/{} is given twice",
+                p.host_port,
+                p.proto.as_str()
+            )));
+        }
+        all.push(p);
+    }
+    Ok(all)
 }
 
 /// `SandboxNetworkConfig` of a create, and `SandboxNetworkUpdate`: the
@@ -1077,6 +1113,7 @@ fn egress(allow_internet_access: Option<bool>, network: &Network) -> Result<Egre
     let mut egress = Egress {
         allow: blocks(&network.allow_out, "allowOut")?,
         deny: blocks(&network.deny_out, "denyOut")?,
+        publish: Vec::new(),
     };
     if allow_internet_access == Some(false) && !egress.deny.contains(&Cidr::ANY) {
         egress.deny.push(Cidr::ANY);
@@ -1140,6 +1177,9 @@ fn detail_json(api: &Api, r: &SandboxRecord) -> Value {
     if !r.egress.is_open() || !r.egress.allow.is_empty() {
         v["network"] = json!({ "allowOut": r.egress.allow, "denyOut": r.egress.deny });
     }
+    if !r.egress.publish.is_empty() {
+        v["publish"] = json!(r.egress.publish);
+    }
     v["lifecycle"] = json!({
         "autoResume": r.auto_resume,
         "onTimeout": if r.auto_pause { "pause" } else { "kill" },
@@ -1190,6 +1230,11 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         auto_pause_memory,
         auto_resume,
     };
+    let mut request = request;
+    request.egress.publish = published(
+        new.publish.as_deref().unwrap_or_default(),
+        api.allow_privileged_ports,
+    )?;
     let record = api.manager.create(request).await?;
     Ok((StatusCode::CREATED, Json(sandbox_json(api, &record))).into_response())
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use hearth_node::{
-    Egress, Lifecycle, Node, NodeError, Origin, PauseMode, Pool, Sandbox, SandboxHandle,
-    SandboxSpec, Snapshot, State, StopReason, Watcher,
+    Egress, Lifecycle, Node, NodeError, Origin, PauseMode, Pool, Proto, Published, Sandbox,
+    SandboxHandle, SandboxSpec, Snapshot, State, StopReason, Watcher,
 };
 use hearth_proto::agent::InitRequest;
 use hearth_proto::signature::{Operation, SignedUrl, file_signature, same_bytes};
@@ -178,6 +178,8 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     /// Sandboxes started (created or forked) since the last team sample.
     started: std::sync::atomic::AtomicU64,
+    /// Host ports of creates under way (see [`Manager::reserve_ports`]).
+    reserved_ports: std::sync::Mutex<Vec<Published>>,
     /// One resume at a time per sandbox: others wait and find it running.
     resuming: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -241,6 +243,7 @@ impl Manager {
             pools: std::sync::Mutex::new(HashMap::new()),
             live,
             resuming: std::sync::Mutex::new(HashMap::new()),
+            reserved_ports: std::sync::Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicU64::new(0),
         };
         manager.take_over().await?;
@@ -596,6 +599,8 @@ impl Manager {
     }
 
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
+        // Held until the row (which then holds the ports) is written.
+        let _ports = self.reserve_ports(&request.egress.publish)?;
         let started = std::time::Instant::now();
         let template = request.template.name.clone();
         let source = if request.template.build.is_some() {
@@ -798,9 +803,12 @@ impl Manager {
         &self,
         id: &str,
         allow_internet_access: bool,
-        egress: Egress,
+        mut egress: Egress,
     ) -> Result<(), ApiError> {
         let running = self.running(id, "change its network")?;
+        // The network update replaces the egress lists; the published
+        // ports stay.
+        egress.publish = self.get(id)?.egress.publish;
         let policy = egress.clone();
         running
             .handle
@@ -810,6 +818,45 @@ impl Manager {
             .await??;
         self.store.set_egress(id, allow_internet_access, &egress)?;
         Ok(())
+    }
+
+    /// Holds host ports `wanted` for a sandbox being created: a 409 if a
+    /// sandbox (running or paused) or another create has one of them, or a
+    /// process on the host listens there.
+    fn reserve_ports(&self, wanted: &[Published]) -> Result<PortReservation<'_>, ApiError> {
+        let reservation = PortReservation {
+            manager: self,
+            ports: wanted.to_vec(),
+        };
+        if wanted.is_empty() {
+            return Ok(reservation);
+        }
+        let taken = |p: &Published, by: &str| {
+            ApiError::conflict(format!(
+                "publish: host port {}/{} is published by {by}",
+                p.host_port,
+                p.proto.as_str()
+            ))
+        };
+        let mut reserving = self
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sandboxes = self.store.running_sandboxes()?;
+        for p in wanted {
+            if let Some(owner) = sandboxes
+                .iter()
+                .find(|r| r.egress.publish.iter().any(|q| q.clashes_with(p)))
+            {
+                return Err(taken(p, &format!("sandbox {}", owner.sandbox_id)));
+            }
+            if reserving.iter().any(|q| q.clashes_with(p)) {
+                return Err(taken(p, "a sandbox being created"));
+            }
+            host_port_free(p)?;
+        }
+        reserving.extend_from_slice(wanted);
+        Ok(reservation)
     }
 
     /// Pauses a running sandbox, keeping what `mode` says.
@@ -1242,6 +1289,62 @@ fn parse_log_line(line: &str, fallback_ms: i64) -> (i64, &'static str, String) {
 fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let since = hearth_proto::time::parse_since_epoch(s)?;
     i64::try_from(since.as_millis()).ok()
+}
+
+/// Host ports held for a create; let go when dropped.
+struct PortReservation<'a> {
+    manager: &'a Manager,
+    ports: Vec<Published>,
+}
+
+impl Drop for PortReservation<'_> {
+    fn drop(&mut self) {
+        if self.ports.is_empty() {
+            return;
+        }
+        let mut reserved = self
+            .manager
+            .reserved_ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in &self.ports {
+            if let Some(i) = reserved.iter().position(|q| q == p) {
+                reserved.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// A 409 if a process on the host listens on `p`'s host port: a sandbox
+/// publishing it would take that process's traffic. Tried by binding it.
+fn host_port_free(p: &Published) -> Result<(), ApiError> {
+    let addr = std::net::SocketAddr::from((
+        p.addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        p.host_port,
+    ));
+    let bound = match p.proto {
+        Proto::Tcp => std::net::TcpListener::bind(addr).map(drop),
+        Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
+    };
+    match bound {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ApiError::conflict(format!(
+            "publish: host port {}/{} is in use on this host",
+            p.host_port,
+            p.proto.as_str()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(ApiError::bad_request(
+            format!("publish: {p}: {} is not an address of this host", addr.ip()),
+        )),
+        // Any other failure is the address's too: one no socket can take
+        // (multicast, broadcast).
+        Err(e) => Err(ApiError::bad_request(format!(
+            "publish: {p}: cannot take host port {}/{} on {}: {e}",
+            p.host_port,
+            p.proto.as_str(),
+            addr.ip()
+        ))),
+    }
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     /// keep running, and the next server on this data directory adopts
     /// them (as it does after a crash).
     pub kill_on_exit: bool,
+    /// Sandboxes may publish host ports below 1024.
+    pub allow_privileged_ports: bool,
 }
 
 /// `hearth-init` beside the running binary, where a build or an install
@@ -112,6 +114,7 @@ pub async fn serve(
         domain: options.domain.clone(),
         listen,
         stopping,
+        allow_privileged_ports: options.allow_privileged_ports,
     });
     let metrics_server = match options.metrics_listen {
         Some(addr) => {

@@ -60,6 +60,15 @@ pub(crate) struct CreateArgs {
     /// IPv4 address or CIDR block the sandbox may not connect to (repeatable).
     #[arg(long = "deny-out", value_name = "CIDR")]
     deny_out: Vec<String>,
+    /// Forward a host port to a port of the sandbox (repeatable): removed
+    /// with the sandbox, kept across a pause. A host port below 1024 needs
+    /// the server's --allow-privileged-ports.
+    #[arg(
+        long = "publish",
+        short = 'p',
+        value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]"
+    )]
+    publish: Vec<String>,
     /// Pause the sandbox when its time is up instead of killing it.
     #[arg(long)]
     auto_pause: bool,
@@ -356,6 +365,7 @@ pub(crate) fn create(args: CreateArgs, layout: &Layout) -> CommandResult {
         "autoPause": args.auto_pause,
         "autoPauseMemory": !args.auto_pause_filesystem,
         "autoResume": { "enabled": args.auto_resume },
+        "publish": args.publish,
     });
     run(
         &args.remote,

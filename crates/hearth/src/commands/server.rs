@@ -52,6 +52,9 @@ pub(crate) struct ServerArgs {
     /// takes them over, as after a crash.
     #[arg(long)]
     kill_on_exit: bool,
+    /// Let sandboxes publish host ports below 1024.
+    #[arg(long)]
+    allow_privileged_ports: bool,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +111,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         },
         kill_on_exit: args.kill_on_exit,
         metrics_listen: args.metrics_listen,
+        allow_privileged_ports: args.allow_privileged_ports,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
