@@ -24,6 +24,22 @@ pub fn random_hex<const N: usize>() -> std::io::Result<String> {
         .collect())
 }
 
+/// A random UUID, version 4 (RFC 9562): event, delivery and build ids.
+pub fn random_uuid() -> std::io::Result<String> {
+    let mut b = random_bytes::<16>()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 fn encode(raw: &[u8]) -> String {
     // 256 is not a multiple of 36, so the first four characters come up
     // slightly more often; 20 characters keep ids unguessable regardless.

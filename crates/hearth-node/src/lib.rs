@@ -31,7 +31,7 @@ pub use cgroup::VmmUsage;
 pub use error::NodeError;
 pub use hearth_net::VMM_UID_BASE;
 pub use hearth_net::{Cidr, CidrError, Egress, NetError, Proto, Published};
-pub use id::random_hex;
+pub use id::{random_hex, random_uuid};
 pub use instance::last_console_line;
 pub use layout::Layout;
 pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};

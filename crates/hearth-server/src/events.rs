@@ -169,25 +169,6 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A new random UUID (version 4), the id of an event or a delivery.
-pub fn new_uuid() -> std::io::Result<String> {
-    let hex = hearth_node::random_hex::<16>()?;
-    let mut chars: Vec<char> = hex.chars().collect();
-    // The version nibble, and the variant's top bits (10xx).
-    chars[12] = '4';
-    let variant = chars[16].to_digit(16).unwrap_or(0);
-    chars[16] = char::from_digit(8 | (variant & 3), 16).unwrap_or('8');
-    let hex: String = chars.into_iter().collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,16 +241,6 @@ mod tests {
         ] {
             assert!(check_webhook_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn uuids_are_version_4_and_differ() {
-        let a = new_uuid().unwrap();
-        let b = new_uuid().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 36);
-        assert_eq!(&a[14..15], "4");
-        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"), "{a}");
     }
 
     #[test]

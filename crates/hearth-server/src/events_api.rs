@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Api, body};
 use crate::error::ApiError;
-use crate::events::{EventRecord, EventType, check_webhook_url, new_uuid};
+use crate::events::{EventRecord, EventType, check_webhook_url};
 use crate::manager::{now_ms, rfc3339_ms};
 use crate::store::{EventQuery, Store, Webhook, WebhookChange};
 use crate::team_api::TEAM_ID;
@@ -357,7 +357,8 @@ pub(crate) async fn create_webhook(
             .ok_or_else(|| ApiError::bad_request("signatureSecret is required"))?,
     )?;
     let hook = Webhook {
-        id: new_uuid().map_err(|e| ApiError::internal(format!("cannot draw an id: {e}")))?,
+        id: hearth_node::random_uuid()
+            .map_err(|e| ApiError::internal(format!("cannot draw an id: {e}")))?,
         name: checked_name(given.name.as_deref().unwrap_or_default())?,
         url,
         enabled: given.enabled.unwrap_or(true),

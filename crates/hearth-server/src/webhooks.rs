@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::collections::HashSet;
 
-use crate::events::{MAX_ATTEMPTS, new_uuid, retry_after, signature};
+use crate::events::{MAX_ATTEMPTS, retry_after, signature};
 use crate::manager::{Manager, now_ms};
 use crate::metrics::ResultLabel;
 use crate::store::Delivery;
@@ -163,7 +163,8 @@ impl Sender {
 
     async fn send(&self, delivery: &Delivery, body: String) -> Result<(), String> {
         let signed = signature(&delivery.secret, body.as_bytes());
-        let delivery_id = new_uuid().map_err(|e| format!("cannot draw a delivery id: {e}"))?;
+        let delivery_id =
+            hearth_node::random_uuid().map_err(|e| format!("cannot draw a delivery id: {e}"))?;
         let answer = self
             .http
             .post(&delivery.url)

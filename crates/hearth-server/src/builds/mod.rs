@@ -88,21 +88,8 @@ pub fn split_name_tag(text: &str) -> Result<(&str, Option<&str>), ApiError> {
 
 /// A fresh random UUID (version 4), the shape E2B's build ids have.
 pub fn new_uuid() -> Result<String, ApiError> {
-    let hex = crate::keys::random_hex::<16>()
-        .map_err(|e| ApiError::internal(format!("cannot draw a build id: {e}")))?;
-    let mut chars: Vec<char> = hex.chars().collect();
-    chars[12] = '4';
-    let variant = chars[16].to_digit(16).unwrap_or(0) & 0x3 | 0x8;
-    chars[16] = char::from_digit(variant, 16).unwrap_or('8');
-    let hex: String = chars.into_iter().collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
+    hearth_node::random_uuid()
+        .map_err(|e| ApiError::internal(format!("cannot draw a build id: {e}")))
 }
 
 /// Permission to upload one file: what the one-time URL's token grants.

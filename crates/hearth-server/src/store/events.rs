@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::json;
 
 use super::{Store, StoreError};
-use crate::events::{EventRecord, EventType, kill_reason, new_uuid};
+use crate::events::{EventRecord, EventType, kill_reason};
 
 /// Version 7: events, webhooks and the deliveries still to make.
 pub(super) const SCHEMA_7: &str = "
@@ -116,7 +116,8 @@ pub(super) fn record(
     data: Option<&serde_json::Value>,
     at_ms: i64,
 ) -> rusqlite::Result<i64> {
-    let id = new_uuid().map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let id = hearth_node::random_uuid()
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     c.execute(
         "INSERT INTO events (id, type, at_ms, sandbox_id, template_id, build_id, data) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -185,6 +186,22 @@ pub(super) fn killed_data(reason: &str) -> serde_json::Map<String, serde_json::V
     data
 }
 
+/// ` AND type IN (…)` for `types` (nothing if empty), their names added
+/// to `args` as the numbered parameters it names.
+fn types_filter(types: &[EventType], args: &mut Vec<Value>) -> String {
+    if types.is_empty() {
+        return String::new();
+    }
+    let marks: Vec<String> = types
+        .iter()
+        .map(|t| {
+            args.push(Value::Text(t.as_str().to_owned()));
+            format!("?{}", args.len())
+        })
+        .collect();
+    format!(" AND type IN ({})", marks.join(", "))
+}
+
 fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     let data: Option<String> = row.get(7)?;
     Ok(EventRecord {
@@ -233,17 +250,7 @@ impl Store {
             }
             None => sql.push_str("sandbox_id IS NOT NULL"),
         }
-        if !query.types.is_empty() {
-            let marks: Vec<String> = query
-                .types
-                .iter()
-                .map(|t| {
-                    args.push(Value::Text(t.as_str().to_owned()));
-                    format!("?{}", args.len())
-                })
-                .collect();
-            sql.push_str(&format!(" AND type IN ({})", marks.join(", ")));
-        }
+        sql.push_str(&types_filter(&query.types, &mut args));
         let order = if query.oldest_first { "ASC" } else { "DESC" };
         args.push(Value::Integer(i64::from(query.limit)));
         args.push(Value::Integer(
@@ -293,16 +300,7 @@ impl Store {
             args.push(Value::Text(id.to_owned()));
             filter.push_str(&format!(" AND sandbox_id = ?{}", args.len()));
         }
-        if !types.is_empty() {
-            let marks: Vec<String> = types
-                .iter()
-                .map(|t| {
-                    args.push(Value::Text(t.as_str().to_owned()));
-                    format!("?{}", args.len())
-                })
-                .collect();
-            filter.push_str(&format!(" AND type IN ({})", marks.join(", ")));
-        }
+        filter.push_str(&types_filter(types, &mut args));
         self.with(|c| {
             c.query_row(
                 &format!(
