@@ -13,14 +13,18 @@ mod common;
 #[path = "common/server.rs"]
 mod sdk_server;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use common::assert_nothing_left;
-use sdk_server::{Server, script, server_data_dir};
+use sdk_server::{Server, http_get, script, server_data_dir};
+
+/// `GET path`: the status and the body.
+fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
+    http_get(addr, path, key).expect("the server answers")
+}
 
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
@@ -90,20 +94,4 @@ fn artifact_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `GET path` over HTTP/1.0: the status and the body.
-fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("the server listens");
-    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{key}\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
 }

@@ -13,13 +13,17 @@ mod common;
 mod sdk_server;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 
 use common::assert_nothing_left;
-use sdk_server::{Server, script, server_data_dir};
+use sdk_server::{Server, free_port, http_get, script, server_data_dir};
+
+/// `GET path`: the status and the body.
+fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
+    http_get(addr, path, key).expect("the server answers")
+}
 
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
@@ -69,29 +73,6 @@ fn current_e2b_sdks_against_hearth_server() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// `GET path` over HTTP/1.0: the status and the body.
-fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("the server listens");
-    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{key}\r\n").unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
 }
 
 /// The samples of a scrape of the key-less metrics listener: the series

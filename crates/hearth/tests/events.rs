@@ -11,8 +11,6 @@ mod common;
 mod sdk_server;
 
 use std::collections::HashSet;
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,8 +19,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use common::{assert_nothing_left, text};
-use sdk_server::{Server, server_data_dir};
+use common::assert_nothing_left;
+use sdk_server::{Server, hearth_ok, server_data_dir};
 
 const SECRET: &str = "a webhook secret";
 
@@ -130,22 +128,6 @@ impl Api {
         );
         value
     }
-}
-
-fn hearth(server: &Server, data: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(args)
-        .env("HEARTH_DATA_DIR", data)
-        .env("HEARTH_API_URL", &server.url)
-        .env_remove("E2B_API_KEY")
-        .output()
-        .expect("hearth runs");
-    assert!(
-        out.status.success(),
-        "hearth {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// Waits up to `within` for `check` to hold on what the target got.
@@ -295,7 +277,7 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
 
     // The first two deliveries get a 500: retried.
     target.fail.store(2, Ordering::SeqCst);
-    let created: Value = serde_json::from_str(&hearth(
+    let created: Value = serde_json::from_str(&hearth_ok(
         &server,
         data.path(),
         &["sandbox", "create", "--json", "-m", "owner=ci"],
@@ -337,11 +319,11 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
         &format!("/sandboxes/{id}/timeout"),
         Some(json!({"timeout": 600})),
     ));
-    hearth(&server, data.path(), &["sandbox", "pause", &id]);
-    hearth(&server, data.path(), &["sandbox", "resume", &id]);
+    hearth_ok(&server, data.path(), &["sandbox", "pause", &id]);
+    hearth_ok(&server, data.path(), &["sandbox", "resume", &id]);
     // The kill's delivery is cut short by a kill -9 of the server.
     *target.hang.lock().unwrap() = Some("sandbox.lifecycle.killed".into());
-    hearth(&server, data.path(), &["sandbox", "kill", &id]);
+    hearth_ok(&server, data.path(), &["sandbox", "kill", &id]);
 
     // E2B's routes, newest first by default.
     let events = runtime.block_on(api.ok(
@@ -397,7 +379,7 @@ fn lifecycle_events_are_listed_streamed_and_delivered_at_least_once() {
     let kinds: Vec<&str> = resumed.iter().map(|(_, k, _)| k.as_str()).collect();
     assert_eq!(kinds, &all_types[2..]);
     // `hearth events` prints the recorded ones and ends.
-    let printed = hearth(
+    let printed = hearth_ok(
         &server,
         data.path(),
         &["events", "--json", "--tail", "5", "--sandbox", &id],

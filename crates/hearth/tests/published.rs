@@ -10,37 +10,31 @@ mod common;
 #[path = "common/server.rs"]
 mod sdk_server;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use common::{assert_nothing_left, text};
-use sdk_server::{Server, server_data_dir};
+use sdk_server::{Server, free_port, hearth_cli, hearth_ok, http_get, server_data_dir};
 
 /// The guest agent's port: what the tests publish.
 const AGENT_PORT: u16 = 49983;
 
+/// `hearth sandbox ARGS`.
 fn hearth(server: &Server, data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .arg("sandbox")
-        .args(args)
-        .env("HEARTH_DATA_DIR", data)
-        .env("HEARTH_API_URL", &server.url)
-        .env_remove("E2B_API_KEY")
-        .output()
-        .expect("hearth runs")
+    hearth_cli(server, data, &[&["sandbox"], args].concat())
 }
 
+/// `hearth sandbox ARGS` that must succeed; its stdout.
 fn ok(server: &Server, data: &Path, args: &[&str]) -> String {
-    let out = hearth(server, data, args);
-    assert!(
-        out.status.success(),
-        "hearth sandbox {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    hearth_ok(server, data, &[&["sandbox"], args].concat())
+}
+
+/// The status of `GET /health` at `addr`, or why there was none.
+fn health(addr: SocketAddr) -> Result<u16, String> {
+    http_get(addr, "/health", None)
+        .map(|(status, _)| status)
+        .map_err(|e| e.to_string())
 }
 
 /// `hearth sandbox create` that must fail; its error.
@@ -48,33 +42,6 @@ fn refused(server: &Server, data: &Path, publish: &str) -> String {
     let out = hearth(server, data, &["create", "--publish", publish]);
     assert!(!out.status.success(), "--publish {publish} was accepted");
     text(&out.stderr)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The status of `GET /health` at `addr`, or why there was none.
-fn health(addr: SocketAddr) -> Result<u16, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| e.to_string())?;
-    answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {answer:?}"))
 }
 
 fn ip(args: &[&str]) {
@@ -157,7 +124,7 @@ fn published_ports_reach_the_guest_and_go_with_it() {
     let client = ClientNetns::new();
     let data = server_data_dir();
     let server = Server::start(data.path());
-    let (loopback, any) = (free_port(), free_port());
+    let (loopback, any) = (free_port().port(), free_port().port());
 
     // Refused before anything is made, each naming why.
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();

@@ -32,20 +32,7 @@ fn drive(python: &str, server: &Server, key: &str, args: &[&str]) -> String {
 
 /// `hearth sandbox …` against the server, with the key from the data dir.
 fn cli(server: &Server, data: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .arg("sandbox")
-        .args(args)
-        .env("HEARTH_DATA_DIR", data)
-        .env("HEARTH_API_URL", &server.url)
-        .env_remove("E2B_API_KEY")
-        .output()
-        .expect("hearth runs");
-    assert!(
-        out.status.success(),
-        "hearth sandbox {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    sdk_server::hearth_ok(server, data, &[&["sandbox"], args].concat())
 }
 
 /// The CLI over the API: the paused sandbox is listed; a new one is

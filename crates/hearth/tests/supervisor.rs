@@ -32,25 +32,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `hearth sandbox ARGS`.
 fn hearth(server: &Server, data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .arg("sandbox")
-        .args(args)
-        .env("HEARTH_DATA_DIR", data)
-        .env("HEARTH_API_URL", &server.url)
-        .env_remove("E2B_API_KEY")
-        .output()
-        .expect("hearth runs")
+    sdk_server::hearth_cli(server, data, &[&["sandbox"], args].concat())
 }
 
+/// `hearth sandbox ARGS` that must succeed; its stdout.
 fn ok(server: &Server, data: &Path, args: &[&str]) -> String {
-    let out = hearth(server, data, args);
-    assert!(
-        out.status.success(),
-        "hearth sandbox {args:?}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    sdk_server::hearth_ok(server, data, &[&["sandbox"], args].concat())
 }
 
 /// `(id, state, reason)` of the sandboxes in `states`, each with the

@@ -1,9 +1,10 @@
 //! A real `hearth server` for the SDK tests: started on a free port over a
 //! data dir of its own, driven by SDK scripts, stopped with SIGTERM.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -175,4 +176,56 @@ pub fn script(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/e2b")
         .join(name)
+}
+
+/// `hearth ARGS` against `server`, with the key `server` wrote to `data`.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn hearth_cli(server: &Server, data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_DATA_DIR", data)
+        .env("HEARTH_API_URL", &server.url)
+        .env_remove("E2B_API_KEY")
+        .output()
+        .expect("hearth runs")
+}
+
+/// [`hearth_cli`] that must succeed; its stdout.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn hearth_ok(server: &Server, data: &Path, args: &[&str]) -> String {
+    let out = hearth_cli(server, data, args);
+    assert!(
+        out.status.success(),
+        "hearth {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A local TCP address nothing listens on now.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `GET path` over HTTP/1.0, with `X-API-Key` when given: the status and
+/// the body, or why there was no answer.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn http_get(addr: SocketAddr, path: &str, key: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{key}\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
 }
