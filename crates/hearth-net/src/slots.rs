@@ -240,6 +240,17 @@ impl Slot {
         Ok(())
     }
 
+    /// Bytes the guest sent and received through the slot since it was
+    /// built: the counters of the host end of its veth (what that end
+    /// receives the guest sent). `None` where they cannot be read.
+    pub fn guest_bytes(&self) -> (Option<u64>, Option<u64>) {
+        let counter = |name: &str| {
+            let path = format!("/sys/class/net/{}/statistics/{name}", self.plan.host_veth);
+            std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        };
+        (counter("rx_bytes"), counter("tx_bytes"))
+    }
+
     /// The open lock file that holds the slot: a VMM that inherits it
     /// holds the slot for as long as it runs.
     pub fn lock(&self) -> &File {

@@ -61,12 +61,7 @@ impl Drop for Instance {
             // Released or detached.
             return;
         }
-        if let Ok(pid) = i32::try_from(self.vm.pid()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        self.vm.start_kill();
         // Removing the cgroup waits for the VMM to exit and the slot runs
         // `ip` and `nft`: neither on an async thread.
         let (cgroup, slot) = (self.cgroup.take(), self.slot.take());
@@ -345,14 +340,7 @@ impl Instance {
         let dirs = self.cgroup.as_ref().map_or(&[][..], cgroup::Owned::dirs);
         let mut usage = cgroup::VmmUsage::read(self.vm.pid(), dirs);
         if let Some(slot) = &self.slot {
-            // The host end of the slot's veth: what it receives the guest
-            // sent.
-            let counter = |name: &str| {
-                let path = format!("/sys/class/net/{}/statistics/{name}", slot.plan().host_veth);
-                std::fs::read_to_string(path).ok()?.trim().parse().ok()
-            };
-            usage.net_sent_bytes = counter("rx_bytes");
-            usage.net_received_bytes = counter("tx_bytes");
+            (usage.net_sent_bytes, usage.net_received_bytes) = slot.guest_bytes();
         }
         usage
     }

@@ -7,7 +7,7 @@
 //! short by a crash is made again after a restart: at least once, each
 //! event with its own id for the receiver to drop repeats by.
 
-use rusqlite::types::Value;
+use rusqlite::types::{ToSql, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::json;
 
@@ -216,6 +216,22 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     })
 }
 
+/// A webhook's values in [`WEBHOOK_COLUMNS`] order, its `events` as
+/// JSON.
+fn webhook_params<'a>(hook: &'a Webhook, events: &'a dyn ToSql) -> [&'a dyn ToSql; 9] {
+    [
+        &hook.id,
+        &hook.name,
+        &hook.url,
+        &hook.enabled,
+        events,
+        &hook.secret,
+        &hook.created_at_ms,
+        &hook.failing,
+        &hook.last_error,
+    ]
+}
+
 fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
     let events: String = row.get(4)?;
     Ok(Webhook {
@@ -343,17 +359,7 @@ impl Store {
                     "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
-                params![
-                    hook.id,
-                    hook.name,
-                    hook.url,
-                    hook.enabled,
-                    events,
-                    hook.secret,
-                    hook.created_at_ms,
-                    hook.failing,
-                    hook.last_error
-                ],
+                webhook_params(hook, &events),
             )
         })
         .map_err(self.query())?;
@@ -418,17 +424,8 @@ impl Store {
         self.transact(|tx| {
             tx.execute(
                 "UPDATE webhooks SET name = ?2, url = ?3, enabled = ?4, events = ?5, \
-                 secret = ?6, failing = ?7, last_error = ?8 WHERE id = ?1",
-                params![
-                    hook.id,
-                    hook.name,
-                    hook.url,
-                    hook.enabled,
-                    events,
-                    hook.secret,
-                    hook.failing,
-                    hook.last_error
-                ],
+                 secret = ?6, failing = ?8, last_error = ?9 WHERE id = ?1",
+                webhook_params(&hook, &events),
             )?;
             if !hook.enabled {
                 tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?1", [id])?;

@@ -295,13 +295,22 @@ impl Drop for QemuVm {
     /// future was dropped, an error between two steps) is killed: a VMM
     /// that outlives this process would otherwise be left with no owner.
     fn drop(&mut self) {
-        if self.exit.is_none() && !self.left_running {
-            let _ = self.process.kill();
+        if !self.left_running {
+            self.start_kill();
         }
     }
 }
 
 impl QemuVm {
+    /// Sends the VMM SIGKILL, through its own handle (never a pid that may
+    /// have been reused), unless it has ended; reaped by a later wait or
+    /// by the runtime.
+    pub fn start_kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.process.kill();
+        }
+    }
+
     /// Lets the VMM outlive this value: dropping it no longer kills it
     /// (a server handing its sandboxes to the next one).
     pub fn leave_running(&mut self) {
