@@ -161,13 +161,36 @@ pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
     for line in stdout.lines().filter(|l| l.starts_with("figure ")) {
         eprintln!("{line}");
     }
-    assert!(
-        out.status.success() && stdout.ends_with("all checks passed\n"),
-        "SDK script {script:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        text(&out.stderr)
-    );
+    if !(out.status.success() && stdout.ends_with("all checks passed\n")) {
+        // The whole output first, then a short account last: CI shows the
+        // end of a failed test's output, and the server's log comes between.
+        eprintln!(
+            "SDK script {script:?}\nstdout:\n{stdout}\nstderr:\n{}",
+            text(&out.stderr)
+        );
+        panic!(
+            "SDK script {} failed ({}): {}\nits last lines:\n{}\n{}",
+            script
+                .get_args()
+                .next()
+                .map_or_else(String::new, |a| a.to_string_lossy().into_owned()),
+            out.status,
+            stdout
+                .lines()
+                .find(|l| l.starts_with("FAILED"))
+                .unwrap_or("no check failed"),
+            tail(&stdout, 5),
+            tail(&text(&out.stderr), 15)
+        );
+    }
     stdout
+}
+
+/// The last `n` lines of `text`.
+#[allow(dead_code)] // Only `drive` uses it.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `tests/e2b/NAME`.
