@@ -164,10 +164,16 @@ impl AgentClient {
     /// agent that has a token already (a resumed sandbox) wants it again in
     /// `X-Access-Token`: the token of `init` is sent there too.
     pub async fn init(&self, init: &InitRequest) -> Result<(), AgentError> {
+        self.init_as(init, init.access_token.as_deref()).await
+    }
+
+    /// [`AgentClient::init`] authorised by `token`, the one the agent holds
+    /// now, when it is not the one `init` sets.
+    pub async fn init_as(&self, init: &InitRequest, token: Option<&str>) -> Result<(), AgentError> {
         let mut sender = self.connect(Duration::from_secs(5)).await?;
         let body = serde_json::to_vec(init).expect("init request serialises");
         let mut request = self.request("/init", "application/json", body.into());
-        if let Some(token) = &init.access_token
+        if let Some(token) = token
             && let Ok(value) = hyper::header::HeaderValue::from_str(token)
         {
             request.headers_mut().insert("x-access-token", value);

@@ -37,7 +37,7 @@ pub use layout::Layout;
 pub use lifecycle::{Event, IllegalTransition, Lifecycle, State, StopReason};
 pub use node::{Node, NodeOptions};
 pub use pool::{Pool, RefillObserver};
-pub use sandbox::{PauseMode, STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
+pub use sandbox::{Captured, PauseMode, STOP_GRACE, Sandbox, SandboxSpec, ServiceStop};
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
 pub use supervisor::{Origin, SandboxHandle, Supervised, Unwatched, Watcher, supervise};
 pub use templates::{Pruned, prune_build_cache, prune_template, remove_template};

@@ -18,6 +18,9 @@ use crate::node::{kill_leftover_vmm, try_lock};
 use crate::snapshot::{HostProfile, START_TAG, Snapshot, unix_now, write_json};
 use crate::{AgentClient, AgentError, Node, NodeError, id};
 
+mod capture;
+pub use capture::Captured;
+
 /// Written into a paused sandbox's directory; its presence is what makes
 /// the directory outlive every process.
 const PAUSED: &str = "paused.json";
@@ -528,7 +531,7 @@ impl Sandbox {
     /// it.
     pub async fn pause(&mut self, mode: PauseMode) -> Result<(), NodeError> {
         match mode {
-            PauseMode::Full => self.save_memory().await?,
+            PauseMode::Full => self.save_memory(&self.dir.join(PAUSED_STATE)).await?,
             PauseMode::Filesystem => self.settle_disk().await?,
         }
         let record = Paused {
@@ -549,20 +552,20 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Saves memory and devices next to the disk; the guest is stopped.
-    async fn save_memory(&mut self) -> Result<(), NodeError> {
-        let state = self.dir.join(PAUSED_STATE);
+    /// Saves memory and devices into `state`; the guest is stopped. On
+    /// failure the guest continues.
+    async fn save_memory(&mut self, state: &Path) -> Result<(), NodeError> {
         let saved = self
             .instance_mut()
             .vm
-            .save(&state, SavedMemory::Included)
+            .save(state, SavedMemory::Included)
             .await;
         if let Err(e) = saved {
             // The guest stays paused but alive; continue it and report.
             if let Err(resume) = self.instance_mut().vm.resume().await {
-                tracing::warn!(sandbox = %self.id, "resuming after a failed pause: {resume}");
+                tracing::warn!(sandbox = %self.id, "resuming after a failed save: {resume}");
             }
-            let _ = std::fs::remove_file(&state);
+            let _ = std::fs::remove_file(state);
             return Err(e.into());
         }
         Ok(())
@@ -662,13 +665,7 @@ impl Sandbox {
         count: usize,
         state: &Path,
     ) -> Result<Vec<Result<Self, NodeError>>, NodeError> {
-        let vm = &mut self.instance_mut().vm;
-        if let Err(e) = vm.save(state, SavedMemory::Included).await {
-            if let Err(resume) = vm.resume().await {
-                tracing::warn!(sandbox = %self.id, "resuming after a failed fork: {resume}");
-            }
-            return Err(e.into());
-        }
+        self.save_memory(state).await?;
         let mut copies = Vec::with_capacity(count);
         for _ in 0..count {
             copies.push(self.copy_files(node).await);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use hearth_image::{ImageFormat, Kernel, Template};
+use hearth_image::{ImageFormat, Template};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -143,7 +143,7 @@ impl Snapshot {
 /// The directory name of a snapshot of `template` booted with these inputs.
 fn key(
     template: &Template,
-    kernel: &Kernel,
+    kernel: &str,
     vcpus: u32,
     memory_mib: u32,
     host: &HostProfile,
@@ -152,7 +152,7 @@ fn key(
     for part in [
         RECIPE,
         template.build_id.as_str(),
-        kernel.key.as_str(),
+        kernel,
         &vcpus.to_string(),
         &memory_mib.to_string(),
         &host.vmm,
@@ -199,7 +199,7 @@ impl Node {
         let root = spec.template.dir.join("snapshots");
         let key = key(
             &spec.template,
-            &spec.kernel,
+            &spec.kernel.key,
             spec.vcpus,
             spec.memory_mib,
             &self.host,
@@ -235,11 +235,7 @@ impl Node {
                 return Err(e);
             }
         };
-        write_json(&work.join(META), &meta)?;
-        for transient in ["qmp.sock", "vmm.pid"] {
-            let _ = std::fs::remove_file(work.join(transient));
-        }
-        std::fs::rename(&work, &dir).map_err(NodeError::io(&dir))?;
+        finish(&work, &dir, &meta)?;
         let _ = std::fs::remove_file(&lock_path);
         tracing::info!(
             template = spec.template.name,
@@ -343,6 +339,147 @@ impl Node {
             }),
         })
     }
+}
+
+/// A running sandbox's machine, as a snapshot of it records.
+pub(crate) struct SavedMachine {
+    /// Key of the kernel it booted.
+    pub(crate) kernel: String,
+    pub(crate) kernel_path: PathBuf,
+    pub(crate) vcpus: u32,
+    pub(crate) memory_mib: u32,
+    pub(crate) stop_signal: Option<i32>,
+    /// The access token its agent holds, if any: cleared before the state
+    /// is saved again, so that the sandboxes restored from it can be given
+    /// theirs.
+    pub(crate) agent_token: Option<String>,
+}
+
+/// How long the agent of a restored sandbox state has to answer.
+const RESTORED_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Node {
+    /// The snapshot of `template`, a build just made from a sandbox's disk,
+    /// out of that sandbox's saved state `included` (a state with its
+    /// memory in it, taken when the disk was copied): the state is loaded
+    /// into a VM whose memory is a shared file and saved again beside it,
+    /// which is how a template snapshot keeps its memory. Sandboxes of the
+    /// template then restore it as they restore any template. `included`
+    /// is moved into the work directory and removed.
+    pub(crate) async fn snapshot_from_state(
+        &self,
+        template: &Template,
+        machine: &SavedMachine,
+        included: &Path,
+    ) -> Result<Snapshot, NodeError> {
+        let started = Instant::now();
+        let root = template.dir.join("snapshots");
+        let key = key(
+            template,
+            &machine.kernel,
+            machine.vcpus,
+            machine.memory_mib,
+            &self.host,
+        );
+        let dir = root.join(&key);
+        let work = root.join(format!(".work-{key}"));
+        std::fs::create_dir_all(&work).map_err(NodeError::io(&work))?;
+        let resaved = self.resave(&work, template, machine, included).await;
+        let meta = SnapshotMeta {
+            template: template.name.clone(),
+            build_id: template.build_id.clone(),
+            kernel: machine.kernel.clone(),
+            kernel_path: machine.kernel_path.clone(),
+            vcpus: machine.vcpus,
+            memory_mib: machine.memory_mib,
+            host: self.host.clone(),
+            created_at: unix_now(),
+            boot_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            stop_signal: machine.stop_signal,
+        };
+        let finished = resaved.and_then(|()| finish(&work, &dir, &meta));
+        if let Err(e) = finished {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
+        }
+        Ok(Snapshot { dir, meta })
+    }
+
+    async fn resave(
+        &self,
+        work: &Path,
+        template: &Template,
+        saved: &SavedMachine,
+        included: &Path,
+    ) -> Result<(), NodeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let state = work.join("included");
+        std::fs::rename(included, &state).map_err(NodeError::io(&state))?;
+        let disk = work.join("disk.qcow2");
+        hearth_image::create_overlay(&template.rootfs, ImageFormat::Raw, &disk)?;
+        let memory = work.join("memory");
+        File::create(&memory)
+            .and_then(|f| f.set_len(u64::from(saved.memory_mib) << 20))
+            .map_err(NodeError::io(&memory))?;
+        let machine = Machine {
+            kernel: saved.kernel_path.clone(),
+            disk: Disk {
+                path: disk.clone(),
+                format: DiskFormat::Qcow2,
+            },
+            vcpus: saved.vcpus,
+            memory_mib: saved.memory_mib,
+            memory: Memory::File {
+                path: memory,
+                shared: true,
+            },
+            sandbox: false,
+        };
+        let launch = Launch::Restore {
+            state: state.clone(),
+            saved: SavedMemory::Included,
+        };
+        let mut instance =
+            Instance::launch(self, work, &machine, &launch, &Egress::open(), None).await?;
+        let resaved = async {
+            if let Some(token) = &saved.agent_token {
+                instance.wait_agent(RESTORED_AGENT_TIMEOUT).await?;
+                let clear = InitRequest {
+                    access_token: Some(String::new()),
+                    ..InitRequest::default()
+                };
+                instance.agent.init_as(&clear, Some(token)).await?;
+            }
+            instance
+                .vm
+                .save(&work.join("state"), SavedMemory::InFile)
+                .await?;
+            Ok::<_, NodeError>(())
+        }
+        .await;
+        let released = instance.release().await;
+        resaved?;
+        released?;
+        std::fs::remove_file(&state).map_err(NodeError::io(&state))?;
+        // The restore gave the directory and the disk to the VMM's uid;
+        // every sandbox's VMM reads them, as those of any template snapshot.
+        for (path, mode) in [(work, 0o755), (disk.as_path(), 0o644)] {
+            std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(NodeError::io(path))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(NodeError::io(path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Records `meta` in `work`, drops what only the VMM that made it needed
+/// and publishes it as `dir`.
+fn finish(work: &Path, dir: &Path, meta: &SnapshotMeta) -> Result<(), NodeError> {
+    write_json(&work.join(META), meta)?;
+    for transient in ["qmp.sock", "vmm.pid"] {
+        let _ = std::fs::remove_file(work.join(transient));
+    }
+    std::fs::rename(work, dir).map_err(NodeError::io(dir))
 }
 
 /// The template's start command, running in the guest, and its output.
@@ -462,6 +599,7 @@ pub(crate) fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_image::Kernel;
 
     fn host() -> HostProfile {
         HostProfile {
@@ -514,16 +652,16 @@ mod tests {
             build_secs: 0,
             size: 0,
         };
-        let base = key(&template, &kernel, 2, 512, &host());
+        let base = key(&template, &kernel.key, 2, 512, &host());
         assert_eq!(base.len(), 16);
-        assert_eq!(base, key(&template, &kernel, 2, 512, &host()));
-        assert_ne!(base, key(&template, &kernel, 1, 512, &host()));
-        assert_ne!(base, key(&template, &kernel, 2, 256, &host()));
+        assert_eq!(base, key(&template, &kernel.key, 2, 512, &host()));
+        assert_ne!(base, key(&template, &kernel.key, 1, 512, &host()));
+        assert_ne!(base, key(&template, &kernel.key, 2, 256, &host()));
         let mut other = host();
         other.accel = "kvm".into();
-        assert_ne!(base, key(&template, &kernel, 2, 512, &other));
+        assert_ne!(base, key(&template, &kernel.key, 2, 512, &other));
         let mut k2 = kernel.clone();
         k2.key = "k2".into();
-        assert_ne!(base, key(&template, &k2, 2, 512, &host()));
+        assert_ne!(base, key(&template, &k2.key, 2, 512, &host()));
     }
 }

@@ -17,7 +17,7 @@ use crate::builds::Builds;
 use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
-use crate::{events_api, team_api, template_api};
+use crate::{events_api, snapshot_api, team_api, template_api};
 use hearth_node::{Cidr, CidrError, Egress, PauseMode};
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -230,6 +230,31 @@ const ROUTES: &[Route] = &[
         body: Some("ForkRequest"),
         responses: &[(201, Some("[ForkResult]")), (409, Some("Error"))],
         handler: || post(fork),
+    },
+    Route {
+        method: "post",
+        path: "/sandboxes/{id}/snapshots",
+        operation: "createSandboxSnapshot",
+        summary: "Save a running sandbox (memory, processes and files, or with memory false its files) as a template new sandboxes start from; it goes on",
+        query: &[],
+        body: Some("SandboxSnapshotRequest"),
+        responses: &[(201, Some("SnapshotInfo")), (409, Some("Error"))],
+        handler: || post(snapshot_api::create),
+    },
+    Route {
+        method: "get",
+        path: "/snapshots",
+        operation: "listSnapshots",
+        summary: "Snapshots, oldest first, a page at a time (next page token in x-next-token)",
+        query: &[
+            ("sandboxID", "those taken of this sandbox"),
+            ("name", "the snapshot of this name (name or name:tag)"),
+            ("limit", "at most this many (1 to 100, default 100)"),
+            ("nextToken", "token of the next page"),
+        ],
+        body: None,
+        responses: &[(200, Some("[SnapshotInfo]"))],
+        handler: || get(snapshot_api::list),
     },
     Route {
         method: "get",
@@ -845,6 +870,8 @@ fn sandbox_schemas() -> Value {
         "TimeoutRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "ForkRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS }, "count": { "type": "integer", "minimum": 1, "maximum": MAX_FORKS } } },
+        "SandboxSnapshotRequest": { "type": "object", "properties": { "name": { "type": "string" }, "memory": { "type": "boolean" } } },
+        "SnapshotInfo": { "type": "object", "required": ["snapshotID", "names"], "properties": { "snapshotID": { "type": "string" }, "names": { "type": "array", "items": { "type": "string" } } } },
         "ForkResult": { "type": "object", "properties": { "sandbox": { "$ref": "#/components/schemas/Sandbox" }, "error": { "$ref": "#/components/schemas/Error" } } },
         "RefreshRequest": { "type": "object", "properties": { "duration": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "SandboxMetric": { "type": "object", "properties": {

@@ -18,6 +18,7 @@ pub mod manager;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+mod snapshot_api;
 pub mod store;
 mod team_api;
 mod template_api;

@@ -1011,6 +1011,46 @@ impl Manager {
         Ok(results)
     }
 
+    /// Saves running sandbox `id` as a new build of template `name`, not
+    /// yet current (see [`hearth_node::Sandbox::capture`]); the sandbox
+    /// goes on. Counted in the snapshot metrics.
+    pub async fn capture(
+        &self,
+        id: &str,
+        name: &str,
+        memory: bool,
+    ) -> Result<hearth_node::Captured, ApiError> {
+        let record = self.get(id)?;
+        let running = self.running(id, "snapshot it")?;
+        let node = Arc::clone(&self.node);
+        let name = name.to_owned();
+        let token = record.envd_access_token;
+        let captured = running
+            .handle
+            .with(move |sandbox: &mut Sandbox| {
+                Box::pin(async move {
+                    sandbox
+                        .capture(&node, &name, memory, token.as_deref())
+                        .await
+                })
+            })
+            .await
+            .map_err(ApiError::from)
+            .and_then(|captured| captured.map_err(ApiError::from));
+        let mode = if memory { "full" } else { "filesystem" };
+        let result = if captured.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .snapshots
+            .get_or_create(&crate::metrics::SnapshotLabels { mode, result })
+            .inc();
+        if let Ok(captured) = &captured {
+            self.metrics
+                .snapshot_pause_seconds
+                .observe(captured.paused.as_secs_f64());
+        }
+        captured
+    }
+
     /// Supervises and records one copy made by [`Manager::fork`].
     async fn start_fork(
         &self,

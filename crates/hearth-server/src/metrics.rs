@@ -56,6 +56,14 @@ pub struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SnapshotLabels {
+    /// `full` or `filesystem`.
+    pub mode: &'static str,
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResumeLabels {
     pub mode: &'static str,
     /// `api` (resume or connect) or `traffic` (auto-resume).
@@ -106,6 +114,8 @@ pub struct Metrics {
     pub resume_failures: Counter,
     pub fork_copies: Counter,
     pub fork_copy_failures: Counter,
+    pub snapshots: Family<SnapshotLabels, Counter>,
+    pub snapshot_pause_seconds: Histogram,
     pub builds: Family<StatusLabel, Counter>,
     pub build_seconds: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -155,6 +165,8 @@ impl Default for Metrics {
             resume_failures: Counter::default(),
             fork_copies: Counter::default(),
             fork_copy_failures: Counter::default(),
+            snapshots: Family::default(),
+            snapshot_pause_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             builds: Family::default(),
             // Builds take seconds to many minutes.
             build_seconds: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -231,6 +243,16 @@ impl Metrics {
             "sandbox_fork_copy_failures",
             "Copies asked of forks that did not start",
             self.fork_copy_failures.clone(),
+        );
+        hearth.register(
+            "sandbox_snapshots",
+            "Snapshots of running sandboxes asked for, by mode and result",
+            self.snapshots.clone(),
+        );
+        hearth.register(
+            "sandbox_snapshot_pause_seconds",
+            "How long a snapshot stopped its source sandbox (state saved, disk copied)",
+            self.snapshot_pause_seconds.clone(),
         );
         hearth.register(
             "sandboxes",

@@ -31,14 +31,16 @@ use crate::keys;
 
 mod builds;
 mod events;
+mod snapshots;
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
+pub use snapshots::{SnapshotPage, SnapshotQuery, SnapshotRecord};
 
 use crate::events::EventType;
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -420,6 +422,10 @@ impl Store {
         }
         if version < 7 {
             tx.execute_batch(events::SCHEMA_7).map_err(self.query())?;
+        }
+        if version < 8 {
+            tx.execute_batch(snapshots::SCHEMA_8)
+                .map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;

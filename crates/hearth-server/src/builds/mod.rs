@@ -10,6 +10,7 @@
 //! removed when the build ends.
 
 pub mod recipe;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -469,6 +469,8 @@ impl Store {
         .map_err(self.query())?;
         tx.execute("DELETE FROM template_tags WHERE template = ?1", [template])
             .map_err(self.query())?;
+        tx.execute("DELETE FROM snapshots WHERE template = ?1", [template])
+            .map_err(self.query())?;
         tx.commit().map_err(self.query())
     }
 

@@ -98,6 +98,22 @@ pub(crate) struct PauseArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct SnapshotArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Sandbox id.
+    id: String,
+    /// The template to save it as (NAME or NAME:TAG; a new snapshot of
+    /// the same name replaces what the name starts). Default: a fresh id.
+    #[arg(long)]
+    name: Option<String>,
+    /// Keep only the sandbox's files: sandboxes of the snapshot boot from
+    /// its disk, without its processes.
+    #[arg(long, alias = "filesystem")]
+    filesystem_only: bool,
+}
+
+#[derive(Args)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
     remote: Remote,
@@ -429,6 +445,28 @@ pub(crate) fn pause(args: PauseArgs, layout: &Layout) -> CommandResult {
         },
         |_| {
             println!("paused {}", args.id);
+        },
+    )
+}
+
+pub(crate) fn snapshot(args: SnapshotArgs, layout: &Layout) -> CommandResult {
+    let mut body = json!({ "memory": !args.filesystem_only });
+    if let Some(name) = &args.name {
+        body["name"] = json!(name);
+    }
+    run(
+        &args.remote,
+        layout,
+        async |c| {
+            c.call(
+                Method::POST,
+                ["sandboxes", &args.id, "snapshots"],
+                Some(body),
+            )
+            .await
+        },
+        |info| {
+            println!("{}", info["snapshotID"].as_str().unwrap_or_default());
         },
     )
 }

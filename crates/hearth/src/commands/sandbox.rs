@@ -39,6 +39,10 @@ pub(crate) enum SandboxCommand {
     Pause(super::remote::PauseArgs),
     /// Resume a paused sandbox.
     Resume(super::remote::ResumeArgs),
+    /// Save a running sandbox as a template (memory, processes and files;
+    /// with --filesystem-only its files); it goes on. Prints the
+    /// template's id, which `create --template` takes.
+    Snapshot(super::remote::SnapshotArgs),
     /// Print a sandbox's guest console log.
     Logs(super::remote::IdArgs),
     /// Print what a sandbox uses: in the guest, and its VMM on the host.
@@ -93,6 +97,7 @@ pub(crate) fn run(cmd: SandboxCommand, layout: &Layout) -> CommandResult {
         SandboxCommand::Kill(args) => super::remote::kill(args, layout),
         SandboxCommand::Pause(args) => super::remote::pause(args, layout),
         SandboxCommand::Resume(args) => super::remote::resume(args, layout),
+        SandboxCommand::Snapshot(args) => super::remote::snapshot(args, layout),
         SandboxCommand::Logs(args) => super::remote::logs(args, layout),
         SandboxCommand::Metrics(args) => super::remote::metrics(args, layout),
         SandboxCommand::Exec(args) => super::remote::exec(args, layout),
