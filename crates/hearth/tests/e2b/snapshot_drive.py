@@ -24,7 +24,10 @@ from e2b.exceptions import NotFoundException, SandboxException
 
 API = os.environ["E2B_API_URL"]
 KEY = os.environ["E2B_API_KEY"]
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /home/user/count; sleep 0.2; done"
+# Each value is written aside and renamed over the last: a read never sees
+# the file empty.
+COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /home/user/count.new; "
+           "mv /home/user/count.new /home/user/count; sleep 0.2; done")
 
 
 def check(name, cond, detail=""):
