@@ -22,4 +22,5 @@ mod snapshot_api;
 pub mod store;
 mod team_api;
 mod template_api;
+pub mod tls;
 pub mod webhooks;

@@ -15,6 +15,7 @@ use crate::builds::Builds;
 use crate::manager::{Manager, Shape};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tls::{TlsFiles, TlsListener};
 
 /// How often sandboxes are checked for their end time.
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
@@ -41,6 +42,34 @@ pub struct ServerOptions {
     pub kill_on_exit: bool,
     /// Sandboxes may publish host ports below 1024.
     pub allow_privileged_ports: bool,
+    /// Serve the API and the proxy over TLS.
+    pub tls: Option<Tls>,
+}
+
+/// Where the listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// PEM files the operator gives: a certificate chain and its key.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A local CA and a certificate for the domain and its subdomains,
+    /// made at first start in `<data>/tls` ([`crate::tls::local_ca`]).
+    Local,
+}
+
+/// Where the server listens, for `ready`.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    /// The files served, when over TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Listening {
+    /// `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
 }
 
 /// `hearth-init` beside the running binary, where a build or an install
@@ -60,14 +89,23 @@ pub fn key_path(layout: &Layout) -> PathBuf {
 
 /// Serves until `shutdown` resolves, then leaves the running sandboxes to
 /// the next server (or kills them, with [`ServerOptions::kill_on_exit`];
-/// paused ones stay) and returns. `ready` gets the bound address.
+/// paused ones stay) and returns. `ready` learns where it listens.
 pub async fn serve(
     layout: Layout,
     store: Arc<Store>,
     options: ServerOptions,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(&Listening),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The certificate before anything starts: a bad one stops here.
+    let tls = match &options.tls {
+        None => None,
+        Some(tls) => {
+            let files = tls_files(tls, &layout, options.domain.as_deref())?;
+            let config = crate::tls::server_config(&files.cert, &files.key)?;
+            Some((files, config))
+        }
+    };
     // One server per data directory: it owns every sandbox there.
     let lock_path = layout.data_dir().join("server.lock");
     let server_lock = std::fs::File::options()
@@ -133,7 +171,10 @@ pub async fn serve(
     };
     let app = api::router(Arc::clone(&api))
         .layer(middleware::from_fn_with_state(api, crate::proxy::route));
-    ready(listen);
+    ready(&Listening {
+        addr: listen,
+        tls: tls.as_ref().map(|(files, _)| files.clone()),
+    });
 
     let expiry = {
         let manager = Arc::clone(&manager);
@@ -159,12 +200,22 @@ pub async fn serve(
     };
     let webhooks =
         tokio::spawn(Arc::new(crate::webhooks::Sender::new(Arc::clone(&manager))?).run());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.send_replace(true);
-        })
-        .await;
+    let shutdown = async move {
+        shutdown.await;
+        stop.send_replace(true);
+    };
+    let served = match tls {
+        Some((_, config)) => {
+            axum::serve(TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     expiry.abort();
     sampler.abort();
     webhooks.abort();
@@ -174,4 +225,29 @@ pub async fn serve(
     builds.shutdown();
     manager.shutdown(options.kill_on_exit).await;
     Ok(served?)
+}
+
+/// The certificate and key `tls` names, made first when they are the
+/// server's own.
+fn tls_files(tls: &Tls, layout: &Layout, domain: Option<&str>) -> anyhow::Result<TlsFiles> {
+    match tls {
+        Tls::Files { cert, key } => Ok(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        }),
+        Tls::Local => {
+            let domain = domain.ok_or_else(|| {
+                anyhow::anyhow!("a certificate of the server's own needs --domain: it is made for the domain and its subdomains")
+            })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            Ok(crate::tls::local_ca(
+                &layout.data_dir().join("tls"),
+                domain,
+                now,
+            )?)
+        }
+    }
 }

@@ -29,6 +29,11 @@ pub(crate) struct Remote {
     /// API key (default: the one `hearth server` wrote to <data-dir>/api-key).
     #[arg(long, env = "E2B_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// A PEM CA certificate to trust for an https:// server, besides the
+    /// system's (default: the local CA a `hearth server --tls-self-signed`
+    /// made in <data-dir>/tls/ca.pem, when there is one).
+    #[arg(long, env = "HEARTH_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -219,10 +224,20 @@ impl Client {
         // rustls needs a process-wide crypto provider: `ring`, as for image
         // pulls. Err means one is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .context("cannot set up the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let local_ca = layout.data_dir().join("tls").join("ca.pem");
+        let ca = match &remote.ca_cert {
+            Some(path) => Some(path.clone()),
+            None => (base.scheme() == "https" && local_ca.is_file()).then_some(local_ca),
+        };
+        if let Some(path) = ca {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("cannot set up the HTTP client")?;
         Ok(Self { http, base, key })
     }
 

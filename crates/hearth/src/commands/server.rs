@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use hearth_node::{Layout, NodeError, NodeOptions};
 use hearth_server::manager::Shape;
-use hearth_server::server::{self, ServerOptions};
+use hearth_server::server::{self, ServerOptions, Tls};
 use hearth_server::store::Store;
 use hearth_vmm::AccelChoice;
 use tokio::signal::unix::{SignalKind, signal};
@@ -55,6 +55,18 @@ pub(crate) struct ServerArgs {
     /// Let sandboxes publish host ports below 1024.
     #[arg(long)]
     allow_privileged_ports: bool,
+    /// Serve the API and the proxy over HTTPS with this PEM certificate
+    /// (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve over HTTPS with a certificate for --domain and its
+    /// subdomains signed by a local CA this server makes at first start
+    /// (<data-dir>/tls/ca.pem: have clients trust it).
+    #[arg(long, requires = "domain", conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +124,11 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         kill_on_exit: args.kill_on_exit,
         metrics_listen: args.metrics_listen,
         allow_privileged_ports: args.allow_privileged_ports,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls::Files { cert, key }),
+            _ if args.tls_self_signed => Some(Tls::Local),
+            _ => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -128,7 +145,15 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
             layout.clone(),
             store,
             options,
-            |addr| eprintln!("hearth: listening on http://{addr}"),
+            |listening| {
+                if let Some(ca) = listening.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+                    eprintln!(
+                        "hearth: clients must trust the CA in {} (made by this server)",
+                        ca.display()
+                    );
+                }
+                eprintln!("hearth: listening on {}", listening.url());
+            },
             shutdown,
         )
         .await
