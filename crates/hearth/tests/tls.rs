@@ -1,8 +1,9 @@
 //! `hearth server --domain D` over HTTPS: with `--tls-self-signed` it makes
 //! a local CA and a certificate for `D`, `*.D` and the host at first start;
-//! the stock e2b SDK, configured by domain alone (no E2B_SANDBOX_URL),
-//! reaches the API at `https://api.D` and each sandbox at
-//! `https://<port>-<id>.D` through a resolver override, trusting that CA;
+//! the stock e2b SDK, configured by domain alone (no E2B_API_URL or
+//! E2B_SANDBOX_URL), reaches the API at `https://api.D` and each sandbox at
+//! `https://<port>-<id>.D` on port 443, its resolver overridden with a
+//! DNS server of the test's, trusting that CA;
 //! the CLI trusts it by itself. An operator's own certificate and key are
 //! served as given, and a broken pair stops the server before it listens.
 //! Needs root, the kernel, the base template and `HEARTH_E2B_PYTHON`; CI
@@ -17,6 +18,9 @@ use std::process::Command;
 use common::{assert_nothing_left, text};
 use sdk_server::{DOMAIN, Server, hearth_ok, script, server_data_dir};
 
+/// Where the script serves DNS: a loopback address nothing else uses.
+const DNS: &str = "127.0.0.77";
+
 #[test]
 #[ignore = "boots VMs as root: run with --include-ignored"]
 fn the_sdk_reaches_api_and_sandboxes_over_https_by_domain() {
@@ -26,8 +30,9 @@ fn the_sdk_reaches_api_and_sandboxes_over_https_by_domain() {
     assert_nothing_left("before the test");
     let data = server_data_dir();
     let tls = data.path().join("tls");
-    let server = Server::start_with(data.path(), &["--tls-self-signed"]);
-    assert!(server.url.starts_with("https://"), "{}", server.url);
+    // Port 443: the SDK, given a domain, names no port.
+    let server = Server::start_on(data.path(), "127.0.0.1:443", &["--tls-self-signed"]);
+    assert_eq!(server.url, "https://127.0.0.1:443");
     let ca = tls.join("ca.pem");
     let told = server
         .logged("clients must trust the CA in")
@@ -35,10 +40,23 @@ fn the_sdk_reaches_api_and_sandboxes_over_https_by_domain() {
     assert!(told.contains(&ca.display().to_string()), "{told}");
     let key = std::fs::read_to_string(data.path().join("api-key")).unwrap();
 
-    let mut py = Command::new(&python);
-    py.arg(script("tls_drive.py"))
+    // The script's resolver: its own DNS server, named by a resolv.conf
+    // bind-mounted in a mount namespace of its own.
+    let resolv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        resolv.path(),
+        format!("nameserver {DNS}\noptions timeout:2\n"),
+    )
+    .unwrap();
+    let mut py = Command::new("unshare");
+    py.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+        .arg(resolv.path())
+        .arg(&python)
+        .arg(script("tls_drive.py"))
         .env("HEARTH_DOMAIN", DOMAIN)
-        .env("HEARTH_CA", &ca);
+        .env("HEARTH_CA", &ca)
+        .env("HEARTH_DNS", DNS);
     sdk_server::drive(py, &server, key.trim());
     // The CLI trusts the data directory's CA by itself.
     let listed = hearth_ok(&server, data.path(), &["sandbox", "list", "--json"]);

@@ -50,6 +50,14 @@ impl Server {
         Self::spawn(Path::new(env!("CARGO_BIN_EXE_hearth")), data, &args)
     }
 
+    /// [`Server::start_with`] listening on `listen`.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--kill-on-exit", "--listen", listen];
+        args.extend_from_slice(extra);
+        Self::spawn(Path::new(env!("CARGO_BIN_EXE_hearth")), data, &args)
+    }
+
     /// A server run from `binary` that, as by default, leaves its
     /// sandboxes running when it stops, for the next one to adopt.
     #[allow(dead_code)] // Not every test binary that includes this file uses it.
@@ -57,17 +65,18 @@ impl Server {
         Self::spawn(binary, data, &[])
     }
 
+    /// `hearth server` on a free local port unless `extra` names
+    /// `--listen`.
     fn spawn(binary: &Path, data: &Path, extra: &[&str]) -> Self {
+        let listen = if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
         let mut child = Command::new(binary)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--domain",
-                DOMAIN,
-                "--pool",
-                "1",
-            ])
+            .arg("server")
+            .args(listen)
+            .args(["--domain", DOMAIN, "--pool", "1"])
             .args(extra)
             .env("HEARTH_DATA_DIR", data)
             .env("HEARTH_LOG", "info")
@@ -168,12 +177,13 @@ pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
             "SDK script {script:?}\nstdout:\n{stdout}\nstderr:\n{}",
             text(&out.stderr)
         );
+        let name = script
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .find(|a| a.ends_with(".py") || a.ends_with(".cjs"))
+            .unwrap_or_default();
         panic!(
-            "SDK script {} failed ({}): {}\nits last lines:\n{}\n{}",
-            script
-                .get_args()
-                .next()
-                .map_or_else(String::new, |a| a.to_string_lossy().into_owned()),
+            "SDK script {name} failed ({}): {}\nits last lines:\n{}\n{}",
             out.status,
             stdout
                 .lines()

@@ -1,51 +1,73 @@
 """The stock e2b SDK over HTTPS against a real `hearth server --domain
-hearth.test --tls-self-signed`, the way E2B's cloud is reached: the API at
-https://api.<domain>, each sandbox at https://<port>-<id>.<domain>, names
-resolved by a resolver override (every name under the domain, port 443, is
-the server's address) and the server's generated CA trusted through
-SSL_CERT_FILE. Nothing sets E2B_SANDBOX_URL.
+hearth.test --tls-self-signed` listening on 127.0.0.1:443, the way E2B's
+cloud is reached: the API at https://api.<domain>, each sandbox at
+https://<port>-<id>.<domain>. Names are resolved by this script's own DNS
+server (every name under the domain is 127.0.0.1), which the caller makes
+this process's resolver by a private /etc/resolv.conf (a mount namespace);
+the server's generated CA is trusted through SSL_CERT_FILE. Nothing sets
+E2B_API_URL or E2B_SANDBOX_URL.
 
-usage: tls_drive.py (E2B_API_URL is the server's https://127.0.0.1:PORT,
-HEARTH_DOMAIN the domain, HEARTH_CA the CA file)
+usage: tls_drive.py (HEARTH_DOMAIN the domain, HEARTH_CA the CA file,
+HEARTH_DNS the address the resolv.conf names, to serve DNS on)
 Ends with `all checks passed`.
 """
 
+import asyncio
+import http.client
 import os
 import socket
 import ssl
+import struct
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 DOMAIN = os.environ["HEARTH_DOMAIN"]
 CA = os.environ["HEARTH_CA"]
-PORT = int(os.environ["E2B_API_URL"].rsplit(":", 1)[1])
+DNS = os.environ["HEARTH_DNS"]
+SERVER = "127.0.0.1"
 # As a user of E2B's cloud configures the SDK: by domain alone.
 os.environ.pop("E2B_API_URL")
 os.environ.pop("E2B_SANDBOX_URL")
 os.environ["E2B_DOMAIN"] = DOMAIN
 os.environ["SSL_CERT_FILE"] = CA
 
-_resolve = socket.getaddrinfo
+
+def dns_answer(query):
+    """The reply to one DNS query: an A record of SERVER for names under
+    DOMAIN, no record of other types for them, NXDOMAIN for other names."""
+    ident, flags = struct.unpack(">HH", query[:4])
+    i, labels = 12, []
+    while query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]].decode().lower())
+        i += 1 + query[i]
+    qtype = struct.unpack(">H", query[i + 1:i + 3])[0]
+    question = query[12:i + 5]
+    name = ".".join(labels)
+    ours = name == DOMAIN or name.endswith("." + DOMAIN)
+    record = b""
+    if ours and qtype == 1:
+        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(SERVER)
+    reply_flags = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080 | (0 if ours else 3)
+    return struct.pack(">HHHHHH", ident, reply_flags, 1, 1 if record else 0, 0, 0) + question + record
 
 
-def resolve(host, port, *args, **kwargs):
-    """The test's DNS: the domain and its subdomains on 443 are the server."""
-    if isinstance(host, bytes):
-        host = host.decode()
-    if host == DOMAIN or (isinstance(host, str) and host.endswith("." + DOMAIN)):
-        if port not in (443, "443", "https"):
-            raise socket.gaierror(f"the test resolver serves {DOMAIN} on port 443 only, not {port}")
-        return _resolve("127.0.0.1", PORT, *args, **kwargs)
-    return _resolve(host, port, *args, **kwargs)
+def serve_dns():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((DNS, 53))
+    while True:
+        query, peer = sock.recvfrom(4096)
+        try:
+            sock.sendto(dns_answer(query), peer)
+        except (IndexError, struct.error, UnicodeDecodeError):
+            pass
 
 
-socket.getaddrinfo = resolve
+threading.Thread(target=serve_dns, daemon=True).start()
 
-import asyncio  # noqa: E402
-
-from e2b import AsyncSandbox, Sandbox  # noqa: E402
+from e2b import AsyncSandbox, Sandbox  # noqa: E402 (after the environment is set)
 
 
 def check(name, cond, detail=""):
@@ -55,11 +77,17 @@ def check(name, cond, detail=""):
     print(f"ok: {name}", flush=True)
 
 
-def handshake(name, cafile=None, alpn=("h2", "http/1.1")):
-    """A TLS handshake with SNI `name`: the ALPN protocol, or the error."""
+# The system's trusted CAs, named: SSL_CERT_FILE (set above) would
+# otherwise replace them.
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def handshake(name, cafile, alpn=("h2", "http/1.1")):
+    """A TLS handshake with SNI `name` trusting `cafile` alone: the ALPN
+    protocol, or the error."""
     context = ssl.create_default_context(cafile=cafile)
     context.set_alpn_protocols(list(alpn))
-    with socket.create_connection(("127.0.0.1", PORT), timeout=10) as raw:
+    with socket.create_connection((SERVER, 443), timeout=10) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=name) as tls:
                 return tls.selected_alpn_protocol()
@@ -73,17 +101,18 @@ def main():
     check("api.<domain> with the CA: HTTP/2", handshake(f"api.{DOMAIN}", CA) == "h2")
     check("HTTP/1.1 when that is all a client speaks",
           handshake(f"49983-x.{DOMAIN}", CA, alpn=("http/1.1",)) == "http/1.1")
-    untrusted = handshake(f"api.{DOMAIN}", cafile=None)
-    check("not trusted without the CA", isinstance(untrusted, ssl.SSLCertVerificationError), untrusted)
+    untrusted = handshake(f"api.{DOMAIN}", SYSTEM_CAS)
+    check("not trusted by the system's CAs", isinstance(untrusted, ssl.SSLCertVerificationError), untrusted)
     other = handshake("example.com", CA)
     check("not valid for another name", isinstance(other, ssl.SSLCertVerificationError), other)
 
-    # Plain HTTP on the TLS port gets no answer.
+    # Plain HTTP on the TLS port gets no HTTP answer (a TLS alert, then
+    # the connection closes).
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=10)
-        check("plain HTTP is refused", False)
-    except (urllib.error.URLError, ConnectionError, OSError) as e:
-        check("plain HTTP is refused", True, e)
+        urllib.request.urlopen(f"http://{SERVER}:443/health", timeout=10)
+        check("plain HTTP gets no answer", False)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        check("plain HTTP gets no answer", True, e)
 
     sbx = Sandbox.create()
     check("the SDK created a sandbox over HTTPS", sbx.sandbox_id)
