@@ -9,8 +9,8 @@ use hearth_image::{ImageFormat, Kernel, Template, TemplateRun};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
-use hearth_proto::process::ProcessEvent;
 use hearth_proto::process::process_event::Event;
+use hearth_proto::process::{ProcessEvent, StartRequest};
 use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
 
 use crate::instance::{Instance, Launch, Machine, last_console_line};
@@ -422,20 +422,33 @@ impl Sandbox {
         if let Some(token) = &init.access_token {
             self.use_token(token);
         }
+        let mut service = None;
         if let Some(run) = self.booted.take() {
             // A fresh guest knows nothing of its template's defaults, which
-            // a snapshot's memory would have held.
+            // a snapshot's memory would have held, and runs none of its
+            // processes: the start command is started again.
             let mut env: HashMap<String, String> = run.config.env.into_iter().collect();
             env.extend(init.env_vars.take().unwrap_or_default());
             init.env_vars = Some(env);
             init.default_user = init.default_user.or(run.config.user);
             init.default_workdir = init.default_workdir.or(run.config.workdir);
+            service = run.start_cmd;
         }
         if self.parked {
             self.instance_mut().vm.resume().await?;
             self.parked = false;
         }
-        self.instance_mut().wait_ready(timeout, init).await
+        self.instance_mut().wait_ready(timeout, init).await?;
+        if let Some(argv) = service {
+            let request = StartRequest {
+                tag: Some(START_TAG.to_owned()),
+                ..crate::snapshot::command_request(&argv)
+            };
+            // It runs on without a client, as in the template's snapshot.
+            drop(self.agent().start(&request).await?);
+            tracing::info!(sandbox = %self.id, "started the template's start command again");
+        }
+        Ok(())
     }
 
     /// Waits for the agent, warms it up and stops the vCPUs, for a pool.

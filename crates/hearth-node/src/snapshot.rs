@@ -573,7 +573,7 @@ async fn wait_until_ready(
     }
 }
 
-fn command_request(argv: &[String]) -> StartRequest {
+pub(crate) fn command_request(argv: &[String]) -> StartRequest {
     StartRequest {
         process: Some(ProcessConfig {
             cmd: argv.first().cloned().unwrap_or_default(),

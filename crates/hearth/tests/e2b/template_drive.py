@@ -127,6 +127,23 @@ def main(context):
     copied = sbx.commands.run("cat /home/user/app.py").stdout
     check("the copied file is there", "ThreadingHTTPServer" in copied, copied[:200])
 
+    # A filesystem-only pause keeps the files, not the processes: the
+    # resume boots the template again, and its start command with it.
+    sbx.pause(mode="filesystem")
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    status, body = None, b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, body = http("GET", "/", headers={"Host": host}, base=os.environ["E2B_SANDBOX_URL"])
+        if status == 200:
+            break
+        time.sleep(0.5)
+    check("after a filesystem-only pause the start command serves again",
+          status == 200 and body.decode() == GREETING, (status, body))
+    # Anchored: the shell running pgrep has the pattern in its own command line.
+    services = sbx.commands.run("pgrep -fc '^python3 /home/user/app[.]py'").stdout.strip()
+    check("  once", services == "1", services)
+
     # Nothing changed: no upload, every step from the cache.
     info2, secs, messages = build(app_template(context), APP)
     print(f"figure sdk_rebuild_unchanged_s={secs:.1f}", flush=True)
