@@ -10,7 +10,7 @@ mod common;
 #[path = "common/server.rs"]
 mod sdk_server;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -19,6 +19,37 @@ use sdk_server::{Server, free_port, hearth_cli, hearth_ok, http_get, server_data
 
 /// The guest agent's port: what the tests publish.
 const AGENT_PORT: u16 = 49983;
+
+/// The guest port the UDP check publishes, and what answers there: one
+/// datagram, sent back in capitals (or nothing after 90 s, so that a
+/// failed check does not wait for it forever).
+const UDP_GUEST_PORT: u16 = 7777;
+const UDP_ECHO: &str = "import socket\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+s.bind(('0.0.0.0', 7777))\n\
+s.settimeout(90)\n\
+data, peer = s.recvfrom(512)\n\
+s.sendto(data.upper(), peer)\n";
+
+/// Sends `payload` to `to` until an answer comes (the guest's program may
+/// not listen yet), for up to 60 s; the answer.
+fn udp_exchange(to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        socket.send_to(payload, to).unwrap();
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => return Some(buf[..n].to_vec()),
+            // Timed out, or refused before the program listens.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    None
+}
 
 /// `hearth sandbox ARGS`.
 fn hearth(server: &Server, data: &Path, args: &[&str]) -> Output {
@@ -125,6 +156,11 @@ fn published_ports_reach_the_guest_and_go_with_it() {
     let data = server_data_dir();
     let server = Server::start(data.path());
     let (loopback, any) = (free_port().port(), free_port().port());
+    let udp = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
 
     // Refused before anything is made, each naming why.
     let listener = TcpListener::bind("0.0.0.0:0").unwrap();
@@ -150,10 +186,29 @@ fn published_ports_reach_the_guest_and_go_with_it() {
             &format!("127.0.0.1:{loopback}:{AGENT_PORT}"),
             "--publish",
             &format!("{any}:{AGENT_PORT}/tcp"),
+            "--publish",
+            &format!("127.0.0.1:{udp}:{UDP_GUEST_PORT}/udp"),
         ],
     ))
     .unwrap();
     let id = created["sandboxID"].as_str().unwrap().to_owned();
+    // UDP: a datagram to the published port reaches a program in the
+    // guest, and its answer comes back.
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| {
+            ok(
+                &server,
+                data.path(),
+                &["exec", &id, "--", "python3", "-c", UDP_ECHO],
+            )
+        });
+        assert_eq!(
+            udp_exchange(SocketAddr::from(([127, 0, 0, 1], udp)), b"ping"),
+            Some(b"PING".to_vec()),
+            "an answer through the published UDP port"
+        );
+        echo.join().unwrap();
+    });
     let from_host = SocketAddr::from(([127, 0, 0, 1], loopback));
     let from_netns = SocketAddr::from(([10, 251, 0, 1], any));
     assert_eq!(health(from_host), Ok(204), "from the host on 127.0.0.1");
