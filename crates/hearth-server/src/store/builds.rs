@@ -245,14 +245,7 @@ impl Store {
                  reason_step = NULL, updated_at_ms = ?3, finished_at_ms = ?3 WHERE build_id = ?1",
                 params![id, node_build, now_ms],
             )?;
-            for tag in &build.tags {
-                tx.execute(
-                    "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
-                     DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
-                    params![build.template, tag, id, now_ms],
-                )?;
-            }
+            assign_tags(tx, &build.template, &build.tags, id, now_ms)?;
             let data = serde_json::json!({ "tags": build.tags });
             build_event(tx, EventType::BuildCompleted, id, Some(&data), now_ms)
         })
@@ -488,6 +481,26 @@ impl Store {
 }
 
 /// Records build `id`'s event, with its template.
+/// Points `tags` of `template` at build `build_id`, moving them from
+/// whichever builds they named.
+pub(super) fn assign_tags(
+    tx: &rusqlite::Connection,
+    template: &str,
+    tags: &[String],
+    build_id: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    for tag in tags {
+        tx.execute(
+            "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
+             DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
+            params![template, tag, build_id, now_ms],
+        )?;
+    }
+    Ok(())
+}
+
 fn build_event(
     tx: &rusqlite::Connection,
     kind: EventType,

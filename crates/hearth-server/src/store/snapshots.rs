@@ -76,14 +76,7 @@ impl Store {
                     now
                 ],
             )?;
-            for tag in &build.tags {
-                tx.execute(
-                    "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
-                     DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
-                    params![build.template, tag, build.build_id, now],
-                )?;
-            }
+            super::builds::assign_tags(tx, &build.template, &build.tags, &build.build_id, now)?;
             let data = serde_json::json!({
                 "snapshot_id": snapshot.template,
                 "build_id": snapshot.build_id,
