@@ -69,10 +69,7 @@ fn current_e2b_sdks_against_hearth_server() {
 
     server.stop();
     assert_nothing_left("after the test");
-    let left: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    sdk_server::assert_no_sandbox_dirs(data.path());
 }
 
 /// The samples of a scrape of the key-less metrics listener: the series

@@ -62,10 +62,7 @@ fn snapshots_of_running_sandboxes_start_new_ones() {
     let out = sdk_server::drive(py, &server, key);
     server.stop();
     assert_nothing_left("after the test");
-    let left: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    sdk_server::assert_no_sandbox_dirs(data.path());
     let made: Vec<&str> = out
         .lines()
         .filter_map(|l| l.strip_prefix("template "))

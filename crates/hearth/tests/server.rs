@@ -207,8 +207,5 @@ fn stock_e2b_sdk_against_hearth_server() {
     sdk_server::drive(list, &server, key);
     server.stop();
     assert_nothing_left("after the second server run");
-    let left: Vec<_> = std::fs::read_dir(data.path().join("sandboxes"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+    sdk_server::assert_no_sandbox_dirs(data.path());
 }

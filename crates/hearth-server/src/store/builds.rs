@@ -371,15 +371,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.query())?;
-        for tag in tags {
-            tx.execute(
-                "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (template, tag) \
-                 DO UPDATE SET build_id = excluded.build_id, created_at_ms = excluded.created_at_ms",
-                params![template, tag, build_id, now_ms],
-            )
-            .map_err(self.query())?;
-        }
+        assign_tags(&tx, template, tags, build_id, now_ms).map_err(self.query())?;
         tx.commit().map_err(self.query())
     }
 

@@ -196,6 +196,13 @@ pub fn drive(mut script: Command, server: &Server, key: &str) -> String {
     stdout
 }
 
+/// Fails if a server on `data` left a sandbox directory behind.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn assert_no_sandbox_dirs(data: &Path) {
+    let left: Vec<_> = std::fs::read_dir(data.join("sandboxes")).unwrap().collect();
+    assert!(left.is_empty(), "sandbox directories left: {left:?}");
+}
+
 /// The last `n` lines of `text`.
 #[allow(dead_code)] // Only `drive` uses it.
 fn tail(text: &str, n: usize) -> String {
