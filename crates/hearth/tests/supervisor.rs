@@ -505,6 +505,18 @@ fn a_guest_reaches_neither_the_host_nor_another_sandbox() {
     let out = ok(&server, data.path(), &args);
     let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     eprintln!("probes from sandbox {a}: {seen}");
+    if refused.iter().any(|t| seen["plain"][t] == "connected") {
+        // Once seen and not reproduced: what the host's rules, listeners
+        // and connection tracking were when a refused target answered.
+        for (what, cmd) in [
+            ("rules", "nft list ruleset"),
+            ("listeners", "ss -ltnp"),
+            ("tracked", "cat /proc/net/nf_conntrack"),
+        ] {
+            let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+            eprintln!("--- {what} ({cmd}):\n{}", text(&out.stdout));
+        }
+    }
     assert_eq!(seen["plain"][&reachable], "connected", "{seen}");
     // Refused by the host's rules ("No route to host"), or, once the
     // kernel's rate limit on those ICMP answers bites, unanswered; never
