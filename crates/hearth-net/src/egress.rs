@@ -14,8 +14,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::domain::DomainRule;
 use crate::plan::{NS_TABLE, TAP_NAME};
 use crate::publish::Published;
+
+/// Where, inside a slot's netns, the egress proxy takes the guest's HTTP
+/// connections (to port 80) that a policy with domains redirects.
+pub const PROXY_HTTP_PORT: u16 = 10080;
+/// The same for TLS connections (to port 443).
+pub const PROXY_TLS_PORT: u16 = 10443;
 
 /// An IPv4 network: an address and a prefix length, host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -116,12 +123,23 @@ impl<'de> Deserialize<'de> for Cidr {
 /// one address only. And which host ports lead to the guest (`publish`),
 /// kept with the rest because it follows the sandbox from slot to slot
 /// the same way.
+///
+/// `domains` allow names as well: the guest's new connections to port 80
+/// and 443 of any address that `allow` does not hold go to a proxy in the
+/// slot, which lets through those whose `Host` header or TLS server name
+/// a rule matches, to the address it resolves that name to itself. Port 53
+/// of `nameservers` (the guest's resolvers) is allowed with them. Meant for
+/// a policy that denies everything else (`deny = [0.0.0.0/0]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     #[serde(default)]
     pub allow: Vec<Cidr>,
     #[serde(default)]
     pub deny: Vec<Cidr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Published>,
 }
@@ -135,9 +153,8 @@ impl Egress {
     /// No connection out at all.
     pub fn closed() -> Self {
         Self {
-            allow: Vec::new(),
             deny: vec![Cidr::ANY],
-            publish: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -149,7 +166,7 @@ impl Egress {
     /// Whether a new slot has this policy already: open, nothing
     /// published.
     pub fn is_default(&self) -> bool {
-        self.is_open() && self.publish.is_empty()
+        self.is_open() && self.publish.is_empty() && self.domains.is_empty()
     }
 
     /// The same policy without published ports (a fork's copies: a host
@@ -165,10 +182,26 @@ impl Egress {
     /// transaction. Run inside the slot's netns.
     pub(crate) fn nft_script(&self) -> String {
         let chain = format!("ip {NS_TABLE} egress");
+        let redirect = format!("ip {NS_TABLE} egress_redirect");
         let mut script = format!(
             "add chain {chain} {{ type filter hook forward priority filter; policy accept; }}\n\
-             flush chain {chain}\n"
+             flush chain {chain}\n\
+             add chain {redirect} {{ type nat hook prerouting priority dstnat; policy accept; }}\n\
+             flush chain {redirect}\n"
         );
+        if !self.domains.is_empty() {
+            let not_allowed = if self.allow.is_empty() {
+                String::new()
+            } else {
+                format!(" ip daddr != {}", nft_set(&self.allow))
+            };
+            for (port, to) in [(80, PROXY_HTTP_PORT), (443, PROXY_TLS_PORT)] {
+                script.push_str(&format!(
+                    "add rule {redirect} iifname \"{TAP_NAME}\"{not_allowed} tcp dport {port} \
+                     redirect to :{to}\n"
+                ));
+            }
+        }
         if self.is_open() {
             return script;
         }
@@ -177,6 +210,14 @@ impl Egress {
             script.push_str(&format!(
                 "add rule {chain} {guest_started} ip daddr {} accept\n",
                 nft_set(&self.allow)
+            ));
+        }
+        if !self.domains.is_empty() && !self.nameservers.is_empty() {
+            let resolvers: Vec<String> = self.nameservers.iter().map(ToString::to_string).collect();
+            script.push_str(&format!(
+                "add rule {chain} {guest_started} ip daddr {{ {} }} meta l4proto {{ tcp, udp }} \
+                 th dport 53 accept\n",
+                resolvers.join(", ")
             ));
         }
         let denied = if self.deny.contains(&Cidr::ANY) {
@@ -247,7 +288,7 @@ mod tests {
         let egress = Egress {
             allow: vec!["1.1.1.1".parse().unwrap()],
             deny: vec![Cidr::ANY],
-            publish: Vec::new(),
+            ..Egress::default()
         };
         let json = serde_json::to_string(&egress).unwrap();
         assert_eq!(json, r#"{"allow":["1.1.1.1"],"deny":["0.0.0.0/0"]}"#);
@@ -274,7 +315,9 @@ mod tests {
         assert_eq!(
             Egress::open().nft_script(),
             "add chain ip hearth egress { type filter hook forward priority filter; policy accept; }\n\
-             flush chain ip hearth egress\n"
+             flush chain ip hearth egress\n\
+             add chain ip hearth egress_redirect { type nat hook prerouting priority dstnat; policy accept; }\n\
+             flush chain ip hearth egress_redirect\n"
         );
     }
 
@@ -282,7 +325,7 @@ mod tests {
     fn closed_and_partial_policies() {
         let closed = Egress::closed().nft_script();
         assert!(closed.ends_with(
-            "flush chain ip hearth egress\n\
+            "flush chain ip hearth egress_redirect\n\
              add rule ip hearth egress iifname \"tap0\" ct direction original \
              reject with icmp type admin-prohibited\n"
         ));
@@ -292,10 +335,10 @@ mod tests {
                 "10.0.0.0/8".parse().unwrap(),
                 "192.168.0.0/16".parse().unwrap(),
             ],
-            publish: Vec::new(),
+            ..Egress::default()
         }
         .nft_script();
-        let rules: Vec<&str> = partial.lines().skip(2).collect();
+        let rules: Vec<&str> = partial.lines().skip(4).collect();
         assert_eq!(
             rules,
             [
@@ -305,5 +348,40 @@ mod tests {
                  ip daddr { 10.0.0.0/8, 192.168.0.0/16 } reject with icmp type admin-prohibited",
             ]
         );
+    }
+
+    #[test]
+    fn domains_redirect_web_ports_to_the_proxy_and_allow_dns() {
+        let egress = Egress {
+            allow: vec!["10.1.2.3".parse().unwrap()],
+            deny: vec![Cidr::ANY],
+            domains: vec!["example.com".parse().unwrap()],
+            nameservers: vec!["192.0.2.53".parse().unwrap()],
+            ..Egress::default()
+        };
+        assert!(!egress.is_default());
+        let script = egress.nft_script();
+        let rules: Vec<&str> = script.lines().skip(4).collect();
+        assert_eq!(
+            rules,
+            [
+                "add rule ip hearth egress_redirect iifname \"tap0\" ip daddr != { 10.1.2.3 } \
+                 tcp dport 80 redirect to :10080",
+                "add rule ip hearth egress_redirect iifname \"tap0\" ip daddr != { 10.1.2.3 } \
+                 tcp dport 443 redirect to :10443",
+                "add rule ip hearth egress iifname \"tap0\" ct direction original \
+                 ip daddr { 10.1.2.3 } accept",
+                "add rule ip hearth egress iifname \"tap0\" ct direction original \
+                 ip daddr { 192.0.2.53 } meta l4proto { tcp, udp } th dport 53 accept",
+                "add rule ip hearth egress iifname \"tap0\" ct direction original \
+                 reject with icmp type admin-prohibited",
+            ]
+        );
+        let json = serde_json::to_string(&egress).unwrap();
+        assert!(
+            json.contains(r#""domains":["example.com"],"nameservers":["192.0.2.53"]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Egress>(&json).unwrap(), egress);
     }
 }

@@ -9,6 +9,7 @@
 //! See the crate README for the address plan and the rules.
 
 mod apply;
+mod domain;
 mod egress;
 mod error;
 mod leftovers;
@@ -18,7 +19,8 @@ mod plan;
 mod publish;
 mod slots;
 
-pub use egress::{Cidr, CidrError, Egress};
+pub use domain::{DomainError, DomainRule};
+pub use egress::{Cidr, CidrError, Egress, PROXY_HTTP_PORT, PROXY_TLS_PORT};
 pub use error::NetError;
 pub use leftovers::Leftovers;
 #[cfg(feature = "testing")]

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::egress::Egress;
+use crate::egress::{Egress, PROXY_HTTP_PORT, PROXY_TLS_PORT};
 use crate::leftovers::Leftovers;
 use crate::publish::Published;
 
@@ -140,7 +140,8 @@ impl SlotPlan {
 
     /// Inside the netns: NAT of the slot's address to the guest and back,
     /// and a guard. The guest reaches nothing in the netns itself (its
-    /// gateway answers no connection), and a packet whose source is not
+    /// gateway answers no connection, except those an egress policy with
+    /// domains redirects to the proxy there), and a packet whose source is not
     /// the guest's address (a guest that changed it) goes nowhere: only
     /// [`GUEST_IP`] is translated to the slot's address, and nothing else
     /// may leave unaltered.
@@ -158,6 +159,7 @@ impl SlotPlan {
              \t}}\n\
              \tchain guard_input {{\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"{TAP_NAME}\" ct status dnat tcp dport {{ {PROXY_HTTP_PORT}, {PROXY_TLS_PORT} }} accept\n\
              \t\tiifname \"{TAP_NAME}\" reject with icmp type admin-prohibited\n\
              \t}}\n\
              \tchain guard_forward {{\n\
@@ -490,6 +492,7 @@ mod tests {
             "\t\tip daddr 10.200.0.22 dnat to 169.254.0.21",
             "\t\ttype nat hook postrouting priority srcnat; policy accept;",
             "\t\tip saddr 169.254.0.21 oifname \"veth0\" snat to 10.200.0.22",
+            "\t\tiifname \"tap0\" ct status dnat tcp dport { 10080, 10443 } accept",
             "\t\tiifname \"tap0\" reject with icmp type admin-prohibited",
             "\t\ttype filter hook forward priority filter - 1; policy accept;",
             "\t\tiifname \"tap0\" ip saddr != 169.254.0.21 drop",

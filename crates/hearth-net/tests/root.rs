@@ -341,7 +341,7 @@ fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
     let only_outside = Egress {
         allow: vec![format!("{}", outside.ip()).parse().unwrap()],
         deny: vec![Cidr::ANY],
-        publish: Vec::new(),
+        ..Egress::default()
     };
     slot.set_egress(&only_outside).unwrap();
     guest_sends(40_002, b"allowed");
@@ -349,7 +349,7 @@ fn egress_policy_refuses_what_the_guest_starts_and_nothing_else() {
     let elsewhere = Egress {
         allow: vec!["192.0.2.1".parse().unwrap()],
         deny: vec!["198.51.100.0/24".parse().unwrap()],
-        publish: Vec::new(),
+        ..Egress::default()
     };
     slot.set_egress(&elsewhere).unwrap();
     guest_sends(40_003, b"denied");
