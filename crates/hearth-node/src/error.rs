@@ -35,6 +35,11 @@ pub enum NodeError {
     TemplateInUse { name: String, builds: String },
     #[error("sandbox {0} is in use by another process")]
     Busy(String),
+    #[error(
+        "an egress policy with domains needs a nameserver to resolve them, and this node has \
+         none (/etc/resolv.conf names none, and the server was not given --dns)"
+    )]
+    NoNameserver,
     #[error("no paused sandbox {0}")]
     NotPaused(String),
     #[error("sandbox {0} has stopped")]

@@ -13,6 +13,7 @@ use hearth_proto::agent::{AGENT_PORT, InitRequest};
 use hearth_vmm::qemu::QemuVm;
 use hearth_vmm::{Accel, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmSpec, Vmm};
 
+use crate::egress_proxy::EgressProxy;
 use crate::{AgentClient, Node, NodeError, cgroup};
 
 /// How the VM comes to life.
@@ -45,6 +46,8 @@ pub(crate) struct Instance {
     /// Whether the VMM outlives this process (it holds its owner's lock
     /// and its slot's; see [`Instance::detach`]).
     pub(crate) outlives: bool,
+    /// The proxy of an egress policy with domains.
+    proxy: Option<EgressProxy>,
 }
 
 /// Memory a VMM may use beyond its guest's: QEMU itself, and under TCG its
@@ -101,7 +104,8 @@ impl Instance {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         crate::preflight::check_memory(&meminfo)?;
         let slots = Arc::clone(&node.slots);
-        let egress = egress.clone();
+        let egress = node.as_applied(egress);
+        let domains = egress.domains.clone();
         let slot = tokio::task::spawn_blocking(move || {
             let slot = slots.acquire()?;
             if !egress.is_default() {
@@ -130,13 +134,20 @@ impl Instance {
         };
         let outlives = !held.is_empty();
         match Self::start_vm(node, &slot, run_dir, machine, launch, procs, held).await {
-            Ok((vm, agent)) => Ok(Self {
-                slot: Some(slot),
-                vm,
-                agent,
-                cgroup,
-                outlives,
-            }),
+            Ok((vm, agent)) => {
+                let mut instance = Self {
+                    slot: Some(slot),
+                    vm,
+                    agent,
+                    cgroup,
+                    outlives,
+                    proxy: None,
+                };
+                // On failure, dropping the instance stops the VM and
+                // releases the slot.
+                instance.serve_domains(node, &domains).await?;
+                Ok(instance)
+            }
             Err(e) => {
                 release_slot(slot).await;
                 if let Some(plan) = cgroup.as_mut().and_then(cgroup::Owned::take) {
@@ -284,9 +295,14 @@ impl Instance {
     }
 
     /// Replaces the egress policy of the VM's slot.
-    pub(crate) async fn set_egress(&mut self, egress: &Egress) -> Result<(), NodeError> {
+    pub(crate) async fn set_egress(
+        &mut self,
+        node: &Node,
+        egress: &Egress,
+    ) -> Result<(), NodeError> {
         let slot = self.slot.take().expect("a launched instance has a slot");
-        let egress = egress.clone();
+        let egress = node.as_applied(egress);
+        let domains = egress.domains.clone();
         let (slot, result) = tokio::task::spawn_blocking(move || {
             let result = slot.set_egress(&egress);
             (slot, result)
@@ -294,7 +310,37 @@ impl Instance {
         .await
         .expect("setting the egress policy does not panic");
         self.slot = Some(slot);
-        Ok(result?)
+        result?;
+        self.serve_domains(node, &domains).await
+    }
+
+    /// Starts the slot's egress proxy for `domains`, in place of the one it
+    /// had; none for none.
+    async fn serve_domains(
+        &mut self,
+        node: &Node,
+        domains: &[hearth_net::DomainRule],
+    ) -> Result<(), NodeError> {
+        self.proxy = None;
+        if domains.is_empty() {
+            return Ok(());
+        }
+        let resolver = node
+            .egress_resolver
+            .clone()
+            .ok_or(NodeError::NoNameserver)?;
+        let slot = self.slot.as_ref().expect("a launched instance has a slot");
+        let netns = slot.enter_netns_fd()?;
+        let proxy = EgressProxy::start(
+            netns,
+            domains.to_vec(),
+            resolver,
+            Arc::clone(&node.egress_counts),
+        )
+        .await
+        .map_err(NodeError::io("the egress proxy's listeners"))?;
+        self.proxy = Some(proxy);
+        Ok(())
     }
 
     /// Takes over the VM that an earlier process started in `run_dir` and
@@ -306,6 +352,7 @@ impl Instance {
         node: &Node,
         run_dir: &Path,
         machine: &Machine,
+        egress: &Egress,
         pid: u32,
         slot: impl FnOnce(&QemuVm) -> Result<Slot, NodeError>,
     ) -> Result<Self, NodeError> {
@@ -318,7 +365,10 @@ impl Instance {
             agent,
             cgroup: cgroup_plan(node, run_dir, machine).map(cgroup::Owned::new),
             outlives: true,
+            proxy: None,
         };
+        // The proxy died with the process that started the VM.
+        instance.serve_domains(node, &egress.domains).await?;
         instance.vm.resume().await?;
         Ok(instance)
     }

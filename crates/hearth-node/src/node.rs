@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth_image::{Kernel, Template};
-use hearth_net::Slots;
+use hearth_net::{Egress, Slots};
 use hearth_vmm::qemu::Qemu;
 use hearth_vmm::{Accel, AccelChoice, AccelDecision};
 
 use crate::cgroup::{self, Hierarchy};
+use crate::egress_proxy::EgressCounts;
 use crate::snapshot::Snapshot;
 use crate::{HostProfile, Layout, NodeError, preflight};
 
@@ -25,6 +26,10 @@ pub struct NodeOptions {
     /// may be restarted or upgraded under running sandboxes; wrong for a
     /// short-lived caller (`hearth sandbox run`), whose VMs die with it.
     pub vmms_outlive: bool,
+    /// The nameservers guests booted here are given and egress policies'
+    /// names are resolved with; `None` for those of the host's
+    /// `/etc/resolv.conf`.
+    pub dns: Option<Vec<Ipv4Addr>>,
 }
 
 impl Default for NodeOptions {
@@ -33,6 +38,7 @@ impl Default for NodeOptions {
             accel: AccelChoice::Auto,
             slot_capacity: 1024,
             vmms_outlive: false,
+            dns: None,
         }
     }
 }
@@ -45,6 +51,11 @@ pub struct Node {
     pub(crate) qemu: Qemu,
     pub(crate) accel: AccelDecision,
     pub(crate) dns: Vec<Ipv4Addr>,
+    /// Resolves the names egress policies allow, with `dns`; `None`
+    /// without nameservers.
+    pub(crate) egress_resolver: Option<hickory_resolver::TokioResolver>,
+    /// What the egress proxies of this node's sandboxes did.
+    pub(crate) egress_counts: Arc<EgressCounts>,
     /// What saved states made here depend on.
     pub(crate) host: HostProfile,
     /// Where each VMM's cgroup goes; `None` on a host without cpu, memory
@@ -94,12 +105,18 @@ impl Node {
                 Accel::Kvm => host_cpu_model(),
             },
         };
+        let dns = match &options.dns {
+            Some(dns) => dns.clone(),
+            None => host_nameservers(Path::new("/etc/resolv.conf")),
+        };
         Ok(Self {
             layout,
             slots: Arc::new(slots),
             qemu,
             accel,
-            dns: host_nameservers(Path::new("/etc/resolv.conf")),
+            egress_resolver: crate::egress_proxy::resolver(&dns),
+            egress_counts: Arc::default(),
+            dns,
             host,
             cgroups,
             vmms_outlive: options.vmms_outlive,
@@ -109,6 +126,27 @@ impl Node {
     /// What saved states made on this node depend on.
     pub fn host(&self) -> &HostProfile {
         &self.host
+    }
+
+    /// The nameservers guests booted here are given, which also resolve
+    /// the names of egress policies.
+    pub fn nameservers(&self) -> &[Ipv4Addr] {
+        &self.dns
+    }
+
+    /// What the egress proxies of this node's sandboxes did so far.
+    pub fn egress_counts(&self) -> &EgressCounts {
+        &self.egress_counts
+    }
+
+    /// `egress` as a slot applies it: with domains, the guest may reach
+    /// its nameservers too.
+    pub(crate) fn as_applied(&self, egress: &Egress) -> Egress {
+        let mut applied = egress.clone();
+        if !applied.domains.is_empty() {
+            applied.nameservers = self.dns.clone();
+        }
+        applied
     }
 
     /// Guest kernel arguments for a cold boot of `template`.

@@ -113,7 +113,7 @@ impl Pool {
         let node = &self.shared.node;
         match parked {
             Some(sandbox) if egress.is_default() => Ok(sandbox),
-            Some(mut sandbox) => match sandbox.set_egress(egress).await {
+            Some(mut sandbox) => match sandbox.set_egress(node, egress).await {
                 Ok(()) => Ok(sandbox),
                 Err(e) => {
                     if let Err(cleanup) = sandbox.destroy().await {

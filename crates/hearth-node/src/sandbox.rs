@@ -310,8 +310,8 @@ impl Sandbox {
     /// Replaces the network policy; it applies to the guest's open
     /// connections too. For a pooled sandbox, call it before
     /// [`Sandbox::wait_ready`]: the guest runs only from then.
-    pub async fn set_egress(&mut self, egress: &Egress) -> Result<(), NodeError> {
-        self.instance_mut().set_egress(egress).await?;
+    pub async fn set_egress(&mut self, node: &Node, egress: &Egress) -> Result<(), NodeError> {
+        self.instance_mut().set_egress(node, egress).await?;
         self.egress = egress.clone();
         self.record_vm()
     }
@@ -370,16 +370,23 @@ impl Sandbox {
         };
         let machine = sandbox.machine(Memory::Anonymous);
         let mut lock = None;
-        let instance = Instance::adopt(node, &sandbox.dir, &machine, record.pid, |vm| {
-            let held = |path: &Path| {
-                vm.inherited(path)?.map(File::from).ok_or_else(|| {
-                    not_adoptable(format!("its VMM does not hold {}", path.display()))
-                })
-            };
-            lock = Some(held(&sandbox.lock_path)?);
-            let slot_lock = held(&node.slots.lock_path(record.slot))?;
-            Ok(node.slots.adopt(record.slot, slot_lock)?)
-        })
+        let instance = Instance::adopt(
+            node,
+            &sandbox.dir,
+            &machine,
+            &record.egress,
+            record.pid,
+            |vm| {
+                let held = |path: &Path| {
+                    vm.inherited(path)?.map(File::from).ok_or_else(|| {
+                        not_adoptable(format!("its VMM does not hold {}", path.display()))
+                    })
+                };
+                lock = Some(held(&sandbox.lock_path)?);
+                let slot_lock = held(&node.slots.lock_path(record.slot))?;
+                Ok(node.slots.adopt(record.slot, slot_lock)?)
+            },
+        )
         .await?;
         sandbox.lock = lock;
         sandbox.instance = Some(instance);

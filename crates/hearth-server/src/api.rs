@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
 use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
 use crate::{events_api, snapshot_api, team_api, template_api};
-use hearth_node::{Cidr, CidrError, Egress, PauseMode};
+use hearth_node::{Cidr, DomainRule, Egress, PauseMode};
 
 const API_KEY_HEADER: &str = "x-api-key";
 /// Default sandbox lifetime when a request names none (E2B's).
@@ -831,6 +831,9 @@ fn sandbox_schemas() -> Value {
     let string_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
     let blocks = json!({ "type": "array", "description": "IPv4 addresses or CIDR blocks",
         "items": { "type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?$" } });
+    let allows = json!({ "type": "array",
+        "description": "IPv4 addresses, CIDR blocks or domain names (example.com, *.example.com: HTTP on port 80 and TLS on 443, with denyOut 0.0.0.0/0)",
+        "items": { "type": "string", "pattern": "^([0-9]{1,3}(\\.[0-9]{1,3}){3}(/[0-9]{1,2})?|(\\*\\.)?[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63})*)$" } });
     let addresses = json!({ "type": "array", "items": { "type": "string", "format": "ipv4" } });
     json!({
         "Error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "integer" }, "message": { "type": "string" } } },
@@ -845,10 +848,10 @@ fn sandbox_schemas() -> Value {
         "SandboxPauseRequest": { "type": "object", "properties": { "memory": { "type": "boolean",
             "description": "false: keep the disk only; a resume boots the sandbox again, and auto-resume refuses it" } } },
         "SandboxNetworkConfig": { "type": "object", "properties": {
-            "allowOut": blocks, "denyOut": blocks, "dnsServers": addresses,
+            "allowOut": allows, "denyOut": blocks, "dnsServers": addresses,
             "allowPublicTraffic": { "type": "boolean", "enum": [true] } } },
         "SandboxNetworkUpdate": { "type": "object", "properties": {
-            "allowOut": blocks, "denyOut": blocks, "dnsServers": addresses,
+            "allowOut": allows, "denyOut": blocks, "dnsServers": addresses,
             "allow_internet_access": { "type": "boolean" } } },
         "Sandbox": { "type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
             "templateID": { "type": "string" }, "sandboxID": { "type": "string" }, "alias": { "type": "string" },
@@ -1116,36 +1119,58 @@ fn egress(allow_internet_access: Option<bool>, network: &Network) -> Result<Egre
             )));
         }
     }
-    let blocks = |list: &Option<Vec<String>>, field: &str| -> Result<Vec<Cidr>, ApiError> {
-        let mut blocks = Vec::new();
-        for entry in list.iter().flatten() {
-            let block = entry.parse::<Cidr>().map_err(|e| {
-                let domain = matches!(e, CidrError::Malformed(_))
-                    && entry.chars().any(|c| c.is_ascii_alphabetic() || c == '*');
-                ApiError::bad_request(if domain {
-                    format!(
-                        "network.{field}: {entry:?}: domain names are not supported by this \
-                         server; give IPv4 addresses or CIDR blocks"
-                    )
-                } else {
-                    format!("network.{field}: {e}")
-                })
-            })?;
-            if !blocks.contains(&block) {
-                blocks.push(block);
+    let mut egress = Egress::default();
+    for entry in network.allow_out.iter().flatten() {
+        match entry.parse::<Cidr>() {
+            Ok(block) => {
+                if !egress.allow.contains(&block) {
+                    egress.allow.push(block);
+                }
+            }
+            Err(e) if !looks_like_a_name(entry) => {
+                return Err(ApiError::bad_request(format!("network.allowOut: {e}")));
+            }
+            Err(_) => {
+                let rule = entry
+                    .parse::<DomainRule>()
+                    .map_err(|e| ApiError::bad_request(format!("network.allowOut: {e}")))?;
+                if !egress.domains.contains(&rule) {
+                    egress.domains.push(rule);
+                }
             }
         }
-        Ok(blocks)
-    };
-    let mut egress = Egress {
-        allow: blocks(&network.allow_out, "allowOut")?,
-        deny: blocks(&network.deny_out, "denyOut")?,
-        publish: Vec::new(),
-    };
+    }
+    for entry in network.deny_out.iter().flatten() {
+        let block = entry.parse::<Cidr>().map_err(|e| {
+            ApiError::bad_request(if looks_like_a_name(entry) {
+                format!(
+                    "network.denyOut: {entry:?}: domain names may only be allowed (allowOut); \
+                     deny IPv4 addresses or CIDR blocks"
+                )
+            } else {
+                format!("network.denyOut: {e}")
+            })
+        })?;
+        if !egress.deny.contains(&block) {
+            egress.deny.push(block);
+        }
+    }
     if allow_internet_access == Some(false) && !egress.deny.contains(&Cidr::ANY) {
         egress.deny.push(Cidr::ANY);
     }
+    if !egress.domains.is_empty() && !egress.deny.contains(&Cidr::ANY) {
+        return Err(ApiError::bad_request(format!(
+            "network.allowOut: domain names ({}) restrict only a sandbox that is otherwise \
+             denied: add \"0.0.0.0/0\" to network.denyOut (or set allowInternetAccess to false)",
+            egress.domains[0]
+        )));
+    }
     Ok(egress)
+}
+
+/// Whether a list entry that is not a CIDR block was meant as a host name.
+fn looks_like_a_name(entry: &str) -> bool {
+    !entry.contains(':') && entry.chars().any(|c| c.is_ascii_alphabetic() || c == '*')
 }
 
 /// `Sandbox`: what create, connect and resume answer.
@@ -1202,7 +1227,9 @@ fn detail_json(api: &Api, r: &SandboxRecord) -> Value {
         v["envdAccessToken"] = json!(token);
     }
     if !r.egress.is_open() || !r.egress.allow.is_empty() {
-        v["network"] = json!({ "allowOut": r.egress.allow, "denyOut": r.egress.deny });
+        let mut allow: Vec<String> = r.egress.allow.iter().map(ToString::to_string).collect();
+        allow.extend(r.egress.domains.iter().map(ToString::to_string));
+        v["network"] = json!({ "allowOut": allow, "denyOut": r.egress.deny });
     }
     if !r.egress.publish.is_empty() {
         v["publish"] = json!(r.egress.publish);
@@ -1257,6 +1284,7 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         auto_pause_memory,
         auto_resume,
     };
+    api.manager.check_resolvable(&request.egress)?;
     let mut request = request;
     request.egress.publish = published(
         new.publish.as_deref().unwrap_or_default(),
@@ -1419,6 +1447,7 @@ async fn update_network(
 ) -> Result<StatusCode, ApiError> {
     let network: Network = body(&bytes)?;
     let egress = egress(network.allow_internet_access, &network)?;
+    api.manager.check_resolvable(&egress)?;
     api.manager
         .set_network(&id, network.allow_internet_access != Some(false), egress)
         .await?;
@@ -1736,6 +1765,21 @@ mod tests {
         let got = egress(Some(false), &lists).unwrap();
         assert_eq!(got.allow, ["10.1.2.3".parse().unwrap()]);
         assert_eq!(got.deny, [Cidr::ANY, "10.0.0.0/8".parse().unwrap()]);
+        assert!(got.domains.is_empty());
+        // Names and blocks mix in allowOut, as E2B's SDKs send them.
+        let named = network(json!({
+            "allowOut": ["api.example.com", "*.Example.org", "1.1.1.1", "api.example.com"],
+            "denyOut": ["0.0.0.0/0"],
+        }));
+        let got = egress(None, &named).unwrap();
+        assert_eq!(got.allow, ["1.1.1.1".parse().unwrap()]);
+        let domains: Vec<String> = got.domains.iter().map(ToString::to_string).collect();
+        assert_eq!(domains, ["api.example.com", "*.example.org"]);
+        let denied_by_switch = network(json!({ "allowOut": ["api.example.com"] }));
+        assert_eq!(
+            egress(Some(false), &denied_by_switch).unwrap().deny,
+            [Cidr::ANY]
+        );
     }
 
     #[test]
@@ -1852,7 +1896,24 @@ mod tests {
         for (json, message) in [
             (
                 json!({ "allowOut": ["api.example.com"] }),
-                "network.allowOut: \"api.example.com\": domain names are not supported",
+                "network.allowOut: domain names (api.example.com) restrict only a sandbox that is \
+                 otherwise denied",
+            ),
+            (
+                json!({ "allowOut": ["api.exa mple.com"], "denyOut": ["0.0.0.0/0"] }),
+                "network.allowOut: \"api.exa mple.com\" is not a domain name",
+            ),
+            (
+                json!({ "allowOut": ["a.*.example.com"], "denyOut": ["0.0.0.0/0"] }),
+                "network.allowOut: \"a.*.example.com\" is not a domain name",
+            ),
+            (
+                json!({ "allowOut": ["10.0.0.300"] }),
+                "network.allowOut: \"10.0.0.300\" is not an IPv4 address",
+            ),
+            (
+                json!({ "denyOut": ["*.example.com"] }),
+                "network.denyOut: \"*.example.com\": domain names may only be allowed",
             ),
             (
                 json!({ "denyOut": ["10.1.0.0/8"] }),

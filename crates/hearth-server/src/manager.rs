@@ -400,6 +400,7 @@ impl Manager {
         }
         gauges.slots_used = i64::from(self.node.slots_in_use());
         gauges.slots_capacity = i64::from(self.node.slot_capacity());
+        gauges.egress = self.node.egress_counts().read();
         gauges
     }
 
@@ -797,6 +798,18 @@ impl Manager {
         self.live.get(id).ok_or_else(|| not_found(id))
     }
 
+    /// A 400 for an egress policy with domains on a node that has no
+    /// nameserver to resolve them.
+    pub fn check_resolvable(&self, egress: &Egress) -> Result<(), ApiError> {
+        if egress.domains.is_empty() || !self.node.nameservers().is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::bad_request(format!(
+            "network.allowOut: {}",
+            hearth_node::NodeError::NoNameserver
+        )))
+    }
+
     /// Replaces the egress policy of a running sandbox; it applies to its
     /// open connections too.
     pub async fn set_network(
@@ -810,10 +823,11 @@ impl Manager {
         // ports stay.
         egress.publish = self.get(id)?.egress.publish;
         let policy = egress.clone();
+        let node = Arc::clone(&self.node);
         running
             .handle
             .with(move |sandbox: &mut Sandbox| {
-                Box::pin(async move { sandbox.set_egress(&policy).await })
+                Box::pin(async move { sandbox.set_egress(&node, &policy).await })
             })
             .await??;
         self.store.set_egress(id, allow_internet_access, &egress)?;

@@ -96,6 +96,15 @@ pub struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    /// `http` (port 80, by Host header) or `tls` (port 443, by server name).
+    pub port: &'static str,
+    /// `allowed`, `refused` (no rule names the host) or `failed` (allowed,
+    /// but it did not resolve or answer).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `delivered`, `retried` (will be tried again) or `failed` (given up).
     pub result: &'static str,
@@ -133,6 +142,7 @@ pub struct Metrics {
     vmm_memory_bytes: Family<TemplateLabel, Gauge>,
     disk_bytes: Family<TemplateLabel, Gauge>,
     net_bytes: Family<NetLabels, Gauge>,
+    egress_connections: Family<EgressLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -184,6 +194,7 @@ impl Default for Metrics {
             vmm_memory_bytes: Family::default(),
             disk_bytes: Family::default(),
             net_bytes: Family::default(),
+            egress_connections: Family::default(),
         };
         metrics.register();
         metrics
@@ -295,6 +306,12 @@ impl Metrics {
             self.net_bytes.clone(),
         );
         hearth.register(
+            "egress_proxy_connections",
+            "Connections of sandboxes with domain egress rules that the egress proxy handled, \
+             by port and result",
+            self.egress_connections.clone(),
+        );
+        hearth.register(
             "template_builds",
             "Template builds that ended, by status (ready or error)",
             self.builds.clone(),
@@ -358,6 +375,16 @@ impl Metrics {
             self.pooled
                 .get_or_create(&TemplateLabel { template })
                 .set(n);
+        }
+        for (port, result, n) in snapshot.egress {
+            // The node counts; the counter shows its total.
+            self.egress_connections
+                .get_or_create(&EgressLabels {
+                    port: port.as_str(),
+                    result: result.as_str(),
+                })
+                .inner()
+                .store(n, std::sync::atomic::Ordering::Relaxed);
         }
         self.slots_used.set(snapshot.slots_used);
         self.slots_capacity.set(snapshot.slots_capacity);
@@ -423,6 +450,8 @@ pub struct Gauges {
     pub slots_capacity: i64,
     /// template → what its running sandboxes' VMMs use, summed.
     pub vmm: std::collections::BTreeMap<String, VmmTotals>,
+    /// What the egress proxies did: `(port, result, connections)`.
+    pub egress: Vec<(hearth_node::WebPort, hearth_node::EgressOutcome, u64)>,
 }
 
 /// What the running sandboxes of one template use, summed.

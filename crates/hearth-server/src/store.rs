@@ -1459,6 +1459,7 @@ mod tests {
             allow: vec!["10.0.0.1".parse().unwrap()],
             deny: vec![hearth_node::Cidr::ANY],
             publish: vec!["8080:80".parse().unwrap()],
+            ..Egress::default()
         };
         store.set_egress("sbx1", true, &only_host).unwrap();
         let got = store.get_sandbox("sbx1").unwrap().unwrap();

@@ -58,9 +58,11 @@ pub(crate) struct CreateArgs {
     /// Refuse every connection the sandbox starts (`--allow-out` still wins).
     #[arg(long)]
     no_internet: bool,
-    /// IPv4 address or CIDR block the sandbox may connect to even when
-    /// denied (repeatable).
-    #[arg(long = "allow-out", value_name = "CIDR")]
+    /// IPv4 address, CIDR block or domain name (`example.com`,
+    /// `*.example.com`: HTTP and TLS to ports 80 and 443, with
+    /// `--no-internet`) the sandbox may connect to even when denied
+    /// (repeatable).
+    #[arg(long = "allow-out", value_name = "CIDR|DOMAIN")]
     allow_out: Vec<String>,
     /// IPv4 address or CIDR block the sandbox may not connect to (repeatable).
     #[arg(long = "deny-out", value_name = "CIDR")]

@@ -33,6 +33,11 @@ pub(crate) struct ServerArgs {
     /// takes a network slot. Creates beyond it fail with a clear error.
     #[arg(long, default_value_t = NodeOptions::default().slot_capacity)]
     max_sandboxes: u32,
+    /// Nameserver (IPv4) that guests booted here are given and that
+    /// resolves the domain names of egress policies (repeatable); by
+    /// default those of the host's /etc/resolv.conf.
+    #[arg(long = "dns", value_name = "ADDR")]
+    dns: Vec<std::net::Ipv4Addr>,
     /// Guest memory per sandbox in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
@@ -115,6 +120,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         node: NodeOptions {
             accel: args.accel,
             slot_capacity: args.max_sandboxes,
+            dns: (!args.dns.is_empty()).then_some(args.dns),
             ..NodeOptions::default()
         },
         init_binary: match args.init_binary {
