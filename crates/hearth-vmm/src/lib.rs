@@ -91,6 +91,38 @@ pub trait Vm: Send {
 
     /// Runs a paused guest.
     fn resume(&mut self) -> impl Future<Output = Result<(), VmmError>> + Send;
+
+    /// Puts `file` (a raw disk image, opened read-write by the caller) behind
+    /// volume slot `slot` (below [`VOLUME_SLOTS`]), in place of the empty
+    /// placeholder every VM boots with, and tells the guest its new size: a
+    /// running, paused or just-restored guest sees the disk grow from
+    /// nothing, a restored one that had it sees it unchanged. The guest finds
+    /// the disk by its serial, [`volume_serial`]`(slot)`.
+    fn attach_volume(
+        &mut self,
+        slot: usize,
+        file: &std::fs::File,
+    ) -> impl Future<Output = Result<(), VmmError>> + Send;
+}
+
+/// How many volume disks a VM can take. Every VM has them from its start,
+/// each an empty placeholder until [`Vm::attach_volume`]: a restored guest
+/// must find the devices it was saved with, and a VM cannot gain a
+/// virtio-mmio device once it runs.
+pub const VOLUME_SLOTS: usize = 4;
+
+/// The empty file that stands in for volume slot `slot`'s disk until a
+/// volume is attached: `vol<slot>.img` in the VM's run directory. The
+/// driver makes those missing when it starts a VM; a caller that confines
+/// the VMM to another user makes them first, owned by that user.
+pub fn volume_placeholder(run_dir: &Path, slot: usize) -> std::path::PathBuf {
+    run_dir.join(format!("vol{slot}.img"))
+}
+
+/// The serial number of volume slot `slot`'s disk, as the guest reads it
+/// (`/sys/block/vd*/serial`).
+pub fn volume_serial(slot: usize) -> String {
+    format!("hearth-vol{slot}")
 }
 
 /// The last non-empty line of a log file (a VMM's log, a guest's console),

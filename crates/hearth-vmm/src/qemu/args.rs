@@ -73,6 +73,24 @@ impl<'a> QemuArgs<'a> {
                 escape(&self.qmp.display().to_string())
             ),
         ];
+        for slot in 0..crate::VOLUME_SLOTS {
+            let (placeholder, fmt) = volume_nodes(slot);
+            let file = crate::volume_placeholder(&spec.run_dir, slot);
+            args.extend([
+                "-blockdev".into(),
+                format!(
+                    "driver=file,node-name={placeholder},filename={}",
+                    escape(&jailed_path(spec, &file))
+                ),
+                "-blockdev".into(),
+                format!("driver=raw,node-name={fmt},file={placeholder}"),
+                "-device".into(),
+                format!(
+                    "virtio-blk-device,drive={fmt},serial={}",
+                    crate::volume_serial(slot)
+                ),
+            ]);
+        }
         if let Some(net) = &spec.net {
             args.extend([
                 "-netdev".into(),
@@ -114,11 +132,22 @@ impl<'a> QemuArgs<'a> {
 /// reaches the disk from inside the jail (whose root is `run_dir`) when it
 /// reopens it.
 fn disk_path(spec: &VmSpec) -> String {
-    let path = &spec.root_disk.path;
+    jailed_path(spec, &spec.root_disk.path)
+}
+
+/// `path` as the VMM names it: relative to `run_dir` when it is confined
+/// there and `path` lies inside.
+fn jailed_path(spec: &VmSpec, path: &Path) -> String {
     match path.strip_prefix(&spec.run_dir) {
         Ok(inside) if spec.chroot => inside.display().to_string(),
         _ => path.display().to_string(),
     }
+}
+
+/// The block nodes of volume slot `slot`: the placeholder's file node and
+/// the raw node the device is attached to.
+pub(super) fn volume_nodes(slot: usize) -> (String, String) {
+    (format!("vol{slot}-empty"), format!("vol{slot}"))
 }
 
 /// The memory backend, always `ram0`: a saved state names its RAM block
@@ -217,7 +246,22 @@ mod tests {
             [
                 "virtio-blk-device,drive=root",
                 "virtio-rng-device",
+                "virtio-blk-device,drive=vol0,serial=hearth-vol0",
+                "virtio-blk-device,drive=vol1,serial=hearth-vol1",
+                "virtio-blk-device,drive=vol2,serial=hearth-vol2",
+                "virtio-blk-device,drive=vol3,serial=hearth-vol3",
                 "virtio-net-device,netdev=net0,mac=02:fc:00:00:00:05"
+            ]
+        );
+        // Each volume slot: an empty placeholder under a raw node, which
+        // `attach_volume` points at an image.
+        let blockdevs = value_of(&args, "-blockdev");
+        assert_eq!(blockdevs.len(), 2 * crate::VOLUME_SLOTS);
+        assert_eq!(
+            blockdevs[..2],
+            [
+                "driver=file,node-name=vol0-empty,filename=/s/vol0.img",
+                "driver=raw,node-name=vol0,file=vol0-empty"
             ]
         );
         assert_eq!(
@@ -280,6 +324,11 @@ mod tests {
         assert_eq!(value_of(&args, "-chroot"), ["/s"]);
         assert!(
             value_of(&args, "-drive")[0].starts_with("id=root,file=disk.qcow2,"),
+            "{args:?}"
+        );
+        // So do the volume placeholders.
+        assert!(
+            value_of(&args, "-blockdev")[0].ends_with(",filename=vol0.img"),
             "{args:?}"
         );
         // Unconfined, the same spec names it in full.

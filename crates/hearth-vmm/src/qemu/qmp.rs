@@ -75,7 +75,20 @@ impl Qmp {
     /// Hands `fd` to QEMU under `name` (`getfd`, the descriptor riding on
     /// the command as SCM_RIGHTS), for a later `fd:NAME` URI.
     pub(super) async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), VmmError> {
-        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        self.execute_with_fd("getfd", json!({ "fdname": name }), fd)
+            .await
+            .map(drop)
+    }
+
+    /// Runs `command` with `fd` riding on it as SCM_RIGHTS (`getfd`,
+    /// `add-fd`), and returns its `return` value.
+    pub(super) async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, VmmError> {
+        let mut line = json!({ "execute": command, "arguments": arguments }).to_string();
         line.push('\n');
         let socket: &UnixStream = self.writer.as_ref();
         let fds = [fd.as_raw_fd()];
@@ -104,7 +117,7 @@ impl Qmp {
                 Err(e) => return Err(VmmError::io("the QMP socket")(e)),
             }
         }
-        self.reply("getfd").await.map(drop)
+        self.reply(command).await
     }
 
     async fn read_message(&mut self) -> Result<Value, VmmError> {
