@@ -13,6 +13,7 @@ mod pid1;
 mod reaper;
 mod standalone;
 mod unpack;
+mod volumes;
 
 use std::error::Error;
 use std::process::ExitCode;

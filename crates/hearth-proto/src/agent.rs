@@ -51,11 +51,24 @@ pub struct InitRequest {
     /// Hearth extension: new host name for the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Hearth extension: volume disks to mount, each found by its serial
+    /// number; one already mounted where asked is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_disks: Option<Vec<VolumeDisk>>,
     /// Hearth extension: random bytes from the host (standard base64, at
     /// most 512 bytes) mixed into the guest kernel's pool, which is then
     /// reseeded, so sandboxes restored from one snapshot diverge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<String>,
+}
+
+/// One entry of [`InitRequest::volume_disks`]: the disk whose serial number
+/// is `serial` (an ext4 file system), mounted at `path`, which is made if
+/// missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeDisk {
+    pub serial: String,
+    pub path: String,
 }
 
 /// One entry of [`InitRequest::volume_mounts`].

@@ -14,7 +14,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use axum::Router;
@@ -145,13 +145,18 @@ enum InitError {
     BadEntropy(String),
     #[error("Cannot reseed the kernel random pool")]
     Reseed(#[source] io::Error),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
 }
 
 /// Applies `/init`. Its answer, success or not, names the agent's envd
 /// version, as envd's does, so the host can read what runs in the guest.
 /// (A request without the access token is refused before it gets here.)
 async fn init(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
-    let mut response = init_response(&agent, &body);
+    // Mounting a volume waits for its disk: not on an async thread.
+    let mut response = tokio::task::spawn_blocking(move || init_response(&agent, &body))
+        .await
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     response
         .headers_mut()
         .insert(ENVD_VERSION_HEADER, HeaderValue::from_static(ENVD_VERSION));
@@ -168,7 +173,11 @@ fn init_response(agent: &Agent, body: &[u8]) -> Response {
                 InitError::Body(_) | InitError::Clock(clock::ClockError::Timestamp(_)) => {
                     StatusCode::BAD_REQUEST
                 }
-                InitError::Hostname(_) | InitError::BadEntropy(_) => StatusCode::BAD_REQUEST,
+                InitError::Hostname(_)
+                | InitError::BadEntropy(_)
+                | InitError::Volume(crate::volumes::VolumeError::Relative(_)) => {
+                    StatusCode::BAD_REQUEST
+                }
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let body = serde_json::json!({ "code": status.as_u16(), "message": message });
@@ -211,6 +220,11 @@ fn apply_init(agent: &Agent, body: &[u8]) -> Result<(), InitError> {
             })?;
         if agent.mode == Mode::Guest {
             crate::entropy::reseed(&seed).map_err(InitError::Reseed)?;
+        }
+    }
+    for disk in request.volume_disks.iter().flatten() {
+        if agent.mode == Mode::Guest {
+            crate::volumes::mount_disk(Path::new("/sys/block"), &disk.serial, &disk.path)?;
         }
     }
     let mut settings = agent
