@@ -40,6 +40,16 @@ pub enum NodeError {
          none (/etc/resolv.conf names none, and the server was not given --dns)"
     )]
     NoNameserver,
+    #[error(
+        "sandbox {id} mounts volumes ({volumes}); it cannot be {what}: a volume is mounted by one sandbox at a time"
+    )]
+    HasVolumes {
+        id: String,
+        volumes: String,
+        what: &'static str,
+    },
+    #[error("a sandbox mounts at most {max} volumes")]
+    TooManyVolumes { max: usize },
     #[error("no paused sandbox {0}")]
     NotPaused(String),
     #[error("sandbox {0} has stopped")]

@@ -33,6 +33,8 @@ pub(crate) struct Machine {
     pub(crate) memory: Memory,
     /// A sandbox's VM: its directory and disk are given to its VMM's uid.
     pub(crate) sandbox: bool,
+    /// Volume images, attached in slot order before the guest runs.
+    pub(crate) volumes: Vec<PathBuf>,
 }
 
 /// A VM and the network slot it runs in. Dropping it kills the VM and
@@ -173,6 +175,12 @@ impl Instance {
         // go of it when its state is saved (a pause), both as its uid: a
         // sandbox's disk belongs to the uid of the slot it runs in now,
         // which after a resume need not be the one it was made in.
+        for slot in 0..hearth_vmm::VOLUME_SLOTS {
+            let placeholder = hearth_vmm::volume_placeholder(run_dir, slot);
+            std::fs::File::create(&placeholder).map_err(NodeError::io(&placeholder))?;
+            std::os::unix::fs::chown(&placeholder, Some(uid), Some(uid))
+                .map_err(NodeError::io(&placeholder))?;
+        }
         if machine.sandbox || matches!(launch, Launch::Restore { .. }) {
             give_to(uid, run_dir, &machine.disk.path)?;
         }
@@ -209,6 +217,14 @@ impl Instance {
         std::fs::write(&pid_file, vm.pid().to_string()).map_err(NodeError::io(&pid_file))?;
         if let Launch::Restore { state, saved } = launch {
             vm.load(state, *saved).await?;
+        }
+        // Before the guest runs: a restored guest that had its volumes
+        // mounted must never see the empty placeholders.
+        for (slot, image) in machine.volumes.iter().enumerate() {
+            vm.attach_volume(slot, &crate::volumes::open_image(image)?)
+                .await?;
+        }
+        if let Launch::Restore { .. } = launch {
             vm.resume().await?;
         }
         let agent = AgentClient::new(SocketAddr::from((plan.ns_ip, AGENT_PORT)));

@@ -38,6 +38,11 @@ impl Layout {
         self.data_dir.join("sandboxes")
     }
 
+    /// Named volumes: `<name>/volume.ext4` and `<name>/volume.json`.
+    pub fn volumes(&self) -> PathBuf {
+        self.data_dir.join("volumes")
+    }
+
     /// Build caches (kernel build trees, base OS tarballs).
     pub fn cache(&self) -> PathBuf {
         self.data_dir.join("cache")

@@ -25,6 +25,7 @@ mod sandbox;
 mod snapshot;
 mod supervisor;
 mod templates;
+mod volumes;
 
 pub use agent::{AgentClient, AgentError, ProcessStream};
 pub use build::{BuildError, BuildLog, BuildOptions, Built, RegistryOptions};
@@ -33,6 +34,7 @@ pub use egress_proxy::{EgressCounts, Outcome as EgressOutcome, WebPort};
 pub use error::NodeError;
 pub use hearth_net::VMM_UID_BASE;
 pub use hearth_net::{Cidr, CidrError, DomainRule, Egress, NetError, Proto, Published};
+pub use hearth_vmm::VOLUME_SLOTS;
 pub use id::{random_hex, random_uuid};
 pub use instance::last_console_line;
 pub use layout::Layout;
@@ -43,3 +45,4 @@ pub use sandbox::{Captured, PauseMode, STOP_GRACE, Sandbox, SandboxSpec, Service
 pub use snapshot::{HostProfile, Snapshot, SnapshotMeta};
 pub use supervisor::{Origin, SandboxHandle, Supervised, Unwatched, Watcher, supervise};
 pub use templates::{Pruned, prune_build_cache, prune_template, remove_template};
+pub use volumes::VolumeAttachment;

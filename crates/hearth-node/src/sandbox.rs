@@ -16,7 +16,7 @@ use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
 use crate::instance::{Instance, Launch, Machine, last_console_line};
 use crate::node::{kill_leftover_vmm, try_lock};
 use crate::snapshot::{HostProfile, START_TAG, Snapshot, unix_now, write_json};
-use crate::{AgentClient, AgentError, Node, NodeError, id};
+use crate::{AgentClient, AgentError, Node, NodeError, VolumeAttachment, id};
 
 mod capture;
 pub use capture::Captured;
@@ -110,6 +110,9 @@ struct Paused {
     /// Only the disk was kept ([`PauseMode::Filesystem`]).
     #[serde(default)]
     filesystem_only: bool,
+    /// Attached again at the resume, in the same slots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<VolumeAttachment>,
 }
 
 /// The VM of a running sandbox whose VMM outlives its starter
@@ -122,6 +125,9 @@ struct VmRecord {
     slot: u32,
     /// The policy in force in that slot.
     egress: Egress,
+    /// The volumes its VMM has attached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    volumes: Vec<VolumeAttachment>,
 }
 
 /// A running sandbox and everything it owns: its directory (disk overlay,
@@ -140,6 +146,8 @@ pub struct Sandbox {
     /// Booted afresh from its disk (a resume after a filesystem-only
     /// pause): how its template runs, which its first `/init` restores.
     booted: Option<TemplateRun>,
+    /// Its volumes, in slot order; each mounted by its guest.
+    volumes: Vec<VolumeAttachment>,
 }
 
 impl Sandbox {
@@ -225,6 +233,7 @@ impl Sandbox {
             egress,
             parked: false,
             booted: None,
+            volumes: Vec::new(),
         })
     }
 
@@ -245,6 +254,7 @@ impl Sandbox {
             memory_mib: self.origin.memory_mib,
             memory,
             sandbox: true,
+            volumes: self.volumes.iter().map(|v| v.image.clone()).collect(),
         }
     }
 
@@ -316,6 +326,48 @@ impl Sandbox {
         self.record_vm()
     }
 
+    /// Attaches `volumes` to a new sandbox (restored or from a pool, before
+    /// [`Sandbox::wait_ready`], whose `/init` has the guest mount them). Its
+    /// guest has not used its volume slots, so it may be running.
+    pub async fn attach_volumes(
+        &mut self,
+        volumes: Vec<VolumeAttachment>,
+    ) -> Result<(), NodeError> {
+        if volumes.len() > hearth_vmm::VOLUME_SLOTS {
+            return Err(NodeError::TooManyVolumes {
+                max: hearth_vmm::VOLUME_SLOTS,
+            });
+        }
+        let first = self.volumes.len();
+        for (i, volume) in volumes.iter().enumerate() {
+            let image = crate::volumes::open_image(&volume.image)?;
+            self.instance_mut()
+                .vm
+                .attach_volume(first + i, &image)
+                .await?;
+        }
+        self.volumes.extend(volumes);
+        self.record_vm()
+    }
+
+    /// The volumes it mounts.
+    pub fn volumes(&self) -> &[VolumeAttachment] {
+        &self.volumes
+    }
+
+    /// A refusal of `what` for a sandbox with volumes.
+    pub(crate) fn refuse_with_volumes(&self, what: &'static str) -> Result<(), NodeError> {
+        if self.volumes.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
+        Err(NodeError::HasVolumes {
+            id: self.id.clone(),
+            volumes: names.join(", "),
+            what,
+        })
+    }
+
     /// Writes `vm.json` if the VMM outlives this process.
     fn record_vm(&self) -> Result<(), NodeError> {
         let instance = self.instance();
@@ -331,6 +383,7 @@ impl Sandbox {
                 .plan()
                 .index,
             egress: self.egress.clone(),
+            volumes: self.volumes.clone(),
         };
         let path = self.dir.join(VM_RECORD);
         let partial = self.dir.join(".vm.json.partial");
@@ -367,6 +420,7 @@ impl Sandbox {
             egress: record.egress.clone(),
             parked: false,
             booted: None,
+            volumes: record.volumes.clone(),
         };
         let machine = sandbox.machine(Memory::Anonymous);
         let mut lock = None;
@@ -426,6 +480,9 @@ impl Sandbox {
         mut init: InitRequest,
     ) -> Result<(), NodeError> {
         init.hostname = Some(self.id.clone());
+        if !self.volumes.is_empty() {
+            init.volume_disks = Some(crate::volumes::disks(&self.volumes));
+        }
         if let Some(token) = &init.access_token {
             self.use_token(token);
         }
@@ -559,6 +616,7 @@ impl Sandbox {
             egress: self.egress.clone(),
             paused_at: unix_now(),
             filesystem_only: mode == PauseMode::Filesystem,
+            volumes: self.volumes.clone(),
         };
         write_json(&self.dir.join(PAUSED), &record)?;
         if let Some(instance) = self.instance.take()
@@ -620,6 +678,7 @@ impl Sandbox {
             None
         };
         let mut sandbox = Self::claim(node, id.to_owned(), paused.origin, paused.egress)?;
+        sandbox.volumes = paused.volumes;
         let state = sandbox.dir.join(PAUSED_STATE);
         let machine = sandbox.machine(Memory::Anonymous);
         let launch = match &booted {
@@ -673,6 +732,7 @@ impl Sandbox {
         node: &Node,
         count: usize,
     ) -> Result<Vec<Result<Self, NodeError>>, NodeError> {
+        self.refuse_with_volumes("forked")?;
         let state = self.dir.join("fork.state");
         let forked = self.fork_from(node, count, &state).await;
         let _ = std::fs::remove_file(&state);

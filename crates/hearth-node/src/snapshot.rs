@@ -34,9 +34,9 @@ use crate::{Node, NodeError, SandboxSpec};
 
 const META: &str = "snapshot.json";
 /// Version of how a snapshot is made (the guest kernel arguments, the
-/// warm-up, the start command's tag); part of the key, so a new recipe
-/// takes new snapshots.
-const RECIPE: &str = "4";
+/// warm-up, the start command's tag, the VM's devices: 5 added the volume
+/// slots); part of the key, so a new recipe takes new snapshots.
+const RECIPE: &str = "5";
 
 /// What a saved VM state depends on besides its own files. A state loads only
 /// where all of it matches.
@@ -280,6 +280,7 @@ impl Node {
                 shared: true,
             },
             sandbox: false,
+            volumes: Vec::new(),
         };
         let launch = Launch::Boot {
             kernel_args: self.kernel_args(&template.init_path, &template.name),
@@ -434,6 +435,7 @@ impl Node {
                 shared: true,
             },
             sandbox: false,
+            volumes: Vec::new(),
         };
         let launch = Launch::Restore {
             state: state.clone(),

@@ -72,6 +72,7 @@ pub(crate) async fn run_step(
         memory_mib: machine.memory_mib,
         memory: Memory::Anonymous,
         sandbox: false,
+        volumes: Vec::new(),
     };
     let launch = Launch::Boot {
         kernel_args: node.kernel_args(INIT, "build"),

@@ -47,6 +47,7 @@ impl Sandbox {
         memory: bool,
         agent_token: Option<&str>,
     ) -> Result<Captured, NodeError> {
+        self.refuse_with_volumes("snapshotted")?;
         let started = Instant::now();
         let build_id = id::random_hex::<8>().map_err(NodeError::io("/dev/urandom"))?;
         let name_dir = node.layout().templates().join(name);
