@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::routing::{MethodRouter, any, delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use crate::builds::Builds;
 use crate::error::ApiError;
 use crate::manager::{CreateRequest, ENVD_VERSION, MAX_TIMEOUT_SECS, Manager, rfc3339_ms};
-use crate::store::{SandboxQuery, SandboxRecord, SandboxState};
-use crate::{events_api, snapshot_api, team_api, template_api};
+use crate::store::{SandboxQuery, SandboxRecord, SandboxState, VolumeMount};
+use crate::{events_api, snapshot_api, team_api, template_api, volumes_api};
 use hearth_node::{Cidr, DomainRule, Egress, PauseMode};
 
 const API_KEY_HEADER: &str = "x-api-key";
@@ -255,6 +255,46 @@ const ROUTES: &[Route] = &[
         body: None,
         responses: &[(200, Some("[SnapshotInfo]"))],
         handler: || get(snapshot_api::list),
+    },
+    Route {
+        method: "post",
+        path: "/volumes",
+        operation: "createVolume",
+        summary: "Make a named volume: an empty ext4 file system of size bytes (default 1 GiB; Hearth's size and fs) that sandboxes mount with volumeMounts",
+        query: &[],
+        body: Some("NewVolume"),
+        responses: &[(201, Some("VolumeAndToken")), (409, Some("Error"))],
+        handler: || post(volumes_api::create),
+    },
+    Route {
+        method: "get",
+        path: "/volumes",
+        operation: "listVolumes",
+        summary: "Every volume, by name",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("[Volume]"))],
+        handler: || get(volumes_api::list),
+    },
+    Route {
+        method: "get",
+        path: "/volumes/{id}",
+        operation: "getVolume",
+        summary: "One volume, by id or name, with the sandbox that mounts it",
+        query: &[],
+        body: None,
+        responses: &[(200, Some("VolumeAndToken"))],
+        handler: || get(volumes_api::get),
+    },
+    Route {
+        method: "delete",
+        path: "/volumes/{id}",
+        operation: "deleteVolume",
+        summary: "Remove a volume and its data; 409 while a sandbox (running or paused) mounts it",
+        query: &[],
+        body: None,
+        responses: &[(204, None), (409, Some("Error"))],
+        handler: || delete(volumes_api::delete),
     },
     Route {
         method: "get",
@@ -633,6 +673,9 @@ pub fn router(api: Arc<Api>) -> Router {
         routes = routes.route(route.path, (route.handler)());
     }
     routes
+        // E2B's volume content routes (which carry a volume's token, not
+        // the key): answered, not served, and not in the OpenAPI document.
+        .route("/volumecontent/{*rest}", any(volumes_api::content))
         .merge(crate::dashboard::routes(&api))
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
@@ -844,6 +887,8 @@ fn sandbox_schemas() -> Value {
             "publish": { "type": "array", "description": "Hearth's: host ports forwarded to the guest, [ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]", "items": { "type": "string" } },
             "autoPauseMemory": { "type": "boolean", "description": "false: an auto-pause keeps the disk only, and a resume boots the sandbox again" },
             "autoResume": { "type": "object", "required": ["enabled"], "properties": { "enabled": { "type": "boolean" } } },
+            "volumeMounts": { "type": "array", "maxItems": 4, "description": "named volumes and where the guest mounts them (one sandbox at a time per volume)",
+                "items": { "type": "object", "required": ["name", "path"], "properties": { "name": { "type": "string" }, "path": { "type": "string" } } } },
             "network": { "$ref": "#/components/schemas/SandboxNetworkConfig" } } },
         "SandboxPauseRequest": { "type": "object", "properties": { "memory": { "type": "boolean",
             "description": "false: keep the disk only; a resume boots the sandbox again, and auto-resume refuses it" } } },
@@ -874,6 +919,18 @@ fn sandbox_schemas() -> Value {
         "SetTimeoutRequest": { "type": "object", "required": ["timeout"], "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
         "ForkRequest": { "type": "object", "properties": { "timeout": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS }, "count": { "type": "integer", "minimum": 1, "maximum": MAX_FORKS } } },
         "SandboxSnapshotRequest": { "type": "object", "properties": { "name": { "type": "string" }, "memory": { "type": "boolean" } } },
+        "NewVolume": { "type": "object", "required": ["name"], "properties": {
+            "name": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" },
+            "size": { "description": "Hearth's: bytes, or a string like 10G (default 1 GiB)", "oneOf": [{ "type": "integer", "minimum": 16777216 }, { "type": "string" }] },
+            "fs": { "type": "string", "enum": ["ext4"] } } },
+        "Volume": { "type": "object", "required": ["volumeID", "name"], "properties": {
+            "volumeID": { "type": "string" }, "name": { "type": "string" }, "fs": { "type": "string" },
+            "sizeBytes": { "type": "integer" }, "usedBytes": { "type": "integer" },
+            "mountedBy": { "type": "string", "nullable": true } } },
+        "VolumeAndToken": { "type": "object", "required": ["volumeID", "name", "token"], "properties": {
+            "volumeID": { "type": "string" }, "name": { "type": "string" }, "token": { "type": "string" },
+            "fs": { "type": "string" }, "sizeBytes": { "type": "integer" }, "usedBytes": { "type": "integer" },
+            "mountedBy": { "type": "string", "nullable": true } } },
         "SnapshotInfo": { "type": "object", "required": ["snapshotID", "names"], "properties": { "snapshotID": { "type": "string" }, "names": { "type": "array", "items": { "type": "string" } } } },
         "ForkResult": { "type": "object", "properties": { "sandbox": { "$ref": "#/components/schemas/Sandbox" }, "error": { "$ref": "#/components/schemas/Error" } } },
         "RefreshRequest": { "type": "object", "properties": { "duration": { "type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_SECS } } },
@@ -969,7 +1026,8 @@ struct NewSandbox {
     /// E2B features Hearth does not have, kept to refuse them by name.
     mcp: Option<Value>,
     iam: Option<Value>,
-    volume_mounts: Option<Vec<Value>>,
+    /// Named volumes and where the guest mounts them.
+    volume_mounts: Option<Vec<VolumeMount>>,
 }
 
 impl NewSandbox {
@@ -979,10 +1037,6 @@ impl NewSandbox {
         let unsupported = [
             (self.mcp.as_ref().is_some_and(|m| !m.is_null()), "mcp"),
             (self.iam.as_ref().is_some_and(|i| !i.is_null()), "iam"),
-            (
-                self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()),
-                "volumeMounts",
-            ),
         ];
         refuse_first(&unsupported, "")
     }
@@ -1283,6 +1337,7 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         auto_pause,
         auto_pause_memory,
         auto_resume,
+        volumes: new.volume_mounts.unwrap_or_default(),
     };
     api.manager.check_resolvable(&request.egress)?;
     let mut request = request;
@@ -1794,10 +1849,6 @@ mod tests {
         for (json, field) in [
             (json!({ "mcp": { "github": {} } }), "mcp"),
             (json!({ "iam": { "tokens": {} } }), "iam"),
-            (
-                json!({ "volumeMounts": [{ "name": "v", "path": "/data" }] }),
-                "volumeMounts",
-            ),
         ] {
             let err = new(json.clone()).refuse_unsupported().unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);

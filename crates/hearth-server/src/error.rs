@@ -68,7 +68,10 @@ impl From<NodeError> for ApiError {
             NodeError::NoTemplate(_) | NodeError::NotPaused(_) | NodeError::Gone(_) => {
                 StatusCode::NOT_FOUND
             }
-            NodeError::Busy(_) | NodeError::TemplateInUse { .. } => StatusCode::CONFLICT,
+            NodeError::Busy(_) | NodeError::TemplateInUse { .. } | NodeError::HasVolumes { .. } => {
+                StatusCode::CONFLICT
+            }
+            NodeError::TooManyVolumes { .. } => StatusCode::BAD_REQUEST,
             // Out of capacity: a client may try again later.
             NodeError::Net(hearth_node::NetError::Exhausted { .. })
             | NodeError::OutOfMemory { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -82,6 +85,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             StoreError::BadToken => StatusCode::BAD_REQUEST,
+            StoreError::VolumeExists(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, chain(&e))

@@ -23,4 +23,6 @@ pub mod store;
 mod team_api;
 mod template_api;
 pub mod tls;
+pub mod volumes;
+mod volumes_api;
 pub mod webhooks;

@@ -10,14 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use hearth_node::{
     Egress, Lifecycle, Node, NodeError, Origin, PauseMode, Pool, Proto, Published, Sandbox,
-    SandboxHandle, SandboxSpec, Snapshot, State, StopReason, Watcher,
+    SandboxHandle, SandboxSpec, Snapshot, State, StopReason, VolumeAttachment, Watcher,
 };
 use hearth_proto::agent::InitRequest;
 use hearth_proto::signature::{Operation, SignedUrl, file_signature, same_bytes};
 
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics, ModeLabel, ReasonLabel, ResumeLabels, TemplateLabel};
-use crate::store::{SandboxRecord, SandboxState, Store};
+use crate::store::{SandboxRecord, SandboxState, Store, VolumeMount};
+use crate::volumes::Volumes;
 
 /// The envd version the agent implements (what the e2b SDKs check).
 pub use hearth_proto::agent::ENVD_VERSION;
@@ -70,6 +71,8 @@ pub struct CreateRequest {
     pub auto_pause_memory: bool,
     /// Traffic through the proxy resumes it when paused.
     pub auto_resume: bool,
+    /// Named volumes to mount, each where it says.
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// A running sandbox: its supervisor, and where its agent listens (the
@@ -182,6 +185,8 @@ pub struct Manager {
     reserved_ports: std::sync::Mutex<Vec<Published>>,
     /// One resume at a time per sandbox: others wait and find it running.
     resuming: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Named volumes, which sandboxes mount.
+    volumes: Volumes,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -229,6 +234,7 @@ impl Manager {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
         let live = Arc::new(LiveMap::default());
+        let volumes = Volumes::new(Arc::clone(&store), node.layout().volumes());
         let manager = Self {
             catalog: Arc::new(Catalog {
                 store: Arc::clone(&store),
@@ -245,6 +251,7 @@ impl Manager {
             resuming: std::sync::Mutex::new(HashMap::new()),
             reserved_ports: std::sync::Mutex::new(Vec::new()),
             started: std::sync::atomic::AtomicU64::new(0),
+            volumes,
         };
         manager.take_over().await?;
         Ok(manager)
@@ -401,6 +408,15 @@ impl Manager {
         gauges.slots_used = i64::from(self.node.slots_in_use());
         gauges.slots_capacity = i64::from(self.node.slot_capacity());
         gauges.egress = self.node.egress_counts().read();
+        match self.volumes.list() {
+            Ok(volumes) => {
+                gauges.volumes = volumes
+                    .iter()
+                    .map(|v| (v.mounted_by.is_some(), v.used_bytes))
+                    .collect();
+            }
+            Err(e) => tracing::warn!("reading the volumes for the metrics: {e}"),
+        }
         gauges
     }
 
@@ -599,9 +615,16 @@ impl Manager {
         }
     }
 
+    /// Named volumes.
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
+    }
+
     pub async fn create(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
-        // Held until the row (which then holds the ports) is written.
+        // Held until the row (which then holds the ports and volumes) is
+        // written.
         let _ports = self.reserve_ports(&request.egress.publish)?;
+        let (_volumes, attachments) = self.volumes.reserve(&request.volumes)?;
         let started = std::time::Instant::now();
         let template = request.template.name.clone();
         let source = if request.template.build.is_some() {
@@ -609,7 +632,7 @@ impl Manager {
         } else {
             "pool"
         };
-        match self.create_now(request).await {
+        match self.create_now(request, attachments).await {
             Ok(record) => {
                 self.metrics
                     .observe_create(&template, source, started.elapsed());
@@ -631,8 +654,12 @@ impl Manager {
         }
     }
 
-    async fn create_now(&self, request: CreateRequest) -> Result<SandboxRecord, ApiError> {
-        let (sandbox, shape) = match &request.template.build {
+    async fn create_now(
+        &self,
+        request: CreateRequest,
+        volumes: Vec<VolumeAttachment>,
+    ) -> Result<SandboxRecord, ApiError> {
+        let (mut sandbox, shape) = match &request.template.build {
             None => {
                 let TemplatePool { pool, shape } = self.pool(&request.template.name).await?;
                 (pool.create(&request.egress).await?, shape)
@@ -642,6 +669,14 @@ impl Manager {
                     .await?
             }
         };
+        if !volumes.is_empty()
+            && let Err(e) = sandbox.attach_volumes(volumes).await
+        {
+            if let Err(cleanup) = sandbox.destroy().await {
+                tracing::warn!("removing a sandbox whose volumes failed: {cleanup}");
+            }
+            return Err(e.into());
+        }
         let token = if request.secure {
             Some(
                 // A fresh envd access token: 32 hex characters.
@@ -680,6 +715,7 @@ impl Manager {
             auto_pause_memory: request.auto_pause_memory,
             auto_resume: request.auto_resume,
             timeout_secs: request.timeout_secs,
+            volumes: request.volumes,
         };
         self.record_started(running, record).await
     }

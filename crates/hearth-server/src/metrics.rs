@@ -96,6 +96,12 @@ pub struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountedLabel {
+    /// `true` for volumes a running or paused sandbox mounts.
+    pub mounted: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EgressLabels {
     /// `http` (port 80, by Host header) or `tls` (port 443, by server name).
     pub port: &'static str,
@@ -143,6 +149,8 @@ pub struct Metrics {
     disk_bytes: Family<TemplateLabel, Gauge>,
     net_bytes: Family<NetLabels, Gauge>,
     egress_connections: Family<EgressLabels, Counter>,
+    volumes: Family<MountedLabel, Gauge>,
+    volume_bytes: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,6 +203,8 @@ impl Default for Metrics {
             disk_bytes: Family::default(),
             net_bytes: Family::default(),
             egress_connections: Family::default(),
+            volumes: Family::default(),
+            volume_bytes: Gauge::default(),
         };
         metrics.register();
         metrics
@@ -306,6 +316,16 @@ impl Metrics {
             self.net_bytes.clone(),
         );
         hearth.register(
+            "volumes",
+            "Named volumes, by whether a sandbox mounts them",
+            self.volumes.clone(),
+        );
+        hearth.register(
+            "volume_used_bytes",
+            "Host bytes the named volumes' images hold, all together",
+            self.volume_bytes.clone(),
+        );
+        hearth.register(
             "egress_proxy_connections",
             "Connections of sandboxes with domain egress rules that the egress proxy handled, \
              by port and result",
@@ -386,6 +406,19 @@ impl Metrics {
                 .inner()
                 .store(n, std::sync::atomic::Ordering::Relaxed);
         }
+        for (mounted, label) in [(true, "true"), (false, "false")] {
+            let n = snapshot
+                .volumes
+                .iter()
+                .filter(|(m, _)| *m == mounted)
+                .count();
+            self.volumes
+                .get_or_create(&MountedLabel { mounted: label })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let used: u64 = snapshot.volumes.iter().map(|(_, bytes)| bytes).sum();
+        self.volume_bytes
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
         self.slots_used.set(snapshot.slots_used);
         self.slots_capacity.set(snapshot.slots_capacity);
         self.vmm_cpu_seconds.clear();
@@ -450,6 +483,8 @@ pub struct Gauges {
     pub slots_capacity: i64,
     /// template → what its running sandboxes' VMMs use, summed.
     pub vmm: std::collections::BTreeMap<String, VmmTotals>,
+    /// Each volume: whether a sandbox mounts it, and the bytes it holds.
+    pub volumes: Vec<(bool, u64)>,
     /// What the egress proxies did: `(port, result, connections)`.
     pub egress: Vec<(hearth_node::WebPort, hearth_node::EgressOutcome, u64)>,
 }

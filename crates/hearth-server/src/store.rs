@@ -32,15 +32,17 @@ use crate::keys;
 mod builds;
 mod events;
 mod snapshots;
+mod volumes;
 
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
 pub use snapshots::{SnapshotPage, SnapshotQuery, SnapshotRecord};
+pub use volumes::{VolumeMount, VolumeRecord};
 
 use crate::events::EventType;
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,7 +144,7 @@ CREATE TABLE template_tags (
 const SANDBOX_COLUMNS: &str = "sandbox_id, template_id, alias, client_id, state, metadata, \
     env_vars, started_at_ms, end_at_ms, cpu_count, memory_mb, secure, envd_access_token, \
     auto_pause, allow_internet_access, egress, stop_reason, lifecycle, auto_pause_memory, \
-    auto_resume, timeout_secs";
+    auto_resume, timeout_secs, volume_mounts";
 
 const KEY_COLUMNS: &str = "id, name, prefix, created_at, last_used, revoked, suffix";
 
@@ -177,6 +179,8 @@ pub enum StoreError {
     Random(#[source] io::Error),
     #[error("sandbox {0} already exists")]
     SandboxExists(String),
+    #[error("a volume named {0} already exists")]
+    VolumeExists(String),
     #[error("no sandbox {0}")]
     NoSandbox(String),
     #[error("the pagination token is malformed; pass the nextToken of a previous page unchanged")]
@@ -296,6 +300,8 @@ pub struct SandboxRecord {
     /// The lifetime it was created (or last resumed) with: what an
     /// auto-resume gives it again.
     pub timeout_secs: u64,
+    /// The volumes it mounts (each mounted by it alone).
+    pub volumes: Vec<VolumeMount>,
 }
 
 /// Which sandboxes [`Store::list_sandboxes`] returns.
@@ -426,6 +432,9 @@ impl Store {
         if version < 8 {
             tx.execute_batch(snapshots::SCHEMA_8)
                 .map_err(self.query())?;
+        }
+        if version < 9 {
+            tx.execute_batch(volumes::SCHEMA_9).map_err(self.query())?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(self.query())?;
@@ -678,7 +687,7 @@ impl Store {
                 &format!(
                     "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                     ?16, ?17, ?18, ?19, ?20, ?21)"
+                     ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ),
                 row.params(),
             )?;
@@ -733,8 +742,8 @@ impl Store {
                  metadata = ?6, env_vars = ?7, started_at_ms = ?8, end_at_ms = ?9, \
                  cpu_count = ?10, memory_mb = ?11, secure = ?12, envd_access_token = ?13, \
                  auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17, \
-                 lifecycle = ?18, auto_pause_memory = ?19, auto_resume = ?20, timeout_secs = ?21 \
-                 WHERE sandbox_id = ?1",
+                 lifecycle = ?18, auto_pause_memory = ?19, auto_resume = ?20, timeout_secs = ?21, \
+                 volume_mounts = ?22 WHERE sandbox_id = ?1",
                 row.params(),
             )?;
             if before.as_deref() == Some(SandboxState::Paused.as_str())
@@ -1053,6 +1062,7 @@ struct SandboxRow {
     auto_pause_memory: bool,
     auto_resume: bool,
     timeout_secs: i64,
+    volume_mounts: String,
 }
 
 impl SandboxRow {
@@ -1079,11 +1089,12 @@ impl SandboxRow {
             auto_pause_memory: r.auto_pause_memory,
             auto_resume: r.auto_resume,
             timeout_secs: secs_to_sql(r.timeout_secs),
+            volume_mounts: serde_json::to_string(&r.volumes).expect("mounts serialise"),
         }
     }
 
     /// The values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 21] {
+    fn params(&self) -> [&dyn ToSql; 22] {
         [
             &self.sandbox_id,
             &self.template_id,
@@ -1106,6 +1117,7 @@ impl SandboxRow {
             &self.auto_pause_memory,
             &self.auto_resume,
             &self.timeout_secs,
+            &self.volume_mounts,
         ]
     }
 
@@ -1132,6 +1144,7 @@ impl SandboxRow {
             auto_pause_memory: row.get(18)?,
             auto_resume: row.get(19)?,
             timeout_secs: row.get(20)?,
+            volume_mounts: row.get(21)?,
         })
     }
 
@@ -1147,6 +1160,12 @@ impl SandboxRow {
             .map_err(|err| store.corrupt(format_args!("sandbox {}: {err}", self.sandbox_id)))?;
         let metadata = map(&self.metadata, "metadata")?;
         let env_vars = map(&self.env_vars, "env_vars")?;
+        let volumes = serde_json::from_str(&self.volume_mounts).map_err(|err| {
+            store.corrupt(format_args!(
+                "sandbox {}: volume_mounts: {err}",
+                self.sandbox_id
+            ))
+        })?;
         let egress = serde_json::from_str(&self.egress).map_err(|err| {
             store.corrupt(format_args!("sandbox {}: egress: {err}", self.sandbox_id))
         })?;
@@ -1172,6 +1191,7 @@ impl SandboxRow {
             auto_pause_memory: self.auto_pause_memory,
             auto_resume: self.auto_resume,
             timeout_secs: secs_from_sql(self.timeout_secs),
+            volumes,
         })
     }
 }
@@ -1267,6 +1287,7 @@ mod tests {
             auto_pause_memory: true,
             auto_resume: false,
             timeout_secs: 300,
+            volumes: Vec::new(),
         }
     }
 

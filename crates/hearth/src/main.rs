@@ -58,6 +58,9 @@ enum Command {
     /// Run sandboxes.
     #[command(subcommand)]
     Sandbox(commands::sandbox::SandboxCommand),
+    /// Create, list and remove named volumes (through the server).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Run the E2B-compatible API and sandbox proxy with the node in-process.
     Server(commands::server::ServerArgs),
     /// Manage API keys.
@@ -69,6 +72,17 @@ enum Command {
     /// Print the server's events (sandbox lifecycle, template builds), the
     /// last ones or as they happen.
     Events(commands::events::EventsArgs),
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Make an empty volume.
+    Create(commands::remote::VolumeCreateArgs),
+    /// Volumes with their size, what they hold and the sandbox that mounts each.
+    #[command(alias = "ls")]
+    List(commands::remote::VolumeListArgs),
+    /// Remove a volume and its data (refused while a sandbox mounts it).
+    Rm(commands::remote::VolumeRmArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +106,11 @@ fn main() -> ExitCode {
         Command::Template(cmd) => commands::template::run(cmd, &layout),
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, &layout),
         Command::Bench(args) => commands::bench::run(args, &layout),
+        Command::Volume(VolumeCommand::Create(args)) => {
+            commands::remote::volume_create(args, &layout)
+        }
+        Command::Volume(VolumeCommand::List(args)) => commands::remote::volume_list(args, &layout),
+        Command::Volume(VolumeCommand::Rm(args)) => commands::remote::volume_rm(args, &layout),
         Command::Server(args) => commands::server::run(args, &layout),
         Command::Keys(cmd) => commands::server::keys(cmd, &layout),
         Command::Events(args) => commands::events::run(args, &layout),

@@ -76,6 +76,11 @@ pub(crate) struct CreateArgs {
         value_name = "[ADDR:]HOSTPORT:GUESTPORT[/tcp|udp]"
     )]
     publish: Vec<String>,
+    /// Mount a named volume (`hearth volume create`) at an absolute path
+    /// of the guest (repeatable, at most 4). A volume is mounted by one
+    /// sandbox at a time; it outlives the sandbox.
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/PATH", value_parser = parse_volume)]
+    volumes: Vec<(String, String)>,
     /// Pause the sandbox when its time is up instead of killing it.
     #[arg(long)]
     auto_pause: bool,
@@ -383,6 +388,92 @@ pub(crate) fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `NAME:/PATH` of `--volume`.
+fn parse_volume(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, path)) if !name.is_empty() && path.starts_with('/') => {
+            Ok((name.to_owned(), path.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not NAME:/PATH (like data:/data)")),
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct VolumeCreateArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Volume name: letters, digits, '.', '_' and '-'.
+    name: String,
+    /// Its size, like 10G or 512M (sparse: the host holds what is written).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Its file system.
+    #[arg(long, default_value = "ext4")]
+    fs: String,
+}
+
+#[derive(Args)]
+pub(crate) struct VolumeListArgs {
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args)]
+pub(crate) struct VolumeRmArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Volume name or id.
+    name: String,
+}
+
+pub(crate) fn volume_create(args: VolumeCreateArgs, layout: &Layout) -> CommandResult {
+    let body = json!({ "name": args.name, "size": args.size, "fs": args.fs });
+    run(
+        &args.remote,
+        layout,
+        async |c| c.call(Method::POST, ["volumes"], Some(body)).await,
+        |v| println!("{}", text(v, "name")),
+    )
+}
+
+pub(crate) fn volume_list(args: VolumeListArgs, layout: &Layout) -> CommandResult {
+    run(
+        &args.remote,
+        layout,
+        async |c| c.call(Method::GET, ["volumes"], None).await,
+        |v| {
+            println!(
+                "{:<24} {:<22} {:>10} {:>10}  MOUNTED BY",
+                "NAME", "ID", "SIZE", "USED"
+            );
+            for volume in v.as_array().into_iter().flatten() {
+                let mib = |key: &str| {
+                    volume[key]
+                        .as_u64()
+                        .map_or("-".to_owned(), |b| format!("{} MiB", b >> 20))
+                };
+                println!(
+                    "{:<24} {:<22} {:>10} {:>10}  {}",
+                    text(volume, "name"),
+                    text(volume, "volumeID"),
+                    mib("sizeBytes"),
+                    mib("usedBytes"),
+                    text(volume, "mountedBy"),
+                );
+            }
+        },
+    )
+}
+
+pub(crate) fn volume_rm(args: VolumeRmArgs, layout: &Layout) -> CommandResult {
+    run(
+        &args.remote,
+        layout,
+        async |c| c.call(Method::DELETE, ["volumes", &args.name], None).await,
+        |_| println!("removed {}", args.name),
+    )
+}
+
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("-")
 }
@@ -399,6 +490,7 @@ pub(crate) fn create(args: CreateArgs, layout: &Layout) -> CommandResult {
         "autoPauseMemory": !args.auto_pause_filesystem,
         "autoResume": { "enabled": args.auto_resume },
         "publish": args.publish,
+        "volumeMounts": args.volumes.iter().map(|(name, path)| json!({ "name": name, "path": path })).collect::<Vec<_>>(),
     });
     run(
         &args.remote,
