@@ -97,6 +97,10 @@ impl PauseMode {
     }
 }
 
+/// How long a sandbox being destroyed has to write back what it holds for
+/// its volumes.
+pub const VOLUME_SYNC: Duration = Duration::from_secs(10);
+
 /// The record of a paused sandbox (`paused.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Paused {
@@ -578,8 +582,9 @@ impl Sandbox {
     }
 
     /// Stops the template's start command ([`Sandbox::stop_service`], up to
-    /// [`STOP_GRACE`]), then the VM, and removes everything the sandbox
-    /// created.
+    /// [`STOP_GRACE`]), has the guest write what it holds for its volumes
+    /// back to them (up to [`VOLUME_SYNC`]), then stops the VM, and removes
+    /// everything the sandbox created.
     pub async fn destroy(mut self) -> Result<(), NodeError> {
         if !self.parked && self.instance.is_some() {
             match self.stop_service(STOP_GRACE).await {
@@ -589,6 +594,21 @@ impl Sandbox {
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(sandbox = %self.id, "stopping the start command: {e}"),
+            }
+            if !self.volumes.is_empty() {
+                // A volume outlives the sandbox: what its guest wrote but
+                // has not flushed yet would be lost with the VM.
+                match tokio::time::timeout(VOLUME_SYNC, self.agent().run("sync", &[])).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(code)) => {
+                        tracing::warn!(sandbox = %self.id, code, "`sync` before the stop failed")
+                    }
+                    Ok(Err(e)) => tracing::warn!(sandbox = %self.id, "syncing the volumes: {e}"),
+                    Err(_) => tracing::warn!(
+                        sandbox = %self.id,
+                        "the guest did not sync its volumes within {VOLUME_SYNC:?}"
+                    ),
+                }
             }
         }
         let stopped = match self.instance.take() {

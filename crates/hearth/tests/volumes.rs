@@ -94,6 +94,48 @@ fn volumes_keep_data_across_sandboxes_and_are_mounted_once() {
         "[]"
     );
 
+    // `hearth sandbox run` (no server) mounts a volume as well; one that a
+    // server's sandbox holds is refused by the image's lock.
+    hearth_ok(
+        &server,
+        d,
+        &["volume", "create", "run-vol", "--size", "32M"],
+    );
+    let local = hearth_ok(
+        &server,
+        d,
+        &[
+            "sandbox",
+            "run",
+            "--volume",
+            "run-vol:/data",
+            "--",
+            "sh",
+            "-c",
+            "echo local > /data/f && cat /data/f",
+        ],
+    );
+    assert_eq!(local.trim(), "local");
+    let id = hearth_ok(&server, d, &["sandbox", "create", "--volume", "run-vol:/v"])
+        .trim()
+        .to_owned();
+    let seen = hearth_ok(&server, d, &["sandbox", "exec", &id, "--", "cat", "/v/f"]);
+    assert_eq!(
+        seen.trim(),
+        "local",
+        "a server's sandbox sees what a local run wrote"
+    );
+    let busy = hearth_cli(
+        &server,
+        d,
+        &["sandbox", "run", "--volume", "run-vol:/data", "--", "true"],
+    );
+    assert!(!busy.status.success());
+    let said = text(&busy.stderr);
+    assert!(said.contains("lock"), "{said}");
+    hearth_ok(&server, d, &["sandbox", "kill", &id]);
+    hearth_ok(&server, d, &["volume", "rm", "run-vol"]);
+
     server.stop();
     sdk_server::assert_no_sandbox_dirs(d);
     let left: Vec<_> = std::fs::read_dir(d.join("volumes"))

@@ -389,7 +389,7 @@ pub(crate) fn run(
 }
 
 /// `NAME:/PATH` of `--volume`.
-fn parse_volume(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_volume(text: &str) -> Result<(String, String), String> {
     match text.split_once(':') {
         Some((name, path)) if !name.is_empty() && path.starts_with('/') => {
             Ok((name.to_owned(), path.to_owned()))

@@ -74,6 +74,11 @@ pub(crate) struct RunArgs {
     /// Working directory in the guest (default: the user's home).
     #[arg(long)]
     cwd: Option<String>,
+    /// Mount a named volume (made by `hearth volume create`) at an absolute
+    /// path of the guest (repeatable). A volume a server's sandbox mounts
+    /// now is refused (its VMM holds the image's lock).
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/PATH", value_parser = super::remote::parse_volume)]
+    volumes: Vec<(String, String)>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -152,11 +157,54 @@ async fn run_command(args: RunArgs, layout: &Layout) -> CommandResult {
         }
     };
     tracing::info!(sandbox = sandbox.id(), "sandbox created");
+    if let Err(e) = attach_volumes(&mut sandbox, &args.volumes, layout).await {
+        let _ = sandbox.destroy().await;
+        return Err(failed(e));
+    }
     let outcome = drive(&mut sandbox, &args, &mut signals).await;
     let destroyed = sandbox.destroy().await;
     let outcome = outcome?;
     destroyed.map_err(|e| failed(e.into()))?;
     Ok(outcome.exit_code("the sandbox was removed"))
+}
+
+/// Attaches the named volumes `wanted` (`(name, path)`) to a new sandbox,
+/// for its `/init` to mount.
+async fn attach_volumes(
+    sandbox: &mut Sandbox,
+    wanted: &[(String, String)],
+    layout: &Layout,
+) -> anyhow::Result<()> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mounts: Vec<hearth_server::store::VolumeMount> = wanted
+        .iter()
+        .map(|(name, path)| hearth_server::store::VolumeMount {
+            name: name.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    hearth_server::volumes::check_mounts(&mounts).map_err(|e| anyhow!(e.message))?;
+    let mut attachments = Vec::new();
+    for mount in mounts {
+        let image = layout.volumes().join(&mount.name).join("volume.ext4");
+        if !image.is_file() {
+            anyhow::bail!(
+                "--volume: no volume named {:?}; make it with `hearth volume create` (through a server)",
+                mount.name
+            );
+        }
+        attachments.push(hearth_node::VolumeAttachment {
+            name: mount.name,
+            image,
+            path: mount.path,
+        });
+    }
+    sandbox
+        .attach_volumes(attachments)
+        .await
+        .map_err(|e| anyhow!("attaching the volumes: {e}"))
 }
 
 impl Outcome {
