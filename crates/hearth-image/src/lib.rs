@@ -19,7 +19,7 @@ mod tool;
 pub use context::{
     ContextError, Entry, EntryKind, Ignore, files_hash, select, unpack_upload, write_tar,
 };
-pub use disk::{DiskError, ImageFormat, create_overlay, flatten};
+pub use disk::{CopyKind, DiskError, ImageFormat, copy_raw, create_overlay, flatten};
 pub use dockerfile::{DockerfileError, parse_dockerfile, parse_dockerfile_for_image};
 pub use kernel::{Kernel, KernelError, KernelOptions, build_kernel, current_kernel, list_kernels};
 pub use oci::{
