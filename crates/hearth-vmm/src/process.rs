@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
 
-use crate::VmExit;
+use crate::{VmExit, VmmError};
 
 #[derive(Debug)]
 pub(crate) enum Process {
@@ -45,6 +45,91 @@ impl Process {
             Self::Child(child) => child.start_kill(),
             Self::Adopted(pidfd) => pidfd.signal(libc::SIGKILL),
         }
+    }
+}
+
+/// A VMM process as a driver's VM value owns it: how it ended, once it
+/// has, and whether dropping the value kills it.
+#[derive(Debug)]
+pub(crate) struct VmmProcess {
+    process: Process,
+    pid: u32,
+    exit: Option<VmExit>,
+    /// Dropping it leaves the VMM running ([`VmmProcess::leave_running`]).
+    left_running: bool,
+}
+
+impl Drop for VmmProcess {
+    /// A VM dropped while its VMM may still run (a start or a restore whose
+    /// future was dropped, an error between two steps) is killed: a VMM
+    /// that outlives this process would otherwise be left with no owner.
+    fn drop(&mut self) {
+        if !self.left_running {
+            self.start_kill();
+        }
+    }
+}
+
+impl VmmProcess {
+    pub(crate) fn new(process: Process, pid: u32) -> Self {
+        Self {
+            process,
+            pid,
+            exit: None,
+            left_running: false,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How it ended, once that was seen.
+    pub(crate) fn exit(&self) -> Option<VmExit> {
+        self.exit
+    }
+
+    /// Sends the VMM SIGKILL, through its own handle (never a pid that may
+    /// have been reused), unless it has ended; reaped by a later wait or
+    /// by the runtime.
+    pub(crate) fn start_kill(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.process.kill();
+        }
+    }
+
+    /// Lets the VMM outlive this value: dropping it no longer kills it
+    /// (a server handing its sandboxes to the next one).
+    pub(crate) fn leave_running(&mut self) {
+        self.left_running = true;
+    }
+
+    /// See [`Process::try_wait`].
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<String>> {
+        self.process.try_wait()
+    }
+
+    /// Waits for the VMM to end and records how it ended. Cancel-safe.
+    pub(crate) async fn reap(&mut self) -> Result<VmExit, VmmError> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let exit = self
+            .process
+            .wait()
+            .await
+            .map_err(VmmError::io("the VMM process"))?;
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// [`VmmProcess::reap`] if the VMM ends within `grace`; `None` if it
+    /// still runs then.
+    pub(crate) async fn reap_within(
+        &mut self,
+        grace: std::time::Duration,
+    ) -> Option<Result<VmExit, VmmError>> {
+        tokio::time::timeout(grace, self.reap()).await.ok()
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::process::{PidFd, Process};
+use crate::process::{PidFd, Process, VmmProcess};
 use crate::{SavedMemory, Vm, VmExit, VmSpec, Vmm, VmmError};
 use args::QemuArgs;
 use qmp::Qmp;
@@ -172,18 +172,15 @@ impl Vmm for Qemu {
         // Owned from here: a start abandoned half-way (its future dropped)
         // kills the VMM, which would otherwise outlive it.
         let mut vm = QemuVm {
-            process: Process::Child(child),
-            pid,
+            process: VmmProcess::new(Process::Child(child), pid),
             qmp: None,
             console: files.console.clone(),
             vmm_log: files.vmm_log.clone(),
-            exit: None,
-            left_running: false,
         };
         match connect_control(&mut vm.process, &files).await {
             Ok(qmp) => vm.qmp = Some(qmp),
             Err(e) => {
-                let _ = vm.process.kill();
+                vm.process.start_kill();
                 let _ = vm.reap().await;
                 return Err(e);
             }
@@ -225,13 +222,10 @@ impl Qemu {
                 secs: CONTROL_TIMEOUT.as_secs(),
             })??;
         Ok(QemuVm {
-            process: Process::Adopted(pidfd),
-            pid,
+            process: VmmProcess::new(Process::Adopted(pidfd), pid),
             qmp: Some(qmp),
             console: files.console,
             vmm_log: files.vmm_log,
-            exit: None,
-            left_running: false,
         })
     }
 }
@@ -254,7 +248,7 @@ impl RunFiles {
 }
 
 /// Waits for QMP to accept connections, failing early if QEMU exits.
-async fn connect_control(process: &mut Process, files: &RunFiles) -> Result<Qmp, VmmError> {
+async fn connect_control(process: &mut VmmProcess, files: &RunFiles) -> Result<Qmp, VmmError> {
     let started = Instant::now();
     loop {
         if let Some(status) = process
@@ -287,65 +281,39 @@ async fn connect_control(process: &mut Process, files: &RunFiles) -> Result<Qmp,
 /// A running QEMU VM.
 #[derive(Debug)]
 pub struct QemuVm {
-    process: Process,
-    pid: u32,
+    process: VmmProcess,
     qmp: Option<Qmp>,
     console: PathBuf,
     vmm_log: PathBuf,
-    exit: Option<VmExit>,
-    /// Dropping it leaves the VMM running ([`QemuVm::leave_running`]).
-    left_running: bool,
-}
-
-impl Drop for QemuVm {
-    /// A VM dropped while its VMM may still run (a start or a restore whose
-    /// future was dropped, an error between two steps) is killed: a VMM
-    /// that outlives this process would otherwise be left with no owner.
-    fn drop(&mut self) {
-        if !self.left_running {
-            self.start_kill();
-        }
-    }
 }
 
 impl QemuVm {
-    /// Sends the VMM SIGKILL, through its own handle (never a pid that may
-    /// have been reused), unless it has ended; reaped by a later wait or
-    /// by the runtime.
+    /// Sends the VMM SIGKILL unless it has ended; see
+    /// [`VmmProcess::start_kill`].
     pub fn start_kill(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.process.kill();
-        }
+        self.process.start_kill();
     }
 
     /// Lets the VMM outlive this value: dropping it no longer kills it
     /// (a server handing its sandboxes to the next one).
     pub fn leave_running(&mut self) {
-        self.left_running = true;
+        self.process.leave_running();
     }
 
     /// Waits for the VMM process to end and records how it ended.
     async fn reap(&mut self) -> Result<VmExit, VmmError> {
-        let exit = self
-            .process
-            .wait()
-            .await
-            .map_err(VmmError::io("the VMM process"))?;
-        Ok(self.record(exit))
-    }
-
-    fn record(&mut self, exit: VmExit) -> VmExit {
-        self.exit = Some(exit);
+        let exit = self.process.reap().await?;
         self.qmp = None;
-        exit
+        Ok(exit)
     }
 
     /// A copy of the VMM's descriptor for `path` (one it inherited, see
     /// [`VmSpec::inherit`]): the same open file, so the same locks. `None`
     /// when it has no such descriptor.
     pub fn inherited(&self, path: &Path) -> Result<Option<OwnedFd>, VmmError> {
-        let what = || format!("the descriptors of process {}", self.pid);
-        let dir = format!("/proc/{}/fd", self.pid);
+        let pid = self.process.pid();
+        let what = || format!("the descriptors of process {pid}");
+        let dir = format!("/proc/{pid}/fd");
         let entries = std::fs::read_dir(&dir).map_err(VmmError::io(what()))?;
         for entry in entries.flatten() {
             let Ok(target) = std::fs::read_link(entry.path()) else {
@@ -359,7 +327,7 @@ impl QemuVm {
                 continue;
             };
             if target == path {
-                let pidfd = PidFd::open(self.pid)
+                let pidfd = PidFd::open(pid)
                     .map_err(VmmError::io(what()))?
                     .ok_or_else(|| VmmError::io(what())(std::io::ErrorKind::NotFound.into()))?;
                 return pidfd.get_fd(fd).map(Some).map_err(VmmError::io(what()));
@@ -371,7 +339,7 @@ impl QemuVm {
 
 impl Vm for QemuVm {
     fn pid(&self) -> u32 {
-        self.pid
+        self.process.pid()
     }
 
     fn console_log(&self) -> &Path {
@@ -379,31 +347,27 @@ impl Vm for QemuVm {
     }
 
     async fn wait(&mut self) -> Result<VmExit, VmmError> {
-        match self.exit {
-            Some(exit) => Ok(exit),
-            None => self.reap().await,
-        }
+        self.reap().await
     }
 
     async fn stop(&mut self) -> Result<VmExit, VmmError> {
-        if let Some(exit) = self.exit {
+        if let Some(exit) = self.process.exit() {
             return Ok(exit);
         }
+        let pid = self.process.pid();
         if let Some(qmp) = self.qmp.as_mut() {
             // A failed quit (QEMU already gone, socket closed) falls through
             // to the kill below.
             if let Err(e) = qmp.execute("quit", None).await {
-                tracing::debug!(pid = self.pid, "qmp quit failed: {e}");
+                tracing::debug!(pid, "qmp quit failed: {e}");
             }
         }
-        if let Ok(exit) = tokio::time::timeout(STOP_GRACE, self.process.wait()).await {
-            let exit = exit.map_err(VmmError::io("the VMM process"))?;
-            return Ok(self.record(exit));
+        if let Some(exit) = self.process.reap_within(STOP_GRACE).await {
+            self.qmp = None;
+            return exit;
         }
-        tracing::warn!(pid = self.pid, "qemu ignored quit; killing it");
-        self.process
-            .kill()
-            .map_err(VmmError::io("the VMM process"))?;
+        tracing::warn!(pid, "qemu ignored quit; killing it");
+        self.process.start_kill();
         self.reap().await
     }
 
@@ -522,11 +486,8 @@ impl Vm for QemuVm {
 impl QemuVm {
     /// Why the VMM process ended, when it has (from the tail of its log).
     async fn exit_reason(&mut self) -> Option<VmmError> {
-        let exit = tokio::time::timeout(STOP_GRACE, self.process.wait())
-            .await
-            .ok()?
-            .ok()?;
-        self.record(exit);
+        let exit = self.process.reap_within(STOP_GRACE).await?.ok()?;
+        self.qmp = None;
         Some(VmmError::EarlyExit {
             exit: format!(
                 "{exit}: {}",
