@@ -10,8 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hearth_net::{Egress, Slot};
 use hearth_proto::agent::{AGENT_PORT, InitRequest};
-use hearth_vmm::qemu::QemuVm;
-use hearth_vmm::{Accel, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmSpec, Vmm};
+use hearth_vmm::{Accel, AnyVm, Disk, Memory, NetSpec, SavedMemory, Start, Vm, VmSpec, Vmm};
 
 use crate::egress_proxy::EgressProxy;
 use crate::{AgentClient, Node, NodeError, cgroup};
@@ -41,7 +40,7 @@ pub(crate) struct Machine {
 /// releases the slot.
 pub(crate) struct Instance {
     pub(crate) slot: Option<Slot>,
-    pub(crate) vm: QemuVm,
+    pub(crate) vm: AnyVm,
     pub(crate) agent: AgentClient,
     /// The VMM's cgroup, removed once the VMM is gone.
     cgroup: Option<cgroup::Owned>,
@@ -168,7 +167,7 @@ impl Instance {
         launch: &Launch,
         cgroups: Vec<PathBuf>,
         held: Vec<RawFd>,
-    ) -> Result<(QemuVm, AgentClient), NodeError> {
+    ) -> Result<(AnyVm, AgentClient), NodeError> {
         let plan = slot.plan();
         let uid = plan.vmm_uid();
         // A restored VM reopens its disk when it continues, and any VM lets
@@ -212,7 +211,7 @@ impl Instance {
             // not.
             chroot: machine.disk.path.parent() == Some(run_dir),
         };
-        let mut vm = node.qemu.boot(&spec).await?;
+        let mut vm = node.driver_for(&machine.disk)?.boot(&spec).await?;
         let pid_file = run_dir.join("vmm.pid");
         std::fs::write(&pid_file, vm.pid().to_string()).map_err(NodeError::io(&pid_file))?;
         if let Launch::Restore { state, saved } = launch {
@@ -370,9 +369,9 @@ impl Instance {
         machine: &Machine,
         egress: &Egress,
         pid: u32,
-        slot: impl FnOnce(&QemuVm) -> Result<Slot, NodeError>,
+        slot: impl FnOnce(&AnyVm) -> Result<Slot, NodeError>,
     ) -> Result<Self, NodeError> {
-        let vm = node.qemu.adopt(pid, run_dir).await?;
+        let vm = node.driver.adopt(pid, run_dir).await?;
         let slot = slot(&vm)?;
         let agent = AgentClient::new(SocketAddr::from((slot.plan().ns_ip, AGENT_PORT)));
         let mut instance = Self {

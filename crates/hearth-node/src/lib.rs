@@ -12,6 +12,7 @@
 mod agent;
 mod build;
 mod cgroup;
+mod disk;
 mod egress_proxy;
 mod error;
 mod id;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hearth_image::{Kernel, Template};
 use hearth_net::{Egress, Slots};
 use hearth_vmm::qemu::Qemu;
-use hearth_vmm::{Accel, AccelChoice, AccelDecision};
+use hearth_vmm::{
+    Accel, AccelChoice, AccelDecision, Disk, DiskFormat, Driver, VmmChoice, VmmDecision,
+};
 
 use crate::cgroup::{self, Hierarchy};
 use crate::egress_proxy::EgressCounts;
@@ -19,6 +21,8 @@ use crate::{HostProfile, Layout, NodeError, preflight};
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub accel: AccelChoice,
+    /// The VMM driver sandboxes run on.
+    pub vmm: VmmChoice,
     /// How many network slots (so sandboxes) may exist at once.
     pub slot_capacity: u32,
     /// Whether the VMMs of sandboxes outlive this process, for a later one
@@ -36,6 +40,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         Self {
             accel: AccelChoice::Auto,
+            vmm: VmmChoice::Auto,
             slot_capacity: 1024,
             vmms_outlive: false,
             dns: None,
@@ -48,7 +53,13 @@ impl Default for NodeOptions {
 pub struct Node {
     pub(crate) layout: Layout,
     pub(crate) slots: Arc<Slots>,
-    pub(crate) qemu: Qemu,
+    /// What sandboxes and template snapshots run on.
+    pub(crate) driver: Driver,
+    pub(crate) vmm: VmmDecision,
+    /// What runs VMs on qcow2 disks (template build steps, whose layers
+    /// are qcow2 overlays) when `driver` takes raw disks only: QEMU, if it
+    /// is installed.
+    builder: Option<Driver>,
     pub(crate) accel: AccelDecision,
     pub(crate) dns: Vec<Ipv4Addr>,
     /// Resolves the names egress policies allow, with `dns`; `None`
@@ -70,9 +81,21 @@ impl Node {
     /// runs left behind (VMM processes, sandbox directories, network slots).
     pub fn open(layout: Layout, options: &NodeOptions) -> Result<Self, NodeError> {
         preflight::check_host()?;
-        let qemu = Qemu::from_path()?;
         let accel = hearth_vmm::detect_accel(options.accel)?;
         tracing::info!(accel = %accel.accel, "accelerator: {} ({})", accel.accel, accel.reason);
+        let (driver, vmm) = hearth_vmm::open_driver(options.vmm, &accel)?;
+        tracing::info!(vmm = %vmm.kind, "VMM: {} ({})", vmm.kind, vmm.reason);
+        let builder = match driver.takes_qcow2() {
+            true => None,
+            false => Qemu::from_path().ok().map(Driver::Qemu),
+        };
+        let vmms_outlive = options.vmms_outlive && driver.keeps_descriptors();
+        if options.vmms_outlive && !vmms_outlive {
+            tracing::warn!(
+                "{} VMMs cannot outlive this process: its sandboxes end with it",
+                vmm.kind
+            );
+        }
         for dir in [
             layout.sandboxes(),
             layout.sandbox_locks(),
@@ -97,7 +120,8 @@ impl Node {
         remove_abandoned_work(&layout);
         restrict_data_dir(&layout)?;
         let host = HostProfile {
-            vmm: qemu.version()?,
+            driver: vmm.kind.to_string(),
+            vmm: driver.version()?,
             tsc_khz: tsc_khz(&layout)?,
             accel: accel.accel.to_string(),
             cpu: match accel.accel {
@@ -112,14 +136,16 @@ impl Node {
         Ok(Self {
             layout,
             slots: Arc::new(slots),
-            qemu,
+            driver,
+            vmm,
+            builder,
             accel,
             egress_resolver: crate::egress_proxy::resolver(&dns),
             egress_counts: Arc::default(),
             dns,
             host,
             cgroups,
-            vmms_outlive: options.vmms_outlive,
+            vmms_outlive,
         })
     }
 
@@ -210,6 +236,26 @@ impl Node {
 
     pub fn accel(&self) -> &AccelDecision {
         &self.accel
+    }
+
+    /// The VMM driver sandboxes run on, and why.
+    pub fn vmm(&self) -> &VmmDecision {
+        &self.vmm
+    }
+
+    /// The driver for a VM on `disk`: this node's, or QEMU for a qcow2
+    /// disk (a template build step) where this node's takes raw disks only.
+    pub(crate) fn driver_for(&self, disk: &Disk) -> Result<&Driver, NodeError> {
+        if disk.format == DiskFormat::Raw || self.driver.takes_qcow2() {
+            return Ok(&self.driver);
+        }
+        self.builder.as_ref().ok_or_else(|| {
+            NodeError::Vmm(hearth_vmm::VmmError::Unsupported(format!(
+                "template build steps run in QEMU build VMs (their layers are qcow2 images, \
+                 which {} cannot use); install qemu-system-x86",
+                self.vmm.kind
+            )))
+        })
     }
 
     /// Where this node keeps the kernel a snapshot recorded as `recorded`:

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use hearth_image::{ImageFormat, Kernel, Template, TemplateRun};
+use hearth_image::{Kernel, Template, TemplateRun};
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
 use hearth_proto::process::process_event::Event;
 use hearth_proto::process::{ProcessEvent, StartRequest};
-use hearth_vmm::{Disk, DiskFormat, Memory, SavedMemory, Vm, VmExit};
+use hearth_vmm::{Disk, Memory, SavedMemory, Vm, VmExit};
 
 use crate::instance::{Instance, Launch, Machine, last_console_line};
 use crate::node::{kill_leftover_vmm, try_lock};
@@ -186,13 +186,14 @@ impl Sandbox {
         let mut sandbox = Self::claim(node, id, origin, egress.clone())?;
         let started = async {
             sandbox.create_dir()?;
-            let disk = sandbox.dir.join("disk.qcow2");
-            let backing = snapshot.disk();
-            tokio::task::spawn_blocking(move || {
-                hearth_image::create_overlay(&backing, ImageFormat::Qcow2, &disk)
-            })
-            .await
-            .expect("creating an overlay does not panic")?;
+            let (base, format, dir) = (
+                snapshot.disk(),
+                sandbox.origin.host.disk_format(),
+                sandbox.dir.clone(),
+            );
+            tokio::task::spawn_blocking(move || crate::disk::derive(&base, format, &dir))
+                .await
+                .expect("making a disk does not panic")?;
             let machine = sandbox.machine(Memory::File {
                 path: snapshot.memory(),
                 shared: false,
@@ -247,13 +248,15 @@ impl Sandbox {
         write_json(&self.dir.join(ORIGIN), &self.origin)
     }
 
+    /// Its root disk, in its directory.
+    fn disk(&self) -> Disk {
+        crate::disk::in_dir(&self.dir, self.origin.host.disk_format())
+    }
+
     fn machine(&self, memory: Memory) -> Machine {
         Machine {
             kernel: self.origin.kernel_path.clone(),
-            disk: Disk {
-                path: self.dir.join("disk.qcow2"),
-                format: DiskFormat::Qcow2,
-            },
+            disk: self.disk(),
             vcpus: self.origin.vcpus,
             memory_mib: self.origin.memory_mib,
             memory,
@@ -310,7 +313,7 @@ impl Sandbox {
     pub fn vmm_usage(&self) -> crate::VmmUsage {
         use std::os::unix::fs::MetadataExt;
         let mut usage = self.instance().usage();
-        usage.disk_bytes = std::fs::metadata(self.dir.join("disk.qcow2"))
+        usage.disk_bytes = std::fs::metadata(self.disk().path)
             .ok()
             .map(|m| m.blocks() * 512);
         usage
@@ -485,7 +488,7 @@ impl Sandbox {
     ) -> Result<(), NodeError> {
         init.hostname = Some(self.id.clone());
         if !self.volumes.is_empty() {
-            init.volume_disks = Some(crate::volumes::disks(&self.volumes));
+            init.volume_disks = Some(crate::volumes::disks(&self.instance().vm, &self.volumes)?);
         }
         if let Some(token) = &init.access_token {
             self.use_token(token);
@@ -663,7 +666,7 @@ impl Sandbox {
             if let Err(resume) = self.instance_mut().vm.resume().await {
                 tracing::warn!(sandbox = %self.id, "resuming after a failed save: {resume}");
             }
-            let _ = std::fs::remove_file(state);
+            remove_state(state);
             return Err(e.into());
         }
         Ok(())
@@ -729,7 +732,8 @@ impl Sandbox {
                 return Err(e);
             }
         }
-        for done in [sandbox.dir.join(PAUSED), state] {
+        let [state, memory] = hearth_vmm::state_files(&state);
+        for done in [sandbox.dir.join(PAUSED), state, memory] {
             match std::fs::remove_file(&done) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(NodeError::io(&done)(e));
@@ -755,7 +759,7 @@ impl Sandbox {
         self.refuse_with_volumes("forked")?;
         let state = self.dir.join("fork.state");
         let forked = self.fork_from(node, count, &state).await;
-        let _ = std::fs::remove_file(&state);
+        remove_state(&state);
         forked
     }
 
@@ -795,7 +799,7 @@ impl Sandbox {
         let mut copy = Self::claim(node, id, self.origin.clone(), self.egress.without_publish())?;
         let copied = match copy.create_dir() {
             Ok(()) => {
-                let (from, to) = (self.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));
+                let (from, to) = (self.disk().path, copy.disk().path);
                 tokio::task::spawn_blocking(move || {
                     std::fs::copy(&from, &to)
                         .map(drop)
@@ -1003,4 +1007,12 @@ pub(crate) fn snapshots_in_use(sandboxes: &Path) -> Result<Vec<PathBuf>, NodeErr
         }
     }
     Ok(used)
+}
+
+/// Removes the files of a saved state at `state` ([`hearth_vmm::state_files`]),
+/// those that exist.
+pub(crate) fn remove_state(state: &Path) {
+    for file in hearth_vmm::state_files(state) {
+        let _ = std::fs::remove_file(file);
+    }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use hearth_image::{ImageFormat, Template};
+use hearth_image::Template;
 use hearth_net::Egress;
 use hearth_proto::agent::InitRequest;
 use hearth_proto::process::{ProcessConfig, StartRequest};
@@ -42,7 +42,12 @@ const RECIPE: &str = "5";
 /// where all of it matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostProfile {
-    /// `qemu-system-x86_64 --version`, first line.
+    /// The VMM driver, `qemu` or `firecracker`. Records from before there
+    /// was a choice are QEMU's.
+    #[serde(default = "qemu")]
+    pub driver: String,
+    /// The driver's version: `qemu-system-x86_64 --version` or
+    /// `firecracker --version`, first line.
     pub vmm: String,
     /// `kvm` or `tcg`.
     pub accel: String,
@@ -54,10 +59,24 @@ pub struct HostProfile {
     pub cpu: String,
 }
 
+fn qemu() -> String {
+    "qemu".to_owned()
+}
+
 impl HostProfile {
+    /// The format of the root disks of VMs made here: Firecracker takes
+    /// raw disks only.
+    pub(crate) fn disk_format(&self) -> DiskFormat {
+        match self.driver.as_str() {
+            "firecracker" => DiskFormat::Raw,
+            _ => DiskFormat::Qcow2,
+        }
+    }
+
     /// Fails with the first field where `saved` differs from this host.
     pub fn check(&self, saved: &HostProfile, what: &str) -> Result<(), NodeError> {
         let fields = [
+            ("VMM driver", &saved.driver, &self.driver),
             ("VMM", &saved.vmm, &self.vmm),
             ("accelerator", &saved.accel, &self.accel),
             ("CPU model", &saved.cpu, &self.cpu),
@@ -118,8 +137,8 @@ impl Snapshot {
         self.dir.join("state")
     }
 
-    pub fn disk(&self) -> PathBuf {
-        self.dir.join("disk.qcow2")
+    pub fn disk(&self) -> Disk {
+        crate::disk::in_dir(&self.dir, self.meta.host.disk_format())
     }
 
     pub(crate) fn load(dir: &Path) -> Result<Option<Self>, NodeError> {
@@ -155,6 +174,7 @@ fn key(
         kernel,
         &vcpus.to_string(),
         &memory_mib.to_string(),
+        &host.driver,
         &host.vmm,
         &host.accel,
         &host.cpu,
@@ -261,18 +281,14 @@ impl Node {
             boot_timeout,
         } = spec;
         let started = Instant::now();
-        let disk = work.join("disk.qcow2");
-        hearth_image::create_overlay(&template.rootfs, ImageFormat::Raw, &disk)?;
+        let disk = self.template_disk(template, work).await?;
         let memory = work.join("memory");
         File::create(&memory)
             .and_then(|f| f.set_len(u64::from(memory_mib) << 20))
             .map_err(NodeError::io(&memory))?;
         let machine = Machine {
             kernel: kernel.vmlinux.clone(),
-            disk: Disk {
-                path: disk,
-                format: DiskFormat::Qcow2,
-            },
+            disk,
             vcpus,
             memory_mib,
             memory: Memory::File {
@@ -406,6 +422,19 @@ impl Node {
         Ok(Snapshot { dir, meta })
     }
 
+    /// The root disk of a VM that boots `template` in `work`: its
+    /// `rootfs.ext4`, which stays untouched, as this node's VMs take disks.
+    async fn template_disk(&self, template: &Template, work: &Path) -> Result<Disk, NodeError> {
+        let base = Disk {
+            path: template.rootfs.clone(),
+            format: DiskFormat::Raw,
+        };
+        let (format, work) = (self.host.disk_format(), work.to_owned());
+        tokio::task::spawn_blocking(move || crate::disk::derive(&base, format, &work))
+            .await
+            .expect("making a disk does not panic")
+    }
+
     async fn resave(
         &self,
         work: &Path,
@@ -415,19 +444,22 @@ impl Node {
     ) -> Result<(), NodeError> {
         use std::os::unix::fs::PermissionsExt;
         let state = work.join("included");
-        std::fs::rename(included, &state).map_err(NodeError::io(&state))?;
-        let disk = work.join("disk.qcow2");
-        hearth_image::create_overlay(&template.rootfs, ImageFormat::Raw, &disk)?;
+        for (from, to) in hearth_vmm::state_files(included)
+            .into_iter()
+            .zip(hearth_vmm::state_files(&state))
+        {
+            if from.exists() {
+                std::fs::rename(&from, &to).map_err(NodeError::io(&to))?;
+            }
+        }
+        let disk = self.template_disk(template, work).await?;
         let memory = work.join("memory");
         File::create(&memory)
             .and_then(|f| f.set_len(u64::from(saved.memory_mib) << 20))
             .map_err(NodeError::io(&memory))?;
         let machine = Machine {
             kernel: saved.kernel_path.clone(),
-            disk: Disk {
-                path: disk.clone(),
-                format: DiskFormat::Qcow2,
-            },
+            disk: disk.clone(),
             vcpus: saved.vcpus,
             memory_mib: saved.memory_mib,
             memory: Memory::File {
@@ -462,10 +494,10 @@ impl Node {
         let released = instance.release().await;
         resaved?;
         released?;
-        std::fs::remove_file(&state).map_err(NodeError::io(&state))?;
+        crate::sandbox::remove_state(&state);
         // The restore gave the directory and the disk to the VMM's uid;
         // every sandbox's VMM reads them, as those of any template snapshot.
-        for (path, mode) in [(work, 0o755), (disk.as_path(), 0o644)] {
+        for (path, mode) in [(work, 0o755), (disk.path.as_path(), 0o644)] {
             std::os::unix::fs::chown(path, Some(0), Some(0)).map_err(NodeError::io(path))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                 .map_err(NodeError::io(path))?;
@@ -605,6 +637,7 @@ mod tests {
 
     fn host() -> HostProfile {
         HostProfile {
+            driver: "qemu".into(),
             vmm: "QEMU emulator version 7.2.22".into(),
             accel: "tcg".into(),
             cpu: "max".into(),
@@ -622,6 +655,26 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("VMM"), "{text}");
         assert!(text.contains("8.2.0") && text.contains("7.2.22"), "{text}");
+        // A snapshot made by the other driver names the drivers.
+        let mut other = host();
+        other.driver = "firecracker".into();
+        other.vmm = "Firecracker v1.16.1".into();
+        let text = here
+            .check(&other, "the template snapshot")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("VMM driver") && text.contains("firecracker") && text.contains("qemu"),
+            "{text}"
+        );
+        // Records from before the choice are QEMU's.
+        let old: HostProfile = serde_json::from_str(
+            r#"{"vmm":"QEMU emulator version 7.2.22","accel":"tcg","tsc_khz":2445402,"cpu":"max"}"#,
+        )
+        .unwrap();
+        assert_eq!(old, host());
+        assert_eq!(old.disk_format(), DiskFormat::Qcow2);
+        assert_eq!(other.disk_format(), DiskFormat::Raw);
         let mut other = host();
         other.accel = "kvm".into();
         assert!(

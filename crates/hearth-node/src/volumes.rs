@@ -28,14 +28,21 @@ pub(crate) fn open_image(path: &Path) -> Result<std::fs::File, NodeError> {
         .map_err(NodeError::io(path))
 }
 
-/// What the guest agent mounts for `volumes`.
-pub(crate) fn disks(volumes: &[VolumeAttachment]) -> Vec<VolumeDisk> {
+/// What the guest agent mounts for `volumes`, attached to `vm`: each disk
+/// by the serial number its driver gives it.
+pub(crate) fn disks(
+    vm: &hearth_vmm::AnyVm,
+    volumes: &[VolumeAttachment],
+) -> Result<Vec<VolumeDisk>, NodeError> {
     volumes
         .iter()
         .enumerate()
-        .map(|(slot, v)| VolumeDisk {
-            serial: hearth_vmm::volume_serial(slot),
-            path: v.path.clone(),
+        .map(|(slot, v)| {
+            let meta = std::fs::metadata(&v.image).map_err(NodeError::io(&v.image))?;
+            Ok(VolumeDisk {
+                serial: vm.volume_serial(slot, &meta),
+                path: v.path.clone(),
+            })
         })
         .collect()
 }

@@ -111,6 +111,17 @@ pub struct EgressLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// The VMM driver: `qemu` or `firecracker`.
+    pub vmm: String,
+    /// Its version, as `qemu-system-x86_64 --version` or `firecracker
+    /// --version` prints it.
+    pub vmm_version: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `delivered`, `retried` (will be tried again) or `failed` (given up).
     pub result: &'static str,
@@ -144,6 +155,7 @@ pub struct Metrics {
     pooled: Family<TemplateLabel, Gauge>,
     slots_used: Gauge,
     slots_capacity: Gauge,
+    node_info: Family<NodeLabels, Gauge>,
     vmm_cpu_seconds: Family<TemplateLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     vmm_memory_bytes: Family<TemplateLabel, Gauge>,
     disk_bytes: Family<TemplateLabel, Gauge>,
@@ -198,6 +210,7 @@ impl Default for Metrics {
             pooled: Family::default(),
             slots_used: Gauge::default(),
             slots_capacity: Gauge::default(),
+            node_info: Family::default(),
             vmm_cpu_seconds: Family::default(),
             vmm_memory_bytes: Family::default(),
             disk_bytes: Family::default(),
@@ -294,6 +307,11 @@ impl Metrics {
             "slots_capacity",
             "Network slots this node may hold (--max-sandboxes)",
             self.slots_capacity.clone(),
+        );
+        hearth.register(
+            "node_info",
+            "1, labelled with the VMM driver, its version and the accelerator this node runs",
+            self.node_info.clone(),
         );
         hearth.register(
             "vmm_cpu_seconds",
@@ -448,6 +466,17 @@ impl Metrics {
                     .set(bytes);
             }
         }
+    }
+
+    /// Records what this node runs VMs with (`hearth_node_info`).
+    pub fn set_node(&self, host: &hearth_node::HostProfile) {
+        self.node_info
+            .get_or_create(&NodeLabels {
+                vmm: host.driver.clone(),
+                vmm_version: host.vmm.clone(),
+                accel: host.accel.clone(),
+            })
+            .set(1);
     }
 
     /// A stop reason as a label.

@@ -125,13 +125,15 @@ pub async fn serve(
         ..options.node.clone()
     };
     let node = Arc::new(Node::open(layout, &node_options)?);
+    let metrics = Arc::new(Metrics::default());
+    metrics.set_node(node.host());
     let manager = Arc::new(
         Manager::open(
             Arc::clone(&node),
             Arc::clone(&store),
             options.shape,
             options.pool_size,
-            Arc::new(Metrics::default()),
+            metrics,
         )
         .await?,
     );

@@ -11,6 +11,21 @@ pub enum VmmError {
     },
     #[error("KVM was requested but is unusable: {0}; use --accel tcg or --accel auto")]
     KvmUnusable(String),
+    #[error("Firecracker cannot run here: {0}; use --vmm qemu or --vmm auto")]
+    FirecrackerUnusable(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("Firecracker refused {call} ({status}): {fault}{log}")]
+    Api {
+        call: String,
+        status: u16,
+        /// Firecracker's `fault_message`.
+        fault: String,
+        /// The last lines of its log, each on a line of its own.
+        log: String,
+    },
+    #[error("Firecracker did not answer {call} within {secs} s")]
+    CallTimeout { call: String, secs: u64 },
     #[error("kernel image {0} does not exist; run: hearth kernel build")]
     KernelMissing(PathBuf),
     #[error("disk image {0} does not exist")]

@@ -4,18 +4,22 @@
 //! guest and controls its lifecycle. Everything a sandbox means beyond a VM
 //! (agent, network slot, files) belongs to `hearth-node`.
 //!
-//! Drivers: [`qemu`] (QEMU `-M microvm`, KVM or TCG). Snapshot and restore join
-//! the trait together with their first implementation.
+//! Drivers: [`qemu`] (QEMU `-M microvm`, KVM or TCG) and [`firecracker`]
+//! (Firecracker behind its jailer, KVM only); [`Driver`] is the one a node
+//! chose at run time.
 
 mod accel;
+mod driver;
 mod error;
+pub mod firecracker;
 mod process;
 pub mod qemu;
 mod spec;
 
 pub use accel::{Accel, AccelChoice, AccelDecision, detect_accel};
+pub use driver::{AnyVm, Driver, VmmChoice, VmmDecision, VmmKind, decide_vmm, open_driver};
 pub use error::VmmError;
-pub use spec::{Disk, DiskFormat, Memory, NetSpec, SavedMemory, Start, VmSpec};
+pub use spec::{Disk, DiskFormat, Memory, NetSpec, SavedMemory, Start, VmSpec, state_files};
 
 use std::future::Future;
 use std::path::Path;
@@ -69,8 +73,9 @@ pub trait Vm: Send {
     /// short grace period, and reaps it.
     fn stop(&mut self) -> impl Future<Output = Result<VmExit, VmmError>> + Send;
 
-    /// Pauses the guest and writes its state to `path`. The guest stays
-    /// paused; [`Vm::resume`] continues it.
+    /// Pauses the guest and writes its state to `path` (and, for
+    /// [`SavedMemory::Included`], maybe beside it: [`state_files`]). The
+    /// guest stays paused; [`Vm::resume`] continues it.
     fn save(
         &mut self,
         path: &Path,
@@ -97,7 +102,7 @@ pub trait Vm: Send {
     /// placeholder every VM boots with, and tells the guest its new size: a
     /// running, paused or just-restored guest sees the disk grow from
     /// nothing, a restored one that had it sees it unchanged. The guest finds
-    /// the disk by its serial, [`volume_serial`]`(slot)`.
+    /// the disk by its serial, [`AnyVm::volume_serial`].
     fn attach_volume(
         &mut self,
         slot: usize,
@@ -119,9 +124,9 @@ pub fn volume_placeholder(run_dir: &Path, slot: usize) -> std::path::PathBuf {
     run_dir.join(format!("vol{slot}.img"))
 }
 
-/// The serial number of volume slot `slot`'s disk, as the guest reads it
-/// (`/sys/block/vd*/serial`).
-pub fn volume_serial(slot: usize) -> String {
+/// The serial number QEMU gives volume slot `slot`'s disk, as the guest
+/// reads it (`/sys/block/vd*/serial`).
+pub(crate) fn volume_serial(slot: usize) -> String {
     format!("hearth-vol{slot}")
 }
 

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::Accel;
 
@@ -97,12 +97,25 @@ pub enum Start {
     Incoming,
 }
 
-/// What a saved VM state holds besides the device state.
+/// Where a saved VM state keeps guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SavedMemory {
-    /// Guest memory is written into the state too (pause, fork).
+    /// With the state (pause, fork): in its file, or in a file beside it
+    /// ([`state_files`]); moved and removed with it.
     Included,
-    /// Guest memory stays in its shared file ([`Memory::File`] with
-    /// `shared`); the state holds devices only (template snapshots).
+    /// In the VM's memory file ([`Memory::File`] with `shared`), which
+    /// restored VMs then map copy-on-write (template snapshots): QEMU
+    /// writes guest memory through to that file as the guest runs,
+    /// Firecracker writes it there when the state is saved.
     InFile,
+}
+
+/// Every file a state saved at `state` with [`SavedMemory::Included`] may
+/// consist of: `state` itself and `<state>.mem` (where Firecracker puts
+/// guest memory; QEMU writes it into `state`). Whoever moves or removes a
+/// saved state moves or removes both, where they exist.
+pub fn state_files(state: &Path) -> [PathBuf; 2] {
+    let mut memory = state.as_os_str().to_owned();
+    memory.push(".mem");
+    [state.to_owned(), PathBuf::from(memory)]
 }

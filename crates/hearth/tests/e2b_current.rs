@@ -167,6 +167,21 @@ fn check_metrics(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) 
         );
     }
     assert_eq!(sum(after, "hearth_slots_capacity", &[]), 110.0);
+    // One series names the driver, its version and the accelerator.
+    let info: Vec<_> = after
+        .iter()
+        .filter(|(series, _)| series.starts_with("hearth_node_info{"))
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    let (series, value) = info[0];
+    let named = [
+        r#"vmm="qemu",vmm_version="QEMU emulator version"#,
+        r#"vmm="firecracker",vmm_version="Firecracker v"#,
+    ];
+    assert!(
+        *value == 1.0 && named.iter().any(|n| series.contains(n)) && series.contains("accel=\""),
+        "{series} {value}"
+    );
     let pooled = sum(after, "hearth_pool_sandboxes", &[r#"template="base""#]);
     assert!(pooled >= 1.0, "the base pool shows: {pooled}");
     // Bounded cardinality: no label value is a sandbox id (20 lowercase

@@ -63,7 +63,7 @@ impl Sandbox {
                 memory.then_some((&*state, agent_token)),
             )
             .await;
-        let _ = std::fs::remove_file(&state);
+        super::remove_state(&state);
         let _ = std::fs::remove_dir_all(&staged);
         let (template, paused) = match captured {
             Ok(done) => done,
@@ -103,7 +103,7 @@ impl Sandbox {
         saved: Option<(&Path, Option<&str>)>,
     ) -> Result<(Template, Duration), NodeError> {
         let started = Instant::now();
-        let copy = staged.join("disk.qcow2");
+        let copy = staged.join(self.disk().path.file_name().expect("a disk file"));
         let paused = self
             .checkpoint(saved.map(|(state, _)| state), &copy)
             .await?;
@@ -162,7 +162,7 @@ impl Sandbox {
             Some(state) => self.save_memory(state).await?,
             None => self.settle_disk().await?,
         }
-        let (from, to) = (self.dir.join("disk.qcow2"), copy.to_owned());
+        let (from, to) = (self.disk().path, copy.to_owned());
         let copied = tokio::task::spawn_blocking(move || {
             std::fs::copy(&from, &to)
                 .map(drop)

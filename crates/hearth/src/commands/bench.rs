@@ -11,7 +11,7 @@ use clap::Args;
 use futures_util::future::join_all;
 use hearth_node::{Egress, Layout, Node, NodeOptions, Pool, Sandbox, SandboxSpec};
 use hearth_proto::agent::InitRequest;
-use hearth_vmm::AccelChoice;
+use hearth_vmm::{AccelChoice, VmmChoice};
 use serde::Serialize;
 
 use super::CommandResult;
@@ -62,6 +62,10 @@ pub(crate) struct BenchArgs {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
+    /// VMM driver: auto (Firecracker where firecracker and jailer are on
+    /// PATH and KVM runs guests, else QEMU), qemu or firecracker.
+    #[arg(long, default_value = "auto", env = "HEARTH_VMM")]
+    vmm: VmmChoice,
 }
 
 /// Latency percentiles in milliseconds.
@@ -130,6 +134,7 @@ struct Creates {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    vmm: String,
     accel: String,
     vcpus: u32,
     memory_mib: u32,
@@ -166,6 +171,7 @@ async fn measure(args: &BenchArgs, layout: &Layout) -> anyhow::Result<Report> {
         layout.clone(),
         &NodeOptions {
             accel: args.accel,
+            vmm: args.vmm,
             ..NodeOptions::default()
         },
     )?);
@@ -211,6 +217,7 @@ async fn measure(args: &BenchArgs, layout: &Layout) -> anyhow::Result<Report> {
     let idle = idle(&node, &spec, args).await?;
 
     Ok(Report {
+        vmm: node.vmm().kind.to_string(),
         accel: node.accel().accel.to_string(),
         vcpus: args.vcpus,
         memory_mib: args.memory,
@@ -461,8 +468,8 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
 
 fn print_table(r: &Report) {
     println!(
-        "hearth bench: {} accelerator, {} vCPUs, {} MiB per sandbox\n",
-        r.accel, r.vcpus, r.memory_mib
+        "hearth bench: {} on {}, {} vCPUs, {} MiB per sandbox\n",
+        r.vmm, r.accel, r.vcpus, r.memory_mib
     );
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>8} {:>6}",

@@ -12,7 +12,7 @@ use hearth_proto::agent::InitRequest;
 use hearth_proto::connect::Code;
 use hearth_proto::process::process_event::{Event, data_event::Output};
 use hearth_proto::process::{ProcessConfig, StartRequest};
-use hearth_vmm::AccelChoice;
+use hearth_vmm::{AccelChoice, VmmChoice};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{CommandResult, Failure};
@@ -68,6 +68,10 @@ pub(crate) struct RunArgs {
     /// Accelerator: auto (KVM when the CPU has vmx/svm, else TCG), kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
+    /// VMM driver: auto (Firecracker where firecracker and jailer are on
+    /// PATH and KVM runs guests, else QEMU), qemu or firecracker.
+    #[arg(long, default_value = "auto", env = "HEARTH_VMM")]
+    vmm: VmmChoice,
     /// Seconds to wait for the guest agent after the VM starts.
     #[arg(long, default_value_t = 60)]
     boot_timeout: u64,
@@ -127,6 +131,7 @@ async fn run_command(args: RunArgs, layout: &Layout) -> CommandResult {
         layout.clone(),
         &NodeOptions {
             accel: args.accel,
+            vmm: args.vmm,
             ..NodeOptions::default()
         },
     )

@@ -9,7 +9,7 @@ use hearth_node::{Layout, NodeError, NodeOptions};
 use hearth_server::manager::Shape;
 use hearth_server::server::{self, ServerOptions, Tls};
 use hearth_server::store::Store;
-use hearth_vmm::AccelChoice;
+use hearth_vmm::{AccelChoice, VmmChoice};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::CommandResult;
@@ -44,6 +44,10 @@ pub(crate) struct ServerArgs {
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
+    /// VMM driver: auto (Firecracker where firecracker and jailer are on
+    /// PATH and KVM runs guests, else QEMU), qemu or firecracker.
+    #[arg(long, default_value = "auto", env = "HEARTH_VMM")]
+    vmm: VmmChoice,
     /// The guest init that template builds put into image bases (default:
     /// hearth-init beside hearth).
     #[arg(long, env = "HEARTH_INIT_BINARY")]
@@ -119,6 +123,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         },
         node: NodeOptions {
             accel: args.accel,
+            vmm: args.vmm,
             slot_capacity: args.max_sandboxes,
             dns: (!args.dns.is_empty()).then_some(args.dns),
             ..NodeOptions::default()
