@@ -217,8 +217,18 @@ async fn boot_pause_save_attach_and_stop() {
     let inode = |p: &Path| std::fs::metadata(p).unwrap().ino();
     assert_eq!(inode(&jail.host_path(jail::ROOT_DISK)), inode(&s.disk));
     assert_eq!(inode(&jail.host_path(jail::KERNEL)), inode(&s.kernel));
+    // Each placeholder is there under the name its volume will have too: a
+    // restored VM reopens the path its drive had when it was saved.
     for slot in 0..hearth_vmm::VOLUME_SLOTS {
-        assert!(jail.host_path(&format!("vol{slot}.img")).is_file());
+        let placeholder = inode(&hearth_vmm::volume_placeholder(&s.run_dir, slot));
+        assert_eq!(
+            inode(&jail.host_path(&format!("vol{slot}.img"))),
+            placeholder
+        );
+        assert_eq!(
+            inode(&jail.host_path(&format!("volume{slot}.img"))),
+            placeholder
+        );
     }
     assert_eq!(
         std::fs::metadata(jail.host_path(jail::LOG)).unwrap().uid(),

@@ -125,11 +125,24 @@ async fn real_firecracker_accepts_the_whole_configuration() {
     // At once, before the guest can end: pause, a full snapshot, and a
     // restore of it into a second Firecracker, with a volume attached
     // before it resumes.
+    // With a volume attached, so that the restore below must reopen its
+    // drive's path in a jail where no volume is yet.
+    let first_volume = run_dir.join("first-volume.img");
+    std::fs::File::create(&first_volume)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&first_volume)
+        .unwrap();
+    vm.attach_volume(0, &image).await.unwrap();
     let state = dir.path().join("paused.state");
     vm.save(&state, SavedMemory::Included).await.unwrap();
     let [_, memory] = hearth_vmm::state_files(&state);
     assert_eq!(std::fs::metadata(&memory).unwrap().len(), 128 << 20);
-    eprintln!("PATCH /vm Paused and PUT /snapshot/create accepted");
+    eprintln!("PATCH /drives/vol0, PATCH /vm Paused and PUT /snapshot/create accepted");
     let restored_dir = dir.path().join("fc-restored");
     std::fs::create_dir(&restored_dir).unwrap();
     let restored_disk = restored_dir.join("disk.img");

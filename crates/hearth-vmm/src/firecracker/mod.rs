@@ -344,6 +344,11 @@ fn prepare_jail(spec: &VmSpec, jail: &Jail, uid: u32, gid: u32) -> Result<(), Vm
         }
         give(&placeholder)?;
         link(&placeholder, &jail.host_path(&placeholder_name(slot)))?;
+        // A restored VM reopens its drives by the paths they had when its
+        // state was saved: a volume's, if one was attached then. Until
+        // [`Vm::attach_volume`] puts the volume there again, that path
+        // holds the empty placeholder too.
+        link(&placeholder, &jail.host_path(&volume_name(slot)))?;
     }
     for name in [jail::LOG, jail::METRICS] {
         let path = jail.host_path(name);
