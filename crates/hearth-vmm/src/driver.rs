@@ -134,15 +134,14 @@ impl Driver {
         }
     }
 
-    /// The driver and its version, e.g. `qemu: QEMU emulator version
-    /// 7.2.22 …` or `firecracker: Firecracker v1.16.1`. A saved state loads
-    /// only with the driver and version that wrote it.
+    /// The driver's version, as it prints it: `QEMU emulator version
+    /// 7.2.22 …` or `Firecracker v1.16.1`. A saved state loads only with
+    /// the driver and version that wrote it.
     pub fn version(&self) -> Result<String, VmmError> {
-        let version = match self {
-            Self::Qemu(qemu) => qemu.version()?,
-            Self::Firecracker(firecracker) => firecracker.version()?,
-        };
-        Ok(format!("{}: {version}", self.kind()))
+        match self {
+            Self::Qemu(qemu) => qemu.version(),
+            Self::Firecracker(firecracker) => firecracker.version(),
+        }
     }
 
     /// Whether a VM's disks may be qcow2 images; otherwise they must be
