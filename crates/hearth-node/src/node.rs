@@ -89,13 +89,6 @@ impl Node {
             true => None,
             false => Qemu::from_path().ok().map(Driver::Qemu),
         };
-        let vmms_outlive = options.vmms_outlive && driver.keeps_descriptors();
-        if options.vmms_outlive && !vmms_outlive {
-            tracing::warn!(
-                "{} VMMs cannot outlive this process: its sandboxes end with it",
-                vmm.kind
-            );
-        }
         for dir in [
             layout.sandboxes(),
             layout.sandbox_locks(),
@@ -145,7 +138,7 @@ impl Node {
             dns,
             host,
             cgroups,
-            vmms_outlive,
+            vmms_outlive: options.vmms_outlive,
         })
     }
 
@@ -524,9 +517,7 @@ pub(crate) fn kill_leftover_vmm(sandbox_dir: &Path) {
     let Ok(pid) = pid.trim().parse::<i32>() else {
         return;
     };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
-    if !started_for(&String::from_utf8_lossy(&cmdline), &root, sandbox_dir) {
+    if !u32::try_from(pid).is_ok_and(|pid| hearth_vmm::is_vmm_of(pid, sandbox_dir)) {
         return;
     }
     let pid = nix::unistd::Pid::from_raw(pid);
@@ -535,14 +526,6 @@ pub(crate) fn kill_leftover_vmm(sandbox_dir: &Path) {
     while runs(pid.as_raw()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Whether a process with this command line and root directory runs a VM
-/// of `dir`: QEMU names the directory's files on its command line; a
-/// jailed Firecracker names only jail paths, but its root is a directory
-/// inside `dir`.
-fn started_for(cmdline: &str, root: &Path, dir: &Path) -> bool {
-    cmdline.contains(dir.to_string_lossy().as_ref()) || root.starts_with(dir)
 }
 
 /// Whether process `pid` exists and has not ended: an ended process whose
@@ -586,24 +569,6 @@ mod tests {
         assert_eq!(abandoned_by(".build.lock"), None);
         assert_eq!(abandoned_by(".build-x-notapid"), None);
         assert_eq!(abandoned_by("current"), None);
-    }
-
-    #[test]
-    fn leftover_vmms_are_known_by_command_line_or_jail() {
-        let dir = Path::new("/var/lib/hearth/sandboxes/ib4x");
-        let qemu = "qemu-system-x86_64\0-qmp\0unix:/var/lib/hearth/sandboxes/ib4x/qmp.sock";
-        assert!(started_for(
-            qemu,
-            Path::new("/var/lib/hearth/sandboxes/ib4x"),
-            dir
-        ));
-        let firecracker = "/firecracker\0--id=ib4x\0--api-sock\0/api.sock";
-        let jail = dir.join("jail/firecracker/ib4x/root");
-        assert!(started_for(firecracker, &jail, dir));
-        // A reused pid: another process, another root.
-        assert!(!started_for("sshd\0-D", Path::new("/"), dir));
-        let other = Path::new("/var/lib/hearth/sandboxes/ib4xz/jail/firecracker/ib4xz/root");
-        assert!(!started_for(firecracker, other, dir));
     }
 
     #[test]

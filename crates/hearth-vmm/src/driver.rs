@@ -150,23 +150,12 @@ impl Driver {
         matches!(self, Self::Qemu(_))
     }
 
-    /// Whether the VMM keeps the descriptors [`VmSpec::inherit`] names, so
-    /// that it can outlive the process that started it and be adopted
-    /// ([`Driver::adopt`]). Firecracker's jailer closes every descriptor but
-    /// the standard three before it starts Firecracker.
-    pub fn keeps_descriptors(&self) -> bool {
-        matches!(self, Self::Qemu(_))
-    }
-
     /// Takes over the VM that process `pid` runs for `run_dir`, started by
-    /// an earlier process; see [`Qemu::adopt`].
+    /// an earlier process; see [`Qemu::adopt`] and [`Firecracker::adopt`].
     pub async fn adopt(&self, pid: u32, run_dir: &Path) -> Result<AnyVm, VmmError> {
         match self {
             Self::Qemu(qemu) => qemu.adopt(pid, run_dir).await.map(AnyVm::Qemu),
-            Self::Firecracker(_) => Err(VmmError::Unsupported(
-                "Firecracker VMs cannot be adopted: the jailer closes the locks they would hold"
-                    .to_owned(),
-            )),
+            Self::Firecracker(fc) => fc.adopt(pid, run_dir).await.map(AnyVm::Firecracker),
         }
     }
 }
@@ -215,12 +204,13 @@ impl AnyVm {
         }
     }
 
-    /// A copy of the VMM's descriptor for `path`; see [`QemuVm::inherited`].
-    /// A Firecracker VMM keeps none.
+    /// A copy of the descriptor for `path` the VM holds for as long as it
+    /// runs ([`VmSpec::inherit`]); see [`QemuVm::inherited`] and
+    /// [`FirecrackerVm::inherited`].
     pub fn inherited(&self, path: &Path) -> Result<Option<std::os::fd::OwnedFd>, VmmError> {
         match self {
             Self::Qemu(vm) => vm.inherited(path),
-            Self::Firecracker(_) => Ok(None),
+            Self::Firecracker(vm) => vm.inherited(path),
         }
     }
 }

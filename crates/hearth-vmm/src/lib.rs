@@ -130,6 +130,17 @@ pub(crate) fn volume_serial(slot: usize) -> String {
     format!("hearth-vol{slot}")
 }
 
+/// Whether process `pid` is a VMM that a driver started for `run_dir`:
+/// QEMU names the directory's files on its command line; a jailed
+/// Firecracker names only jail paths, but is rooted in a jail inside it.
+/// How a leftover VMM of a directory is told from a process that reuses
+/// its pid.
+pub fn is_vmm_of(pid: u32, run_dir: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(run_dir.to_string_lossy().as_ref())
+        || firecracker::jail::is_jailed_in(pid, run_dir)
+}
+
 /// The last non-empty line of a log file (a VMM's log, a guest's console),
 /// trimmed; `None` when the file is missing, empty or blank. What a VM's
 /// unexpected end is reported with.

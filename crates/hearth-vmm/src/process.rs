@@ -228,3 +228,136 @@ impl PidFd {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 }
+
+/// Starts a process that holds descriptors `fds` (its copies of them, under
+/// the same numbers) for as long as process `pid` runs, then exits: the
+/// locks of a VMM that cannot keep descriptors of its own (the jailer
+/// closes them before it starts Firecracker). It is in a session of its
+/// own and not this process's child (init reaps it), so it outlives this
+/// process; [`held_by`] finds its copies again. Returns its pid.
+pub(crate) fn hold_while_running(pid: u32, fds: &[RawFd]) -> io::Result<u32> {
+    let target = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: pidfd_open takes a pid and flags; it returns a descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, target, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pidfd = RawFd::try_from(pidfd).map_err(|_| io::ErrorKind::InvalidData)?;
+    // SAFETY: the kernel just made it; owned here, closed on every path.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let mut keep: Vec<RawFd> = fds.iter().copied().chain([pidfd.as_raw_fd()]).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: a two-element array for the two ends.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just made, owned here.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    let (watched, report) = (pidfd.as_raw_fd(), write_end.as_raw_fd());
+    // SAFETY: between fork and _exit the child (and its own child) make only
+    // async-signal-safe system calls on values prepared before the fork;
+    // they allocate nothing and take no lock.
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => return Err(io::Error::last_os_error()),
+        // SAFETY: see above.
+        0 => unsafe { holder_child(&keep, watched, report) },
+        _ => {}
+    }
+    drop(write_end);
+    let mut status = 0;
+    // SAFETY: reaps the intermediate child, which exits at once.
+    unsafe { libc::waitpid(child, &raw mut status, 0) };
+    let mut buf = [0u8; 4];
+    let mut read = 0;
+    while read < buf.len() {
+        // SAFETY: reads into the rest of a local buffer.
+        let n = unsafe {
+            libc::read(
+                read_end.as_raw_fd(),
+                buf[read..].as_mut_ptr().cast(),
+                buf.len() - read,
+            )
+        };
+        match n {
+            n if n > 0 => read += usize::try_from(n).unwrap_or_default(),
+            0 => return Err(io::Error::other("the lock holder did not start")),
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return Err(io::Error::last_os_error()),
+        }
+    }
+    Ok(u32::from_ne_bytes(buf))
+}
+
+/// The forked child of [`hold_while_running`]: forks the holder, reports
+/// its pid and exits, so that the holder is reparented (to init) and never
+/// left a zombie of the caller. The holder keeps only `keep`, waits until
+/// the pidfd `watched` polls readable (its VMM has ended), and exits.
+///
+/// # Safety
+///
+/// To be called only in a child just forked from a multithreaded process:
+/// it makes async-signal-safe system calls only.
+unsafe fn holder_child(keep: &[RawFd], watched: RawFd, report: RawFd) -> ! {
+    // SAFETY: async-signal-safe calls on plain values (see the caller).
+    unsafe {
+        let holder = libc::fork();
+        if holder != 0 {
+            if holder > 0 {
+                let pid = u32::try_from(holder).unwrap_or_default().to_ne_bytes();
+                libc::write(report, pid.as_ptr().cast(), pid.len());
+            }
+            libc::_exit(0);
+        }
+        libc::setsid();
+        // Everything else the caller had open (its listeners, its other
+        // VMs' files) is closed: only the locks and the pidfd stay.
+        let mut next: libc::c_uint = 0;
+        for &fd in keep {
+            let fd = libc::c_uint::try_from(fd).unwrap_or(0);
+            if fd > next {
+                libc::syscall(libc::SYS_close_range, next, fd - 1, 0);
+            }
+            next = fd + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        let mut poll = libc::pollfd {
+            fd: watched,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        while libc::poll(&raw mut poll, 1, -1) < 0 && *libc::__errno_location() == libc::EINTR {}
+        libc::_exit(0)
+    }
+}
+
+/// A copy of the descriptor for `path` that process `holder` has open
+/// (see [`hold_while_running`]): the same open file, so the same locks.
+/// `None` when it has none, or is gone.
+pub(crate) fn held_by(holder: u32, path: &std::path::Path) -> io::Result<Option<OwnedFd>> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{holder}/fd")) else {
+        return Ok(None);
+    };
+    for entry in entries.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if target == path {
+            let Some(pidfd) = PidFd::open(holder)? else {
+                return Ok(None);
+            };
+            return pidfd.get_fd(fd).map(Some);
+        }
+    }
+    Ok(None)
+}

@@ -366,9 +366,42 @@ async fn what_firecracker_cannot_take_is_refused_before_it_starts() {
     tcg.accel = Accel::Tcg;
     let err = s.driver.boot(&tcg).await.unwrap_err();
     assert!(matches!(err, VmmError::FirecrackerUnusable(_)), "{err}");
-    let mut locks = spec(&s, Start::Boot, Memory::Anonymous);
-    locks.inherit = vec![0];
-    let err = s.driver.boot(&locks).await.unwrap_err();
-    assert!(err.to_string().contains("inherited descriptors"), "{err}");
     assert!(!s.run_dir.join("jailer.args").exists(), "the jailer ran");
+}
+
+/// Whether another open file description can take `path`'s lock now.
+fn lock_is_free(path: &Path) -> bool {
+    std::fs::File::open(path).unwrap().try_lock().is_ok()
+}
+
+#[tokio::test]
+async fn the_callers_locks_are_held_for_as_long_as_the_vmm_runs() {
+    let s = setup("exec sleep 600");
+    let lock_path = s.run_dir.join("owner.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    let mut spec = spec(&s, Start::Boot, Memory::Anonymous);
+    spec.inherit = vec![std::os::fd::AsRawFd::as_raw_fd(&lock)];
+    let mut vm = s.driver.boot(&spec).await.unwrap();
+    // The caller lets go of its copy: the jailer kept none (the fake one
+    // here keeps none either: it runs `exec sleep`, which closes nothing
+    // but was given nothing), so only the holder holds the lock now.
+    drop(lock);
+    assert!(!lock_is_free(&lock_path), "no one holds the lock");
+    let held = vm
+        .inherited(&lock_path)
+        .unwrap()
+        .expect("the holder's copy");
+    drop(held);
+    assert!(vm.inherited(&s.run_dir.join("other")).unwrap().is_none());
+    // The holder lets go once the VMM has ended.
+    vm.stop().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !lock_is_free(&lock_path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived the VMM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,8 +1,9 @@
 //! The Firecracker driver with the real `firecracker` and `jailer` from
 //! `PATH` (as root): the whole configuration, up to `InstanceStart`, must
-//! be accepted; so must a pause, a full snapshot, its load into a second
-//! Firecracker, a volume attached there and a resume; and the VM's end
-//! must be reported and cleaned up.
+//! be accepted; the VM must be adopted by pid after its starter let go of
+//! it, its lock held meanwhile; a pause, a full snapshot, its load into a
+//! second Firecracker, a volume attached there and a resume must be
+//! accepted; and the VM's end must be reported and cleaned up.
 //!
 //! The guest has a kernel and an empty root disk, so it cannot get far: on
 //! a host with hardware KVM its kernel panics for want of a root file
@@ -112,6 +113,17 @@ async fn real_firecracker_accepts_the_whole_configuration() {
         chroot: true,
     };
     let jail = Jail::new(&run_dir, &PathBuf::from("firecracker"));
+    // A lock the VMM is to hold for as long as it runs, as a sandbox's.
+    let lock_path = run_dir.join("owner.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    // As a node whose VMMs outlive it starts them: not killed when the
+    // value that started them is dropped.
+    let spec = VmSpec {
+        die_with_parent: false,
+        inherit: vec![std::os::fd::AsRawFd::as_raw_fd(&lock)],
+        ..spec
+    };
     let mut vm = match driver.boot(&spec).await {
         Ok(vm) => vm,
         Err(e) => panic!(
@@ -121,6 +133,21 @@ async fn real_firecracker_accepts_the_whole_configuration() {
     };
     let pid = vm.pid();
     eprintln!("InstanceStart accepted; firecracker pid {pid}");
+
+    // Let go of it, as a server that stops leaves its VMs, and take it
+    // over again: its lock is held meanwhile by its holder.
+    vm.leave_running();
+    drop(vm);
+    drop(lock);
+    assert!(
+        std::fs::File::open(&lock_path).unwrap().try_lock().is_err(),
+        "no one holds the VMM's lock"
+    );
+    let mut vm = driver.adopt(pid, &run_dir).await.unwrap();
+    vm.pause().await.unwrap();
+    vm.resume().await.unwrap();
+    assert!(vm.inherited(&lock_path).unwrap().is_some());
+    eprintln!("adopted; PATCH /vm Paused and Resumed accepted; its lock is held");
 
     // At once, before the guest can end: pause, a full snapshot, and a
     // restore of it into a second Firecracker, with a volume attached
@@ -161,6 +188,7 @@ async fn real_firecracker_accepts_the_whole_configuration() {
             netns: Some(restored_netns.path()),
         }),
         run_dir: restored_dir.clone(),
+        inherit: Vec::new(),
         ..spec.clone()
     };
     let mut restored = driver.boot(&restored_spec).await.unwrap();

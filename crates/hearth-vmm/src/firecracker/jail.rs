@@ -83,6 +83,30 @@ impl Jail {
     }
 }
 
+/// Whether process `pid`'s root directory is the root of a jail under
+/// `run_dir`. Compared by device and inode: the path /proc shows for the
+/// root of a process that pivoted into its jail is its own `/`.
+pub fn is_jailed_in(pid: u32, run_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::metadata(format!("/proc/{pid}/root")) else {
+        return false;
+    };
+    let roots = std::fs::read_dir(run_dir.join("jail"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|exec| {
+            std::fs::read_dir(exec.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|id| id.path().join("root"));
+    roots
+        .filter_map(|dir| std::fs::metadata(dir).ok())
+        .any(|dir| (dir.dev(), dir.ino()) == (root.dev(), root.ino()))
+}
+
 /// Everything the jailer is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JailerArgs {
@@ -274,6 +298,49 @@ mod tests {
         let mounts = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
         assert_eq!(cgroup2_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn a_process_is_known_by_the_jail_it_is_rooted_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path().join("sb");
+        let root = Jail::new(&run_dir, Path::new("firecracker")).root();
+        std::fs::create_dir_all(&root).unwrap();
+        let other = dir.path().join("other");
+        std::fs::create_dir_all(other.join("jail/firecracker/other/root")).unwrap();
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (chroot,
+        // pause, _exit) on a path made before the fork.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                if libc::chroot(path.as_ptr()) != 0 {
+                    libc::_exit(1);
+                }
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        let pid = u32::try_from(child).unwrap();
+        // The child is in its jail once /proc shows it there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_jailed_in(pid, &run_dir) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let jailed = is_jailed_in(pid, &run_dir);
+        let elsewhere = is_jailed_in(pid, &other);
+        // SAFETY: our own child, then reaped.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert!(
+            jailed,
+            "a process rooted in the jail is not known (chroot needs root)"
+        );
+        assert!(!elsewhere, "a jail of another directory claims it");
+        assert!(!is_jailed_in(std::process::id(), &run_dir));
     }
 
     #[test]

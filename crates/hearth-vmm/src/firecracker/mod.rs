@@ -236,13 +236,6 @@ impl Vmm for Firecracker {
                 spec.root_disk.path.display()
             )));
         }
-        if !spec.inherit.is_empty() {
-            return Err(VmmError::Unsupported(
-                "Firecracker's jailer closes inherited descriptors: its VMMs cannot hold \
-                 their caller's locks"
-                    .to_owned(),
-            ));
-        }
         let (uid, gid) = jail::ids(spec.run_as.as_deref())?;
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let cgroup = jail::parent_cgroup(&spec.cgroups, jail::cgroup2_mount(&mounts).as_deref())?;
@@ -289,8 +282,19 @@ impl Vmm for Firecracker {
         })?;
         let pid = child.id().unwrap_or_default();
         tracing::debug!(pid, "jailer started: {}", args.join(" "));
+        let process = VmmProcess::new(Process::Child(child), pid);
+        // The jailer closes every descriptor but the standard three before
+        // Firecracker starts: a holder keeps the caller's (its locks) for
+        // as long as the VMM runs. On failure the VMM is killed here, and
+        // the holder, which watches it, ends too.
+        if !spec.inherit.is_empty() {
+            let holder = crate::process::hold_while_running(pid, &spec.inherit)
+                .map_err(VmmError::io("the VMM's lock holder"))?;
+            std::fs::write(&files.holder, holder.to_string())
+                .map_err(VmmError::io(files.holder.display().to_string()))?;
+        }
         let mut vm = FirecrackerVm {
-            process: VmmProcess::new(Process::Child(child), pid),
+            process,
             api: Api::new(jail.host_path(jail::API_SOCKET), jail.host_path(jail::LOG)),
             jail,
             uid,
@@ -301,6 +305,7 @@ impl Vmm for Firecracker {
             },
             console: files.console,
             vmm_log: files.vmm_log,
+            holder: files.holder,
         };
         let configured = async {
             vm.wait_for_api().await?;
@@ -313,6 +318,46 @@ impl Vmm for Firecracker {
             let _ = vm.process.reap().await;
             return Err(e);
         }
+        Ok(vm)
+    }
+}
+
+impl Firecracker {
+    /// Takes over the VM that process `pid` runs for `run_dir`, started by
+    /// an earlier process (a server before its restart): checks that the
+    /// pid is a Firecracker jailed in that directory's jail and that its
+    /// API answers. The VM runs on as it was; its end is seen by
+    /// [`Vm::wait`], without an exit status.
+    pub async fn adopt(&self, pid: u32, run_dir: &Path) -> Result<FirecrackerVm, VmmError> {
+        let jail = Jail::new(run_dir, &self.firecracker);
+        let gone = || VmmError::NotRunning {
+            pid,
+            run_dir: run_dir.to_owned(),
+        };
+        let pidfd = crate::process::PidFd::open(pid)
+            .map_err(VmmError::io(format!("process {pid}")))?
+            .ok_or_else(gone)?;
+        // Pids are reused: the process must be rooted in this directory's
+        // jail, and still run after that was read.
+        if !jail::is_jailed_in(pid, run_dir) || pidfd.has_exited() {
+            return Err(gone());
+        }
+        let owner = std::fs::metadata(jail.root())
+            .map_err(VmmError::io(jail.root().display().to_string()))?;
+        let files = RunFiles::new(run_dir);
+        let mut vm = FirecrackerVm {
+            process: VmmProcess::new(Process::Adopted(pidfd), pid),
+            api: Api::new(jail.host_path(jail::API_SOCKET), jail.host_path(jail::LOG)),
+            jail,
+            uid: owner.uid(),
+            gid: owner.gid(),
+            // Template snapshots are taken by VMs that are never adopted.
+            memory_file: None,
+            console: files.console,
+            vmm_log: files.vmm_log,
+            holder: files.holder,
+        };
+        vm.wait_for_api().await?;
         Ok(vm)
     }
 }
@@ -398,6 +443,8 @@ fn move_out(from: &Path, to: &Path) -> Result<(), VmmError> {
 struct RunFiles {
     console: PathBuf,
     vmm_log: PathBuf,
+    /// The pid of the process that holds the caller's descriptors.
+    holder: PathBuf,
 }
 
 impl RunFiles {
@@ -405,6 +452,7 @@ impl RunFiles {
         Self {
             console: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            holder: dir.join("holder.pid"),
         }
     }
 }
@@ -422,6 +470,8 @@ pub struct FirecrackerVm {
     memory_file: Option<PathBuf>,
     console: PathBuf,
     vmm_log: PathBuf,
+    /// Where the pid of its lock holder is, if it has one.
+    holder: PathBuf,
 }
 
 impl FirecrackerVm {
@@ -438,6 +488,20 @@ impl FirecrackerVm {
     /// The jail this VM runs in.
     pub fn jail(&self) -> &Jail {
         &self.jail
+    }
+
+    /// A copy of the descriptor for `path` that the VM's lock holder keeps
+    /// ([`VmSpec::inherit`]): the same open file, so the same locks.
+    /// `None` when it has no holder, or the holder has no such descriptor.
+    pub fn inherited(&self, path: &Path) -> Result<Option<std::os::fd::OwnedFd>, VmmError> {
+        let Ok(pid) = std::fs::read_to_string(&self.holder) else {
+            return Ok(None);
+        };
+        let Ok(pid) = pid.trim().parse() else {
+            return Ok(None);
+        };
+        crate::process::held_by(pid, path)
+            .map_err(VmmError::io(format!("the descriptors of process {pid}")))
     }
 
     async fn run(&self, calls: Vec<Call>) -> Result<(), VmmError> {
