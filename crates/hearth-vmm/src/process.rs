@@ -48,6 +48,38 @@ impl Process {
     }
 }
 
+/// The first `binary` on `PATH`; missing, an error that names the
+/// `package` to install.
+pub(crate) fn find_on_path(
+    binary: &'static str,
+    package: &'static str,
+) -> Result<std::path::PathBuf, VmmError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+        .ok_or(VmmError::BinaryMissing { binary, package })
+}
+
+/// The first line `binary --version` prints: the version a saved state
+/// records, since states load only into the version that wrote them.
+pub(crate) fn version_line(binary: &std::path::Path) -> Result<String, VmmError> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| VmmError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+        })?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| out.status.success() && !l.is_empty())
+        .ok_or_else(|| VmmError::Version(format!("{} --version printed nothing", binary.display())))
+}
+
 /// A VMM process as a driver's VM value owns it: how it ended, once it
 /// has, and whether dropping the value kills it.
 #[derive(Debug)]

@@ -53,15 +53,11 @@ pub struct Firecracker {
 impl Firecracker {
     /// Finds `firecracker` and `jailer` on `PATH`.
     pub fn from_path() -> Result<Self, VmmError> {
-        let find = |binary: &'static str| {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            std::env::split_paths(&path)
-                .map(|dir| dir.join(binary))
-                .find(|p| p.is_file())
-                .ok_or(VmmError::BinaryMissing {
-                    binary,
-                    package: "firecracker (from its GitHub releases; not packaged by Debian)",
-                })
+        let find = |binary| {
+            crate::process::find_on_path(
+                binary,
+                "firecracker (from its GitHub releases; not packaged by Debian)",
+            )
         };
         Ok(Self::new(find(FIRECRACKER)?, find(JAILER)?))
     }
@@ -74,22 +70,9 @@ impl Firecracker {
     }
 
     /// The first line of `firecracker --version`, e.g. `Firecracker
-    /// v1.16.1`. Snapshots load only into the version that wrote them.
+    /// v1.16.1`.
     pub fn version(&self) -> Result<String, VmmError> {
-        let out = std::process::Command::new(&self.firecracker)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| VmmError::Spawn {
-                binary: self.firecracker.display().to_string(),
-                source,
-            })?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| out.status.success() && !l.is_empty())
-            .ok_or_else(|| VmmError::Version("firecracker --version printed nothing".to_owned()))
+        crate::process::version_line(&self.firecracker)
     }
 }
 

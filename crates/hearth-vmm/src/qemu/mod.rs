@@ -5,7 +5,7 @@
 mod args;
 mod qmp;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -36,35 +36,15 @@ pub struct Qemu {
 impl Qemu {
     /// Finds `qemu-system-x86_64` on `PATH`.
     pub fn from_path() -> Result<Self, VmmError> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(BINARY))
-            .find(|p| p.is_file())
-            .map(|binary| Self { binary })
-            .ok_or(VmmError::BinaryMissing {
-                binary: BINARY,
-                package: "qemu-system-x86",
-            })
+        Ok(Self {
+            binary: crate::process::find_on_path(BINARY, "qemu-system-x86")?,
+        })
     }
 
     /// The first line of `qemu-system-x86_64 --version`, e.g. `QEMU
-    /// emulator version 7.2.22 (Debian …)`. Saved states load only into the
-    /// version that wrote them.
+    /// emulator version 7.2.22 (Debian …)`.
     pub fn version(&self) -> Result<String, VmmError> {
-        let out = std::process::Command::new(&self.binary)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| VmmError::Spawn {
-                binary: self.binary.display().to_string(),
-                source,
-            })?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(|l| l.trim().to_owned())
-            .filter(|l| out.status.success() && !l.is_empty())
-            .ok_or_else(|| VmmError::Version(format!("{BINARY} --version printed nothing")))
+        crate::process::version_line(&self.binary)
     }
 }
 
@@ -312,28 +292,8 @@ impl QemuVm {
     /// when it has no such descriptor.
     pub fn inherited(&self, path: &Path) -> Result<Option<OwnedFd>, VmmError> {
         let pid = self.process.pid();
-        let what = || format!("the descriptors of process {pid}");
-        let dir = format!("/proc/{pid}/fd");
-        let entries = std::fs::read_dir(&dir).map_err(VmmError::io(what()))?;
-        for entry in entries.flatten() {
-            let Ok(target) = std::fs::read_link(entry.path()) else {
-                continue;
-            };
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            if target == path {
-                let pidfd = PidFd::open(pid)
-                    .map_err(VmmError::io(what()))?
-                    .ok_or_else(|| VmmError::io(what())(std::io::ErrorKind::NotFound.into()))?;
-                return pidfd.get_fd(fd).map(Some).map_err(VmmError::io(what()));
-            }
-        }
-        Ok(None)
+        crate::process::held_by(pid, path)
+            .map_err(VmmError::io(format!("the descriptors of process {pid}")))
     }
 }
 
