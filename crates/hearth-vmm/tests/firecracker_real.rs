@@ -36,6 +36,19 @@ fn kernel() -> PathBuf {
         .expect("no guest kernel; run hearth kernel build")
 }
 
+/// An empty volume image of `bytes` at `path`, open read-write as a node
+/// hands one to its VMM.
+fn volume_image(path: &std::path::Path, bytes: u64) -> std::fs::File {
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap();
+    image.set_len(bytes).unwrap();
+    image
+}
+
 /// A network namespace with a tap device, removed when dropped.
 struct Netns(String);
 
@@ -151,19 +164,10 @@ async fn real_firecracker_accepts_the_whole_configuration() {
 
     // At once, before the guest can end: pause, a full snapshot, and a
     // restore of it into a second Firecracker, with a volume attached
-    // before it resumes.
-    // With a volume attached, so that the restore below must reopen its
-    // drive's path in a jail where no volume is yet.
-    let first_volume = run_dir.join("first-volume.img");
-    std::fs::File::create(&first_volume)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
-    let image = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&first_volume)
-        .unwrap();
+    // before it resumes. The first VM has a volume attached too, so that
+    // the restore must reopen its drive's path in a jail where no volume
+    // is yet.
+    let image = volume_image(&run_dir.join("first-volume.img"), 8 << 20);
     vm.attach_volume(0, &image).await.unwrap();
     let state = dir.path().join("paused.state");
     vm.save(&state, SavedMemory::Included).await.unwrap();
@@ -193,16 +197,7 @@ async fn real_firecracker_accepts_the_whole_configuration() {
     };
     let mut restored = driver.boot(&restored_spec).await.unwrap();
     restored.load(&state, SavedMemory::Included).await.unwrap();
-    let volume = restored_dir.join("volume.img");
-    std::fs::File::create(&volume)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let image = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&volume)
-        .unwrap();
+    let image = volume_image(&restored_dir.join("volume.img"), 16 << 20);
     restored.attach_volume(0, &image).await.unwrap();
     restored.resume().await.unwrap();
     eprintln!("PUT /snapshot/load, PATCH /drives/vol0 and PATCH /vm Resumed accepted");
