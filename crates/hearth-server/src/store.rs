@@ -1,11 +1,13 @@
-//! The embedded store: API keys, sandbox records and template builds in one
-//! SQLite file.
+//! The store: API keys, sandbox records, template builds, events and the
+//! rest of the catalog, in an SQLite file or a PostgreSQL database.
 //!
 //! The server keeps here what it must remember across restarts: which keys
 //! may call it, which sandboxes exist, with what the E2B API reports about
 //! them, and the template builds of its build API with their logs and tags
-//! ([`builds`]). The file is made with mode 0600 and runs in WAL mode; its
-//! schema version lives in `PRAGMA user_version`.
+//! ([`builds`]). Each query is written once and runs on either database
+//! ([`db`]). An SQLite file is made with mode 0600 and runs in WAL mode;
+//! its schema version lives in `PRAGMA user_version`, a PostgreSQL
+//! database's in the table `hearth_schema`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,33 +21,43 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rusqlite::types::{ToSql, Value};
-use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Row, Transaction, params, params_from_iter,
-};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use hearth_node::Egress;
 
 use crate::keys;
 
+#[cfg(test)]
+#[macro_use]
+mod testing;
+
 mod builds;
+mod db;
 mod events;
 mod snapshots;
 mod volumes;
 
+use db::{Dialect, OptionalExt, Row, Sql, Value, params};
+
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
+pub use db::DbError;
 pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
 pub use snapshots::{SnapshotPage, SnapshotQuery, SnapshotRecord};
 pub use volumes::{VolumeMount, VolumeRecord};
 
 use crate::events::EventType;
 
-/// The schema this code reads and writes.
-const SCHEMA_VERSION: i64 = 9;
+/// The schema this code reads and writes: every step of [`MIGRATIONS`].
+#[allow(clippy::cast_possible_wrap, reason = "nine steps")]
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long connecting to a PostgreSQL store may take, unless its URL says
+/// (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE api_keys (
@@ -157,24 +169,28 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot open the store {path}")]
+    #[error("cannot open the store {store}")]
     Open {
-        path: PathBuf,
+        store: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
+    #[error("the store URL {0:?} is not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE)")]
+    BadUrl(String),
+    #[error("cannot start the store's PostgreSQL client")]
+    Runtime(#[source] io::Error),
     #[error(
-        "the store {path} has schema version {found}, newer than this hearth understands ({SCHEMA_VERSION}); upgrade hearth"
+        "the store {store} has schema version {found}, newer than this hearth understands ({SCHEMA_VERSION}); upgrade hearth"
     )]
-    TooNew { path: PathBuf, found: i64 },
-    #[error("query on the store {path} failed")]
+    TooNew { store: String, found: i64 },
+    #[error("query on the store {store} failed")]
     Query {
-        path: PathBuf,
+        store: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
-    #[error("the store {path} holds an unreadable row: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    #[error("the store {store} holds an unreadable row: {reason}")]
+    Corrupt { store: String, reason: String },
     #[error("cannot read random bytes from /dev/urandom")]
     Random(#[source] io::Error),
     #[error("sandbox {0} already exists")]
@@ -331,24 +347,123 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
-/// The store. One connection behind a mutex: callers share it by reference
-/// (or in an `Arc`) across threads.
+/// The store, on SQLite (a file, the default) or PostgreSQL (a cluster's
+/// shared catalog). One connection behind a mutex: callers share it by
+/// reference (or in an `Arc`) across threads.
 pub struct Store {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    backend: Backend,
+    /// Where the store is, for messages: its file, or its URL without the
+    /// password.
+    location: String,
     /// The newest event recorded through this store.
     events: tokio::sync::watch::Sender<i64>,
 }
 
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+enum Backend {
+    Sqlite(Mutex<Connection>),
+    Postgres(Box<PostgresClient>),
+}
+
+/// A PostgreSQL connection whose connection task runs on a runtime of its
+/// own, so the store works the same from any thread: the server's
+/// runtime, the CLI, tests.
+struct PostgresClient {
+    /// Taken only by `Drop`, which shuts it down without waiting (a
+    /// runtime may not be dropped in asynchronous code).
+    runtime: Option<tokio::runtime::Runtime>,
+    config: tokio_postgres::Config,
+    client: Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Drop for PostgresClient {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
+impl PostgresClient {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("taken only on drop")
+    }
+
+    /// A new connection; its task runs on this client's runtime.
+    fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
+        let config = self.config.clone();
+        let connecting = self.runtime().spawn(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::warn!(error = %err, "the store's PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        match futures_executor::block_on(connecting) {
+            Ok(result) => Ok(result?),
+            Err(join) => Err(DbError::Other(format!(
+                "the connection task failed: {join}"
+            ))),
+        }
+    }
+
+    /// The connection, made again if the last one ended.
+    fn lock(&self) -> Result<MutexGuard<'_, Option<tokio_postgres::Client>>, DbError> {
+        let mut client = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        if client
+            .as_ref()
+            .is_none_or(tokio_postgres::Client::is_closed)
+        {
+            *client = Some(self.connect()?);
+        }
+        Ok(client)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// The steps of the schema, in order; the store is at version N when the
+/// first N have run. Both databases run the same steps ([`Dialect::ddl`]).
+const MIGRATIONS: &[&str] = &[
+    SCHEMA,
+    SCHEMA_2,
+    SCHEMA_3,
+    SCHEMA_4,
+    SCHEMA_5,
+    SCHEMA_6,
+    events::SCHEMA_7,
+    snapshots::SCHEMA_8,
+    volumes::SCHEMA_9,
+];
+
+/// Where a PostgreSQL store keeps its schema version.
+const POSTGRES_VERSION_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS hearth_schema (version BIGINT NOT NULL)";
+
+/// The advisory lock that keeps two processes from migrating one
+/// PostgreSQL store at once ("hearth" in ASCII).
+const POSTGRES_MIGRATION_LOCK: i64 = 0x6865_6172_7468;
+
 impl Store {
-    /// Opens the store at `path`, making the file (mode 0600), its parent
-    /// directories and the schema if they are missing.
+    /// Opens the store `spec` names: a PostgreSQL URL (`postgres://` or
+    /// `postgresql://`), or else the path of an SQLite file.
+    pub fn open_spec(spec: &str) -> Result<Self, StoreError> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Self::connect(spec)
+        } else {
+            Self::open(Path::new(spec))
+        }
+    }
+
+    /// Opens the SQLite store at `path`, making the file (mode 0600), its
+    /// parent directories and the schema if they are missing.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let create = |source| StoreError::Create {
             path: path.to_path_buf(),
@@ -367,9 +482,10 @@ impl Store {
             .open(path)
             .map_err(create)?;
 
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
+        let location = path.display().to_string();
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            store: location.clone(),
+            source: source.into(),
         };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
@@ -380,10 +496,42 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
+        Self::start(Backend::Sqlite(Mutex::new(conn)), location)
+    }
 
+    /// Connects to the PostgreSQL store at `url`
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?…]`), making
+    /// the schema if it is missing. The database must exist.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|_| StoreError::BadUrl(redact(url)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("hearth-store")
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let client = PostgresClient {
+            runtime: Some(runtime),
+            config,
+            client: Mutex::new(None),
+        };
+        let location = redact(url);
+        // Connected now, so that a wrong URL fails here, by name.
+        drop(client.lock().map_err(|source| StoreError::Open {
+            store: location.clone(),
+            source,
+        })?);
+        Self::start(Backend::Postgres(Box::new(client)), location)
+    }
+
+    fn start(backend: Backend, location: String) -> Result<Self, StoreError> {
         let store = Self {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+            backend,
+            location,
             events: tokio::sync::watch::Sender::new(0),
         };
         store.migrate()?;
@@ -391,68 +539,83 @@ impl Store {
         Ok(store)
     }
 
-    /// The file this store lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store is: its file, or its URL without the password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Which database the store runs on.
+    pub fn database(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.query())?;
-        let version: i64 = tx
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(self.query())?;
-        if version > SCHEMA_VERSION {
+        let found = self.transact(|tx| {
+            let dialect = tx.dialect();
+            let version: i64 = match dialect {
+                Dialect::Sqlite => tx.query_row("PRAGMA user_version", &[], |r| r.get(0))?,
+                Dialect::Postgres => {
+                    tx.execute_batch(POSTGRES_VERSION_TABLE)?;
+                    // Waits for another process's migration to commit.
+                    tx.execute(
+                        "SELECT pg_advisory_xact_lock(?1)",
+                        params![POSTGRES_MIGRATION_LOCK],
+                    )?;
+                    let found: Option<i64> = tx
+                        .query_row("SELECT version FROM hearth_schema", &[], |r| r.get(0))
+                        .optional()?;
+                    if found.is_none() {
+                        tx.execute("INSERT INTO hearth_schema (version) VALUES (0)", &[])?;
+                    }
+                    found.unwrap_or(0)
+                }
+            };
+            if version > SCHEMA_VERSION {
+                return Ok(version);
+            }
+            for step in MIGRATIONS
+                .iter()
+                .skip(usize::try_from(version).unwrap_or(0))
+            {
+                tx.execute_batch(&dialect.ddl(step))?;
+            }
+            match dialect {
+                Dialect::Sqlite => {
+                    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?
+                }
+                Dialect::Postgres => {
+                    tx.execute(
+                        "UPDATE hearth_schema SET version = ?1",
+                        params![SCHEMA_VERSION],
+                    )?;
+                }
+            }
+            Ok(version)
+        })?;
+        if found > SCHEMA_VERSION {
             return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
+                store: self.location.clone(),
+                found,
             });
         }
-        if version < 1 {
-            tx.execute_batch(SCHEMA).map_err(self.query())?;
-        }
-        if version < 2 {
-            tx.execute_batch(SCHEMA_2).map_err(self.query())?;
-        }
-        if version < 3 {
-            tx.execute_batch(SCHEMA_3).map_err(self.query())?;
-        }
-        if version < 4 {
-            tx.execute_batch(SCHEMA_4).map_err(self.query())?;
-        }
-        if version < 5 {
-            tx.execute_batch(SCHEMA_5).map_err(self.query())?;
-        }
-        if version < 6 {
-            tx.execute_batch(SCHEMA_6).map_err(self.query())?;
-        }
-        if version < 7 {
-            tx.execute_batch(events::SCHEMA_7).map_err(self.query())?;
-        }
-        if version < 8 {
-            tx.execute_batch(snapshots::SCHEMA_8)
-                .map_err(self.query())?;
-        }
-        if version < 9 {
-            tx.execute_batch(volumes::SCHEMA_9).map_err(self.query())?;
-        }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(self.query())?;
-        tx.commit().map_err(self.query())
+        Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic mid-statement leaves nothing half-done: SQLite rolls back
-        // an unfinished transaction when its guard drops.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the connection. On a worker of a multi-threaded tokio
-    /// runtime (the server's), the runtime is told that this blocks,
-    /// waiting for the connection and for SQLite, and moves its other tasks
-    /// to another thread meanwhile; elsewhere (the CLI, tests) it just runs.
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        let run = || f(&mut self.lock());
+    /// Runs `run`, telling a multi-threaded tokio runtime (the server's)
+    /// that it blocks, waiting for the connection and the database, so
+    /// the runtime moves its other tasks to another thread meanwhile;
+    /// elsewhere (the CLI, tests) it just runs.
+    fn blocking<T>(run: impl FnOnce() -> T) -> T {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime)
                 if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
@@ -463,22 +626,59 @@ impl Store {
         }
     }
 
+    /// Runs `f` on the connection, outside any transaction.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>) -> Result<T, StoreError> {
+        Self::blocking(|| match &self.backend {
+            Backend::Sqlite(conn) => {
+                // A panic mid-statement leaves nothing half-done: SQLite
+                // rolls back an unfinished transaction when its guard drops.
+                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                f(&mut *conn)
+            }
+            Backend::Postgres(pg) => {
+                let client = pg.lock()?;
+                f(&mut db::Postgres(
+                    client.as_ref().expect("connected by lock"),
+                ))
+            }
+        })
+        .map_err(self.query())
+    }
+
     /// Runs `f` in one transaction. The events it records are announced
     /// on [`Store::event_feed`] once it commits.
     fn transact<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, DbError>,
     ) -> Result<T, StoreError> {
-        let (value, last) = self
-            .with(|c| {
-                let tx = c.transaction()?;
-                let value = f(&tx)?;
-                let last: i64 =
-                    tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
-                tx.commit()?;
-                Ok((value, last))
+        fn last_seq(tx: &mut dyn Sql) -> Result<i64, DbError> {
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", &[], |r| {
+                r.get(0)
             })
-            .map_err(self.query())?;
+        }
+        let (value, last) = Self::blocking(|| match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut tx = conn.transaction()?;
+                let value = f(&mut tx)?;
+                let last = last_seq(&mut tx)?;
+                tx.commit()?;
+                Ok::<_, DbError>((value, last))
+            }
+            Backend::Postgres(pg) => {
+                let mut client = pg.lock()?;
+                let client = client.as_mut().expect("connected by lock");
+                let tx = futures_executor::block_on(client.transaction())?;
+                let (value, last) = {
+                    let mut sql = db::Postgres(&tx);
+                    let value = f(&mut sql)?;
+                    (value, last_seq(&mut sql)?)
+                };
+                futures_executor::block_on(tx.commit())?;
+                Ok((value, last))
+            }
+        })
+        .map_err(self.query())?;
         self.events.send_if_modified(|seq| {
             let newer = last > *seq;
             if newer {
@@ -489,16 +689,16 @@ impl Store {
         Ok(value)
     }
 
-    fn query(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    fn query(&self) -> impl Fn(DbError) -> StoreError + '_ {
         |source| StoreError::Query {
-            path: self.path.clone(),
+            store: self.location.clone(),
             source,
         }
     }
 
     fn corrupt(&self, reason: impl fmt::Display) -> StoreError {
         StoreError::Corrupt {
-            path: self.path.clone(),
+            store: self.location.clone(),
             reason: reason.to_string(),
         }
     }
@@ -531,50 +731,43 @@ impl Store {
                     info.suffix,
                 ],
             )
-        })
-        .map_err(self.query())?;
+        })?;
         Ok((info, plaintext))
     }
 
     /// Every key, revoked ones included, oldest first.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
-                ))
-                .map_err(self.query())?;
-            let rows = stmt.query_map([], key_from_row).map_err(self.query())?;
-            rows.collect::<Result<_, _>>().map_err(self.query())
+            conn.query_map(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"),
+                params![],
+                key_from_row,
+            )
         })
     }
 
     /// Revokes the key with id `id`; false if there is none.
     pub fn revoke_key(&self, id: &str) -> Result<bool, StoreError> {
-        let changed = self
-            .with(|c| c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", [id]))
-            .map_err(self.query())?;
+        let changed =
+            self.with(|c| c.execute("UPDATE api_keys SET revoked = 1 WHERE id = ?1", params![id]))?;
         Ok(changed > 0)
     }
 
     /// Renames the key with id `id`; false if there is none.
     pub fn rename_key(&self, id: &str, name: &str) -> Result<bool, StoreError> {
-        let changed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE api_keys SET name = ?2 WHERE id = ?1 AND revoked = 0",
-                    [id, name],
-                )
-            })
-            .map_err(self.query())?;
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE api_keys SET name = ?2 WHERE id = ?1 AND revoked = 0",
+                params![id, name],
+            )
+        })?;
         Ok(changed > 0)
     }
 
     /// Removes the key with id `id` outright; false if there is none.
     pub(crate) fn delete_key(&self, id: &str) -> Result<bool, StoreError> {
-        let changed = self
-            .with(|c| c.execute("DELETE FROM api_keys WHERE id = ?1", [id]))
-            .map_err(self.query())?;
+        let changed =
+            self.with(|c| c.execute("DELETE FROM api_keys WHERE id = ?1", params![id]))?;
         Ok(changed > 0)
     }
 
@@ -589,11 +782,10 @@ impl Store {
             let found = conn
                 .query_row(
                     &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
-                    [&hash],
+                    params![&hash],
                     key_from_row,
                 )
-                .optional()
-                .map_err(self.query())?;
+                .optional()?;
             let Some(mut info) = found.filter(|info| !info.revoked) else {
                 return Ok(None);
             };
@@ -603,8 +795,7 @@ impl Store {
                 conn.execute(
                     "UPDATE api_keys SET last_used = ?1 WHERE id = ?2",
                     params![secs_to_sql(now), info.id],
-                )
-                .map_err(self.query())?;
+                )?;
                 info.last_used = Some(now);
             }
             Ok(Some(info))
@@ -613,15 +804,13 @@ impl Store {
 
     /// How many keys are not revoked.
     pub fn count_active_keys(&self) -> Result<u64, StoreError> {
-        let count: i64 = self
-            .with(|c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM api_keys WHERE revoked = 0",
-                    [],
-                    |row| row.get(0),
-                )
-            })
-            .map_err(self.query())?;
+        let count: i64 = self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE revoked = 0",
+                params![],
+                |row| row.get(0),
+            )
+        })?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -640,16 +829,16 @@ impl Store {
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.with(|c| {
             c.execute(
-                "INSERT OR REPLACE INTO team_metrics (timestamp_ms, concurrent, started) \
-                 VALUES (?1, ?2, ?3)",
+                "INSERT INTO team_metrics (timestamp_ms, concurrent, started) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (timestamp_ms) \
+                 DO UPDATE SET concurrent = excluded.concurrent, started = excluded.started",
                 params![timestamp_ms, count(concurrent), count(started)],
             )?;
             c.execute(
                 "DELETE FROM team_metrics WHERE timestamp_ms < ?1",
-                [keep_from_ms],
+                params![keep_from_ms],
             )
-        })
-        .map_err(self.query())?;
+        })?;
         Ok(())
     }
 
@@ -661,19 +850,15 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<(i64, u64, u64)>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT timestamp_ms, concurrent, started FROM team_metrics \
+            conn.query_map(
+                "SELECT timestamp_ms, concurrent, started FROM team_metrics \
                      WHERE timestamp_ms BETWEEN ?1 AND ?2 ORDER BY timestamp_ms",
-                )
-                .map_err(self.query())?;
-            let rows = stmt
-                .query_map([from_ms, to_ms], |row| {
-                    let count = |i| row.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+                params![from_ms, to_ms],
+                |row| {
+                    let count = |i| row.get::<i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
                     Ok((row.get(0)?, count(1)?, count(2)?))
-                })
-                .map_err(self.query())?;
-            rows.collect::<Result<_, _>>().map_err(self.query())
+                },
+            )
         })
     }
 
@@ -689,7 +874,7 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
                      ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                 ),
-                row.params(),
+                &row.params(),
             )?;
             events::record_sandbox(
                 tx,
@@ -701,9 +886,7 @@ impl Store {
         });
         match result {
             Ok(()) => Ok(()),
-            Err(StoreError::Query { source, .. })
-                if source.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) =>
-            {
+            Err(StoreError::Query { source, .. }) if source.is_constraint() => {
                 Err(StoreError::SandboxExists(record.sandbox_id.clone()))
             }
             Err(err) => Err(err),
@@ -712,16 +895,14 @@ impl Store {
 
     /// The sandbox with id `id`, if any.
     pub fn get_sandbox(&self, id: &str) -> Result<Option<SandboxRecord>, StoreError> {
-        let row = self
-            .with(|c| {
-                c.query_row(
-                    &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE sandbox_id = ?1"),
-                    [id],
-                    SandboxRow::read,
-                )
-                .optional()
-            })
-            .map_err(self.query())?;
+        let row = self.with(|c| {
+            c.query_row(
+                &format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE sandbox_id = ?1"),
+                params![id],
+                SandboxRow::read,
+            )
+            .optional()
+        })?;
         row.map(|row| row.into_record(self)).transpose()
     }
 
@@ -733,7 +914,7 @@ impl Store {
             let before: Option<String> = tx
                 .query_row(
                     "SELECT state FROM sandboxes WHERE sandbox_id = ?1",
-                    [&record.sandbox_id],
+                    params![&record.sandbox_id],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -744,7 +925,7 @@ impl Store {
                  auto_pause = ?14, allow_internet_access = ?15, egress = ?16, stop_reason = ?17, \
                  lifecycle = ?18, auto_pause_memory = ?19, auto_resume = ?20, timeout_secs = ?21, \
                  volume_mounts = ?22 WHERE sandbox_id = ?1",
-                row.params(),
+                &row.params(),
             )?;
             if before.as_deref() == Some(SandboxState::Paused.as_str())
                 && record.state == SandboxState::Running
@@ -809,7 +990,7 @@ impl Store {
             // Already in that state counts as found.
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE sandbox_id = ?1)",
-                [id],
+                params![id],
                 |r| r.get(0),
             )?;
             Ok(usize::from(exists))
@@ -820,14 +1001,12 @@ impl Store {
     /// Moves when sandbox `id` times out without telling anyone: a
     /// timeout action that failed is tried again then.
     pub fn postpone_end(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
-        let changed = self
-            .with(|c| {
-                c.execute(
-                    "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
-                    params![id, end_at_ms],
-                )
-            })
-            .map_err(self.query())?;
+        let changed = self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET end_at_ms = ?2 WHERE sandbox_id = ?1",
+                params![id, end_at_ms],
+            )
+        })?;
         found(changed, id)
     }
 
@@ -858,8 +1037,7 @@ impl Store {
                 "UPDATE sandboxes SET lifecycle = ?2 WHERE sandbox_id = ?1",
                 params![id, lifecycle],
             )
-        })
-        .map_err(self.query())?;
+        })?;
         Ok(())
     }
 
@@ -893,10 +1071,9 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "DELETE FROM sandboxes WHERE state = 'killed' AND end_at_ms < ?1",
-                [before_ms],
+                params![before_ms],
             )
         })
-        .map_err(self.query())
     }
 
     /// One page of the sandboxes `query` selects, newest first or oldest
@@ -920,12 +1097,14 @@ impl Store {
         }
         sql.push(')');
 
-        // Metadata values are always JSON strings, which json_each yields
-        // as plain text, so `value = ?` is an exact match.
+        // Metadata values are always JSON strings, which both databases'
+        // JSON functions yield as plain text, so `value = ?` is an exact
+        // match.
+        let pairs = self.dialect().json_pairs("metadata");
         for (key, value) in &query.metadata {
-            sql.push_str(
-                " AND EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND value = ?)",
-            );
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM {pairs} WHERE key = ? AND value = ?)"
+            ));
             args.push(Value::Text(key.clone()));
             args.push(Value::Text(value.clone()));
         }
@@ -1008,13 +1187,7 @@ impl Store {
         sql: &str,
         args: Vec<Value>,
     ) -> Result<Vec<SandboxRecord>, StoreError> {
-        let rows: Vec<SandboxRow> = self.with(|conn| {
-            let mut stmt = conn.prepare(sql).map_err(self.query())?;
-            stmt.query_map(params_from_iter(args), SandboxRow::read)
-                .map_err(self.query())?
-                .collect::<Result<_, _>>()
-                .map_err(self.query())
-        })?;
+        let rows: Vec<SandboxRow> = self.with(|c| c.query_map(sql, &args, SandboxRow::read))?;
         rows.into_iter().map(|row| row.into_record(self)).collect()
     }
 }
@@ -1027,13 +1200,13 @@ fn found(changed: usize, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyInfo> {
+fn key_from_row(row: &Row) -> Result<KeyInfo, DbError> {
     Ok(KeyInfo {
         id: row.get(0)?,
         name: row.get(1)?,
         prefix: row.get(2)?,
         created_at: secs_from_sql(row.get(3)?),
-        last_used: row.get::<_, Option<i64>>(4)?.map(secs_from_sql),
+        last_used: row.get::<Option<i64>>(4)?.map(secs_from_sql),
         revoked: row.get(5)?,
         suffix: row.get(6)?,
     })
@@ -1094,8 +1267,8 @@ impl SandboxRow {
     }
 
     /// The values in [`SANDBOX_COLUMNS`] order.
-    fn params(&self) -> [&dyn ToSql; 22] {
-        [
+    fn params(&self) -> Vec<Value> {
+        params![
             &self.sandbox_id,
             &self.template_id,
             &self.alias,
@@ -1119,9 +1292,10 @@ impl SandboxRow {
             &self.timeout_secs,
             &self.volume_mounts,
         ]
+        .to_vec()
     }
 
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+    fn read(row: &Row) -> Result<Self, DbError> {
         Ok(Self {
             sandbox_id: row.get(0)?,
             template_id: row.get(1)?,
@@ -1226,6 +1400,20 @@ fn decode_token(token: &str) -> Result<(i64, String), StoreError> {
     Ok((ms, id.to_owned()))
 }
 
+/// A store URL as messages show it: without its password.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Cannot fail: a URL with a password has a host.
+                let _ = parsed.set_password(Some("redacted"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(an unreadable URL)".to_owned(),
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1321,21 +1509,17 @@ mod tests {
     fn new_store_file_is_private_and_versioned() {
         let (dir, store) = open_temp();
         let path = dir.path().join("state/hearth.db");
-        assert_eq!(store.path(), path);
+        assert_eq!(store.location(), path.display().to_string());
+        assert_eq!(store.database(), "sqlite");
         store.create_key("any").unwrap();
         // The WAL file exists while the store is open and holds data too.
         for file in ["hearth.db", "hearth.db-wal"] {
             let meta = fs::metadata(path.with_file_name(file)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
         }
-        let conn = store.lock();
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let version: i64 = pragma(&store, "user_version");
         assert_eq!(version, SCHEMA_VERSION);
-        let journal: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let journal: String = pragma(&store, "journal_mode");
         assert_eq!(journal, "wal");
     }
 
@@ -1361,19 +1545,21 @@ mod tests {
         // Older rows keep E2B's defaults: a full auto-pause, no auto-resume.
         assert!(old.auto_pause_memory && !old.auto_resume);
         assert_eq!(old.timeout_secs, 300);
-        let version: i64 = store
-            .lock()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let version: i64 = pragma(&store, "user_version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    fn pragma<T: db::FromValue>(store: &Store, name: &str) -> T {
+        store
+            .with(|c| c.query_row(&format!("PRAGMA {name}"), params![], |r| r.get(0)))
+            .unwrap()
     }
 
     #[test]
     fn a_newer_schema_is_refused() {
         let (dir, store) = open_temp();
         store
-            .lock()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .with(|c| c.execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1)))
             .unwrap();
         drop(store);
         let err = Store::open(&dir.path().join("state/hearth.db")).unwrap_err();
@@ -1383,9 +1569,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn keys_check_and_revoke() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn keys_check_and_revoke(store) {
         let (info, key) = store.create_key("laptop").unwrap();
         assert_eq!(info.name, "laptop");
         assert_eq!(info.id.len(), 12);
@@ -1419,6 +1604,78 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().any(|k| k.id == info.id && k.revoked));
     }
+    }
+
+    store_test! {
+    fn keys_rename_unless_revoked_and_delete(store) {
+        let (a, _) = store.create_key("a").unwrap();
+        let (b, _) = store.create_key("b").unwrap();
+        assert!(store.rename_key(&a.id, "laptop").unwrap());
+        assert!(store.revoke_key(&b.id).unwrap());
+        assert!(!store.rename_key(&b.id, "gone").unwrap());
+        assert!(!store.rename_key("nosuchkey", "x").unwrap());
+        // Made in one second, so listed in the order of their random ids.
+        let mut names: Vec<String> = store.list_keys().unwrap().into_iter().map(|k| k.name).collect();
+        names.sort();
+        assert_eq!(names, ["b", "laptop"]);
+        assert!(store.delete_key(&b.id).unwrap());
+        assert!(!store.delete_key(&b.id).unwrap());
+        assert_eq!(store.list_keys().unwrap().len(), 1);
+    }
+    }
+
+    store_test! {
+    fn team_samples_are_kept_in_a_window_and_replaced_by_time(store) {
+        store.add_team_sample(1_000, 3, 1, 0).unwrap();
+        store.add_team_sample(2_000, 4, 2, 0).unwrap();
+        // The same instant again replaces its sample.
+        store.add_team_sample(2_000, 5, 3, 0).unwrap();
+        assert_eq!(
+            store.team_samples(0, 10_000).unwrap(),
+            [(1_000, 3, 1), (2_000, 5, 3)]
+        );
+        // Samples before the window go.
+        store.add_team_sample(3_000, 1, 0, 2_000).unwrap();
+        assert_eq!(
+            store.team_samples(0, 2_999).unwrap(),
+            [(2_000, 5, 3)]
+        );
+    }
+    }
+
+    store_test! {
+    fn a_postponed_end_moves_the_timeout_without_an_event(store) {
+        store.insert_sandbox(&sandbox("sbx", 10)).unwrap();
+        let before = store.last_seq().unwrap();
+        store.postpone_end("sbx", 99_000).unwrap();
+        assert_eq!(store.get_sandbox("sbx").unwrap().unwrap().end_at_ms, 99_000);
+        assert_eq!(store.last_seq().unwrap(), before);
+        assert!(matches!(
+            store.postpone_end("ghost", 1),
+            Err(StoreError::NoSandbox(id)) if id == "ghost"
+        ));
+    }
+    }
+
+    #[test]
+    fn a_spec_names_a_file_or_a_postgres_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.db");
+        let store = Store::open_spec(file.to_str().unwrap()).unwrap();
+        assert_eq!(store.database(), "sqlite");
+        let err = Store::open_spec("postgres://user:secret@127.0.0.1:1/x?sslmode=nonsense")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
+        // Nothing listens on port 1: refused by name, without the password.
+        let err = Store::open_spec("postgresql://user:secret@127.0.0.1:1/x").unwrap_err();
+        let text = format!("{err}");
+        assert!(matches!(err, StoreError::Open { .. }), "{text}");
+        assert!(
+            text.contains("127.0.0.1:1") && !text.contains("secret"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn key_plaintext_is_never_stored() {
@@ -1441,9 +1698,8 @@ mod tests {
         assert!(seen_hash, "the scan did not see the stored hash");
     }
 
-    #[test]
-    fn sandbox_round_trip() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn sandbox_round_trip(store) {
         let mut rec = sandbox("sbx1", 1_000);
         rec.metadata = map(&[("owner", "ana"), ("weird \"key\"", "ü\n")]);
         rec.env_vars = map(&[("PATH", "/bin"), ("EMPTY", "")]);
@@ -1526,10 +1782,10 @@ mod tests {
         assert_eq!(store.forget_stopped(51).unwrap(), 1);
         assert_eq!(store.get_sandbox("sbx1").unwrap(), None);
     }
+    }
 
-    #[test]
-    fn list_filters_by_state_and_metadata() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn list_filters_by_state_and_metadata(store) {
         let mut a = sandbox("a", 3);
         a.metadata = map(&[("team", "x"), ("env", "prod")]);
         let mut b = sandbox("b", 2);
@@ -1545,14 +1801,14 @@ mod tests {
         }
 
         let all = SandboxQuery::default();
-        assert_eq!(list(&store, all.clone()), ["a", "b", "d"]);
+        assert_eq!(list(&store, all.clone()), vec!["a", "b", "d"]);
         let states = |states: Vec<SandboxState>| SandboxQuery {
             states,
             ..SandboxQuery::default()
         };
         assert_eq!(
             list(&store, states(vec![SandboxState::Killed])),
-            ["c"],
+            vec!["c"],
             "killed ones only when asked for"
         );
         assert_eq!(
@@ -1560,16 +1816,19 @@ mod tests {
                 &store,
                 states(vec![SandboxState::Paused, SandboxState::Killed])
             ),
-            ["b", "c"]
+            vec!["b", "c"]
         );
 
         let meta = |pairs: &[(&str, &str)]| SandboxQuery {
             metadata: map(pairs),
             ..SandboxQuery::default()
         };
-        assert_eq!(list(&store, meta(&[("team", "x")])), ["a", "b"]);
-        assert_eq!(list(&store, meta(&[("team", "x"), ("env", "prod")])), ["a"]);
-        assert_eq!(list(&store, meta(&[("env", "prod")])), ["a", "d"]);
+        assert_eq!(list(&store, meta(&[("team", "x")])), vec!["a", "b"]);
+        assert_eq!(
+            list(&store, meta(&[("team", "x"), ("env", "prod")])),
+            vec!["a"]
+        );
+        assert_eq!(list(&store, meta(&[("env", "prod")])), vec!["a", "d"]);
         assert!(list(&store, meta(&[("team", "X")])).is_empty());
         assert!(list(&store, meta(&[("nokey", "")])).is_empty());
 
@@ -1578,12 +1837,12 @@ mod tests {
             metadata: map(&[("env", "prod")]),
             ..SandboxQuery::default()
         };
-        assert_eq!(list(&store, both), ["a", "c", "d"]);
+        assert_eq!(list(&store, both), vec!["a", "c", "d"]);
+    }
     }
 
-    #[test]
-    fn pagination_walks_every_row_once() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn pagination_walks_every_row_once(store) {
         // Two share a start time so the id tie-break is exercised, and a
         // killed one and a non-matching one must never appear.
         for (id, ms) in [("e", 50), ("a", 40), ("c", 40), ("b", 30), ("d", 10)] {
@@ -1628,10 +1887,10 @@ mod tests {
         assert_eq!(page.sandboxes.len(), 5);
         assert_eq!(page.next_token, None);
     }
+    }
 
-    #[test]
-    fn oldest_first_by_time_and_template_a_page_at_a_time() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn oldest_first_by_time_and_template_a_page_at_a_time(store) {
         for (id, at) in [("b", 20), ("a", 20), ("c", 30), ("d", 10)] {
             store.insert_sandbox(&sandbox(id, at)).unwrap();
         }
@@ -1662,20 +1921,20 @@ mod tests {
             oldest_first,
             ..SandboxQuery::default()
         };
-        assert_eq!(list(&store, after(20, false)), ["c", "o", "a", "b"]);
-        assert_eq!(list(&store, after(21, true)), ["o", "c"]);
+        assert_eq!(list(&store, after(20, false)), vec!["c", "o", "a", "b"]);
+        assert_eq!(list(&store, after(21, true)), vec!["o", "c"]);
         for name in ["python", "tmpl-x"] {
             let by_template = SandboxQuery {
                 template: Some(name.to_owned()),
                 ..SandboxQuery::default()
             };
-            assert_eq!(list(&store, by_template), ["o"], "{name}");
+            assert_eq!(list(&store, by_template), vec!["o"], "{name}");
         }
     }
+    }
 
-    #[test]
-    fn bad_tokens_are_refused() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn bad_tokens_are_refused(store) {
         for token in [
             "!!!",
             "",
@@ -1698,10 +1957,10 @@ mod tests {
             (-5, "a:b".to_owned())
         );
     }
+    }
 
-    #[test]
-    fn expired_and_running() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn expired_and_running(store) {
         let mut due = sandbox("due", 0);
         due.end_at_ms = 100;
         let mut exact = sandbox("exact", 0);
@@ -1718,7 +1977,7 @@ mod tests {
             store.insert_sandbox(rec).unwrap();
         }
 
-        assert_eq!(ids(&store.expired(200).unwrap()), ["due", "exact"]);
+        assert_eq!(ids(&store.expired(200).unwrap()), vec!["due", "exact"]);
         assert!(store.expired(99).unwrap().is_empty());
         let mut live = ids(&store.running_sandboxes().unwrap())
             .into_iter()
@@ -1727,10 +1986,10 @@ mod tests {
         live.sort();
         assert_eq!(live, ["due", "exact", "later", "paused"]);
     }
+    }
 
-    #[test]
-    fn every_lifecycle_move_is_kept_and_a_stop_ends_it() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn every_lifecycle_move_is_kept_and_a_stop_ends_it(store) {
         store.insert_sandbox(&sandbox("sb", 0)).unwrap();
         let lifecycle = |store: &Store| store.get_sandbox("sb").unwrap().unwrap().lifecycle;
         assert_eq!(lifecycle(&store).as_deref(), Some("running"));
@@ -1742,6 +2001,7 @@ mod tests {
         let stopped = store.get_sandbox("sb").unwrap().unwrap();
         assert_eq!(stopped.lifecycle.as_deref(), Some("stopped"));
         assert_eq!(stopped.state, SandboxState::Killed);
+    }
     }
 
     #[test]
@@ -1780,13 +2040,13 @@ mod tests {
         );
         assert_eq!(
             SandboxState::parse_list("running, paused").unwrap(),
-            [SandboxState::Running, SandboxState::Paused]
+            vec![SandboxState::Running, SandboxState::Paused]
         );
         assert_eq!(
             SandboxState::parse_list("killed").unwrap(),
-            [SandboxState::Killed]
+            vec![SandboxState::Killed]
         );
-        assert_eq!(SandboxState::parse_list("").unwrap(), []);
+        assert_eq!(SandboxState::parse_list("").unwrap(), vec![]);
         assert_eq!(
             SandboxState::parse_list("running,sleeping"),
             Err(BadState("sleeping".to_owned()))

@@ -60,6 +60,14 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ("busybox-static", &["/bin/busybox"]),
     ("nodejs", &["/usr/bin/node", "/usr/bin/npm"]),
     ("chromium", &["/usr/bin/chromium"]),
+    (
+        "postgresql",
+        &[
+            "/usr/lib/postgresql/15/bin/initdb",
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            "/usr/lib/postgresql/15/bin/psql",
+        ],
+    ),
 ];
 
 /// Real tools the script and the fakes run; none is something the script

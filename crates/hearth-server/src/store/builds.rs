@@ -9,8 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::Value;
-use rusqlite::{ErrorCode, OptionalExtension, Row, params, params_from_iter};
+use super::db::{DbError, OptionalExt, Row, Sql, Value, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -130,46 +129,47 @@ impl Store {
     /// Records a new build; its id must be new.
     pub fn insert_build(&self, b: &BuildRecord) -> Result<(), StoreError> {
         let tags = serde_json::to_string(&b.tags).expect("strings serialise");
-        let result = self.lock().execute(
-            &format!(
-                "INSERT INTO template_builds ({BUILD_COLUMNS}) \
+        let result = self.with(|c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO template_builds ({BUILD_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ),
-            params![
-                b.build_id,
-                b.template,
-                b.status.as_str(),
-                b.reason,
-                b.reason_step,
-                b.node_build,
-                tags,
-                b.cpu_count,
-                b.memory_mb,
-                b.created_at_ms,
-                b.updated_at_ms,
-                b.finished_at_ms,
-            ],
-        );
+                ),
+                params![
+                    b.build_id,
+                    b.template,
+                    b.status.as_str(),
+                    b.reason,
+                    b.reason_step,
+                    b.node_build,
+                    tags,
+                    b.cpu_count,
+                    b.memory_mb,
+                    b.created_at_ms,
+                    b.updated_at_ms,
+                    b.finished_at_ms,
+                ],
+            )
+        });
         match result {
             Ok(_) => Ok(()),
-            Err(err) if err.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            Err(StoreError::Query { source, .. }) if source.is_constraint() => {
                 Err(StoreError::BuildExists(b.build_id.clone()))
             }
-            Err(err) => Err(self.query()(err)),
+            Err(err) => Err(err),
         }
     }
 
     /// The build with id `id`, if any.
     pub fn get_build(&self, id: &str) -> Result<Option<BuildRecord>, StoreError> {
-        let row = self
-            .lock()
-            .query_row(
+        let row = self.with(|c| {
+            c.query_row(
                 &format!("SELECT {BUILD_COLUMNS} FROM template_builds WHERE build_id = ?1"),
-                [id],
+                params![id],
                 BuildRow::read,
             )
             .optional()
-            .map_err(self.query())?;
+        })?;
         row.map(|row| row.into_record(self)).transpose()
     }
 
@@ -281,12 +281,11 @@ impl Store {
     /// (nothing runs them any more); returns how many.
     pub fn interrupt_builds(&self, now_ms: i64) -> Result<usize, StoreError> {
         self.transact(|tx| {
-            let ids: Vec<String> = tx
-                .prepare(
-                    "SELECT build_id FROM template_builds WHERE status IN ('waiting', 'building')",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let ids: Vec<String> = tx.query_map(
+                "SELECT build_id FROM template_builds WHERE status IN ('waiting', 'building')",
+                params![],
+                |r| r.get(0),
+            )?;
             tx.execute(
                 "UPDATE template_builds SET status = 'error', reason = ?1, \
                  updated_at_ms = ?2, finished_at_ms = ?2 \
@@ -303,14 +302,20 @@ impl Store {
 
     /// Appends a line to a build's log.
     pub fn append_build_log(&self, id: &str, entry: &BuildLogEntry) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO template_build_logs (build_id, seq, timestamp_ms, level, message, step) \
+        self.with(|c| {
+            c.execute(
+            "INSERT INTO template_build_logs (build_id, seq, timestamp_ms, level, message, step) \
                  SELECT ?1, COALESCE(MAX(seq) + 1, 0), ?2, ?3, ?4, ?5 \
                  FROM template_build_logs WHERE build_id = ?1",
-                params![id, entry.timestamp_ms, entry.level, entry.message, entry.step],
-            )
-            .map_err(self.query())?;
+            params![
+                id,
+                entry.timestamp_ms,
+                entry.level,
+                entry.message,
+                entry.step
+            ],
+        )
+        })?;
         Ok(())
     }
 
@@ -329,18 +334,16 @@ impl Store {
             .collect();
         // Unknown levels count as info.
         let unknown_ok = min_level <= 1;
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
-                "SELECT timestamp_ms, level, message, step FROM template_build_logs \
-                 WHERE build_id = ?1 AND (level IN (SELECT value FROM json_each(?2)) \
-                 OR (?3 AND level NOT IN ('debug', 'info', 'warn', 'error'))) \
-                 ORDER BY seq LIMIT ?4 OFFSET ?5",
-            )
-            .map_err(self.query())?;
         let levels = serde_json::to_string(&levels).expect("strings serialise");
-        let rows = stmt
-            .query_map(
+        self.with(|c| {
+            let wanted = c.dialect().json_elements("?2");
+            c.query_map(
+                &format!(
+                    "SELECT timestamp_ms, level, message, step FROM template_build_logs \
+                 WHERE build_id = ?1 AND (level IN (SELECT value FROM {wanted}) \
+                 OR (?3 AND level NOT IN ('debug', 'info', 'warn', 'error'))) \
+                 ORDER BY seq LIMIT ?4 OFFSET ?5"
+                ),
                 params![
                     id,
                     levels,
@@ -357,8 +360,7 @@ impl Store {
                     })
                 },
             )
-            .map_err(self.query())?;
-        rows.collect::<Result<_, _>>().map_err(self.query())
+        })
     }
 
     /// Points `tags` of `template` at build `build_id`.
@@ -369,105 +371,88 @@ impl Store {
         build_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.query())?;
-        assign_tags(&tx, template, tags, build_id, now_ms).map_err(self.query())?;
-        tx.commit().map_err(self.query())
+        self.transact(|tx| assign_tags(tx, template, tags, build_id, now_ms))
     }
 
     /// Removes `tags` from `template`; returns how many existed.
     pub fn remove_tags(&self, template: &str, tags: &[String]) -> Result<usize, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.query())?;
-        let mut removed = 0;
-        for tag in tags {
-            removed += tx
-                .execute(
+        self.transact(|tx| {
+            let mut removed = 0;
+            for tag in tags {
+                removed += tx.execute(
                     "DELETE FROM template_tags WHERE template = ?1 AND tag = ?2",
                     params![template, tag],
-                )
-                .map_err(self.query())?;
-        }
-        tx.commit().map_err(self.query())?;
-        Ok(removed)
+                )?;
+            }
+            Ok(removed)
+        })
     }
 
     /// The tags of `template`, by name.
     pub fn template_tags(&self, template: &str) -> Result<Vec<TagRecord>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        self.with(|c| {
+            c.query_map(
                 "SELECT template, tag, build_id, created_at_ms FROM template_tags \
                  WHERE template = ?1 ORDER BY tag",
+                params![template],
+                tag_from_row,
             )
-            .map_err(self.query())?;
-        let rows = stmt
-            .query_map([template], tag_from_row)
-            .map_err(self.query())?;
-        rows.collect::<Result<_, _>>().map_err(self.query())
+        })
     }
 
     /// The node builds the tags of `template` name, as `(tag, node build)`
     /// by tag: the builds a prune must keep.
     pub fn tagged_node_builds(&self, template: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(
+        self.with(|c| {
+            c.query_map(
                 "SELECT t.tag, b.node_build FROM template_tags t \
                  JOIN template_builds b ON b.build_id = t.build_id \
                  WHERE t.template = ?1 AND b.node_build IS NOT NULL ORDER BY t.tag",
+                params![template],
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .map_err(self.query())?;
-        let rows = stmt
-            .query_map([template], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(self.query())?;
-        rows.collect::<Result<_, _>>().map_err(self.query())
+        })
     }
 
     /// Tag `tag` of `template`, if it exists.
     pub fn tag(&self, template: &str, tag: &str) -> Result<Option<TagRecord>, StoreError> {
-        self.lock()
-            .query_row(
+        self.with(|c| {
+            c.query_row(
                 "SELECT template, tag, build_id, created_at_ms FROM template_tags \
                  WHERE template = ?1 AND tag = ?2",
                 params![template, tag],
                 tag_from_row,
             )
             .optional()
-            .map_err(self.query())
+        })
     }
 
     /// Forgets everything about `template`: builds, their logs, tags.
     pub fn delete_template_records(&self, template: &str) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(self.query())?;
-        tx.execute(
-            "DELETE FROM template_build_logs WHERE build_id IN \
+        self.transact(|tx| {
+            tx.execute(
+                "DELETE FROM template_build_logs WHERE build_id IN \
              (SELECT build_id FROM template_builds WHERE template = ?1)",
-            [template],
-        )
-        .map_err(self.query())?;
-        tx.execute(
-            "DELETE FROM template_builds WHERE template = ?1",
-            [template],
-        )
-        .map_err(self.query())?;
-        tx.execute("DELETE FROM template_tags WHERE template = ?1", [template])
-            .map_err(self.query())?;
-        tx.execute("DELETE FROM snapshots WHERE template = ?1", [template])
-            .map_err(self.query())?;
-        tx.commit().map_err(self.query())
+                params![template],
+            )?;
+            tx.execute(
+                "DELETE FROM template_builds WHERE template = ?1",
+                params![template],
+            )?;
+            tx.execute(
+                "DELETE FROM template_tags WHERE template = ?1",
+                params![template],
+            )?;
+            tx.execute(
+                "DELETE FROM snapshots WHERE template = ?1",
+                params![template],
+            )?;
+            Ok(())
+        })
     }
 
     fn select_builds(&self, sql: &str, args: Vec<Value>) -> Result<Vec<BuildRecord>, StoreError> {
-        let rows: Vec<BuildRow> = {
-            let conn = self.lock();
-            let mut stmt = conn.prepare(sql).map_err(self.query())?;
-            stmt.query_map(params_from_iter(args), BuildRow::read)
-                .map_err(self.query())?
-                .collect::<Result<_, _>>()
-                .map_err(self.query())?
-        };
+        let rows: Vec<BuildRow> = self.with(|c| c.query_map(sql, &args, BuildRow::read))?;
         rows.into_iter().map(|row| row.into_record(self)).collect()
     }
 }
@@ -476,12 +461,12 @@ impl Store {
 /// Points `tags` of `template` at build `build_id`, moving them from
 /// whichever builds they named.
 pub(super) fn assign_tags(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Sql,
     template: &str,
     tags: &[String],
     build_id: &str,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     for tag in tags {
         tx.execute(
             "INSERT INTO template_tags (template, tag, build_id, created_at_ms) \
@@ -494,16 +479,16 @@ pub(super) fn assign_tags(
 }
 
 fn build_event(
-    tx: &rusqlite::Connection,
+    tx: &mut dyn Sql,
     kind: EventType,
     id: &str,
     data: Option<&serde_json::Value>,
     now_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     let template: Option<String> = tx
         .query_row(
             "SELECT template FROM template_builds WHERE build_id = ?1",
-            [id],
+            params![id],
             |r| r.get(0),
         )
         .optional()?;
@@ -511,7 +496,7 @@ fn build_event(
     Ok(())
 }
 
-fn tag_from_row(row: &Row<'_>) -> rusqlite::Result<TagRecord> {
+fn tag_from_row(row: &Row) -> Result<TagRecord, DbError> {
     Ok(TagRecord {
         template: row.get(0)?,
         tag: row.get(1)?,
@@ -528,7 +513,7 @@ struct BuildRow {
 }
 
 impl BuildRow {
-    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+    fn read(row: &Row) -> Result<Self, DbError> {
         Ok(Self {
             record: BuildRecord {
                 build_id: row.get(0)?,
@@ -569,12 +554,6 @@ impl BuildRow {
 mod tests {
     use super::*;
 
-    fn open_temp() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hearth.db")).unwrap();
-        (dir, store)
-    }
-
     fn build(id: &str, template: &str, created_at_ms: i64) -> BuildRecord {
         BuildRecord {
             build_id: id.to_owned(),
@@ -601,22 +580,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn recent_builds_are_newest_first_across_templates() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn recent_builds_are_newest_first_across_templates(store) {
         for (id, template, at) in [("b1", "app", 1), ("b2", "web", 3), ("b3", "app", 2)] {
             store.insert_build(&build(id, template, at)).unwrap();
         }
         let ids = |builds: Vec<BuildRecord>| -> Vec<String> {
             builds.into_iter().map(|b| b.build_id).collect()
         };
-        assert_eq!(ids(store.recent_builds(10).unwrap()), ["b2", "b3", "b1"]);
-        assert_eq!(ids(store.recent_builds(2).unwrap()), ["b2", "b3"]);
+        assert_eq!(
+            ids(store.recent_builds(10).unwrap()),
+            vec!["b2", "b3", "b1"]
+        );
+        assert_eq!(ids(store.recent_builds(2).unwrap()), vec!["b2", "b3"]);
+    }
     }
 
-    #[test]
-    fn a_build_goes_from_waiting_to_ready_and_takes_its_tags() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn a_build_goes_from_waiting_to_ready_and_takes_its_tags(store) {
         let mut first = build("b1", "app", 1);
         first.tags = vec!["default".to_owned(), "v1".to_owned()];
         store.insert_build(&first).unwrap();
@@ -653,7 +634,7 @@ mod tests {
         assert_eq!(store.tag("app", "v1").unwrap().unwrap().build_id, "b1");
         assert_eq!(
             store.tagged_node_builds("app").unwrap(),
-            [
+            vec![
                 ("default".to_owned(), "nodebuild2".to_owned()),
                 ("v1".to_owned(), "nodebuild1".to_owned())
             ]
@@ -690,10 +671,10 @@ mod tests {
         assert!(store.template_builds("app").unwrap().is_empty());
         assert!(store.template_tags("app").unwrap().is_empty());
     }
+    }
 
-    #[test]
-    fn failures_keep_their_reason_and_a_restart_interrupts_running_builds() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn failures_keep_their_reason_and_a_restart_interrupts_running_builds(store) {
         for (id, ms) in [("w", 1), ("b", 2), ("r", 3), ("e", 4)] {
             store.insert_build(&build(id, "t", ms)).unwrap();
         }
@@ -722,10 +703,10 @@ mod tests {
         );
         assert_eq!(store.interrupt_builds(9).unwrap(), 0);
     }
+    }
 
-    #[test]
-    fn logs_page_by_offset_and_level() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn logs_page_by_offset_and_level(store) {
         store.insert_build(&build("b", "t", 1)).unwrap();
         for i in 0..250 {
             let level = if i % 50 == 49 { "error" } else { "info" };
@@ -753,5 +734,6 @@ mod tests {
             store.build_logs("b", 3, 100, level_rank("error")).unwrap()[0].message,
             "line 199"
         );
+    }
     }
 }

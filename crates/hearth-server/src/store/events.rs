@@ -7,8 +7,7 @@
 //! short by a crash is made again after a restart: at least once, each
 //! event with its own id for the receiver to drop repeats by.
 
-use rusqlite::types::{ToSql, Value};
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use super::db::{DbError, OptionalExt, Row, Sql, Value, params};
 use serde_json::json;
 
 use super::{Store, StoreError};
@@ -108,19 +107,19 @@ pub struct EventQuery {
 /// Records an event of `kind` inside transaction `c`, queueing it for the
 /// webhooks that want it. Returns its sequence number.
 pub(super) fn record(
-    c: &Connection,
+    c: &mut dyn Sql,
     kind: EventType,
     sandbox_id: Option<&str>,
     template_id: Option<&str>,
     build_id: Option<&str>,
     data: Option<&serde_json::Value>,
     at_ms: i64,
-) -> rusqlite::Result<i64> {
+) -> Result<i64, DbError> {
     let id = hearth_node::random_uuid()
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    c.execute(
+        .map_err(|e| DbError::Other(format!("cannot make an event id: {e}")))?;
+    let seq: i64 = c.query_row(
         "INSERT INTO events (id, type, at_ms, sandbox_id, template_id, build_id, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING seq",
         params![
             id,
             kind.as_str(),
@@ -128,14 +127,17 @@ pub(super) fn record(
             sandbox_id,
             template_id,
             build_id,
-            data.map(ToString::to_string)
+            data.map(|d| d.to_string())
         ],
+        |r| r.get(0),
     )?;
-    let seq = c.last_insert_rowid();
+    let wanted = c.dialect().json_elements("webhooks.events");
     c.execute(
-        "INSERT INTO webhook_deliveries (webhook_id, event_seq, next_at_ms) \
-         SELECT id, ?1, ?2 FROM webhooks WHERE enabled = 1 \
-         AND EXISTS (SELECT 1 FROM json_each(webhooks.events) WHERE value = ?3)",
+        &format!(
+            "INSERT INTO webhook_deliveries (webhook_id, event_seq, next_at_ms) \
+             SELECT id, ?1, ?2 FROM webhooks WHERE enabled = 1 \
+             AND EXISTS (SELECT 1 FROM {wanted} WHERE value = ?3)"
+        ),
         params![seq, at_ms, kind.as_str()],
     )?;
     Ok(seq)
@@ -144,16 +146,16 @@ pub(super) fn record(
 /// Records a sandbox's event, with its template and metadata read from its
 /// row and `extra` fields in its data. Nothing if it has no row.
 pub(super) fn record_sandbox(
-    c: &Connection,
+    c: &mut dyn Sql,
     kind: EventType,
     sandbox_id: &str,
     extra: serde_json::Map<String, serde_json::Value>,
     at_ms: i64,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     let row: Option<(String, String)> = c
         .query_row(
             "SELECT template_id, metadata FROM sandboxes WHERE sandbox_id = ?1",
-            [sandbox_id],
+            params![sandbox_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -202,7 +204,7 @@ fn types_filter(types: &[EventType], args: &mut Vec<Value>) -> String {
     format!(" AND type IN ({})", marks.join(", "))
 }
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
+fn event_from_row(row: &Row) -> Result<EventRecord, DbError> {
     let data: Option<String> = row.get(7)?;
     Ok(EventRecord {
         seq: row.get(0)?,
@@ -218,21 +220,22 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
 
 /// A webhook's values in [`WEBHOOK_COLUMNS`] order, its `events` as
 /// JSON.
-fn webhook_params<'a>(hook: &'a Webhook, events: &'a dyn ToSql) -> [&'a dyn ToSql; 9] {
-    [
-        &hook.id,
-        &hook.name,
-        &hook.url,
-        &hook.enabled,
+fn webhook_params(hook: &Webhook, events: &str) -> Vec<Value> {
+    params![
+        hook.id,
+        hook.name,
+        hook.url,
+        hook.enabled,
         events,
-        &hook.secret,
-        &hook.created_at_ms,
-        &hook.failing,
-        &hook.last_error,
+        hook.secret,
+        hook.created_at_ms,
+        hook.failing,
+        hook.last_error,
     ]
+    .to_vec()
 }
 
-fn webhook_from_row(row: &Row<'_>) -> rusqlite::Result<Webhook> {
+fn webhook_from_row(row: &Row) -> Result<Webhook, DbError> {
     let events: String = row.get(4)?;
     Ok(Webhook {
         id: row.get(0)?,
@@ -277,25 +280,19 @@ impl Store {
             args.len() - 1,
             args.len()
         ));
-        self.with(|c| {
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(params_from_iter(args), event_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(self.query())
+        self.with(|c| c.query_map(&sql, &args, event_from_row))
     }
 
     /// Up to `limit` events (of sandboxes and builds) after sequence
     /// number `after`, oldest first: the stream's next page.
     pub fn events_after(&self, after: i64, limit: u32) -> Result<Vec<EventRecord>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![after, limit], event_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()
+            c.query_map(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
+                params![after, limit],
+                event_from_row,
+            )
         })
-        .map_err(self.query())
     }
 
     /// The sequence number before the newest `count` events of `types`
@@ -321,19 +318,21 @@ impl Store {
             c.query_row(
                 &format!(
                     "SELECT COALESCE(MIN(seq) - 1, 0) FROM \
-                     (SELECT seq FROM events WHERE {filter} ORDER BY seq DESC LIMIT ?1)"
+                     (SELECT seq FROM events WHERE {filter} ORDER BY seq DESC LIMIT ?1) AS newest"
                 ),
-                params_from_iter(args),
+                &args,
                 |r| r.get(0),
             )
         })
-        .map_err(self.query())
     }
 
     /// The newest event's sequence number, 0 if there is none.
     pub fn last_seq(&self) -> Result<i64, StoreError> {
-        self.with(|c| c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)))
-            .map_err(self.query())
+        self.with(|c| {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", params![], |r| {
+                r.get(0)
+            })
+        })
     }
 
     /// Removes events recorded before `before_ms` and what was left to
@@ -343,9 +342,9 @@ impl Store {
             tx.execute(
                 "DELETE FROM webhook_deliveries WHERE event_seq IN \
                  (SELECT seq FROM events WHERE at_ms < ?1)",
-                [before_ms],
+                params![before_ms],
             )?;
-            tx.execute("DELETE FROM events WHERE at_ms < ?1", [before_ms])
+            tx.execute("DELETE FROM events WHERE at_ms < ?1", params![before_ms])
         })
     }
 
@@ -359,35 +358,32 @@ impl Store {
                     "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
-                webhook_params(hook, &events),
+                &webhook_params(hook, &events),
             )
-        })
-        .map_err(self.query())?;
+        })?;
         Ok(())
     }
 
     /// Every webhook, oldest first.
     pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at_ms, id"
-            ))?;
-            let rows = stmt.query_map([], webhook_from_row)?;
-            rows.collect::<Result<Vec<_>, _>>()
+            c.query_map(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at_ms, id"),
+                params![],
+                webhook_from_row,
+            )
         })
-        .map_err(self.query())
     }
 
     pub fn webhook(&self, id: &str) -> Result<Option<Webhook>, StoreError> {
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"),
-                [id],
+                params![id],
                 webhook_from_row,
             )
             .optional()
         })
-        .map_err(self.query())
     }
 
     /// Applies `change` to webhook `id`; its changed form, or `None` if
@@ -421,14 +417,20 @@ impl Store {
             hook.secret.clone_from(secret);
         }
         let events = serde_json::to_string(&hook.events).expect("strings serialise");
+        // Every column but created_at_ms (the 7th), which stays.
+        let mut values = webhook_params(&hook, &events);
+        values.remove(6);
         self.transact(|tx| {
             tx.execute(
                 "UPDATE webhooks SET name = ?2, url = ?3, enabled = ?4, events = ?5, \
-                 secret = ?6, failing = ?8, last_error = ?9 WHERE id = ?1",
-                webhook_params(&hook, &events),
+                 secret = ?6, failing = ?7, last_error = ?8 WHERE id = ?1",
+                &values,
             )?;
             if !hook.enabled {
-                tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?1", [id])?;
+                tx.execute(
+                    "DELETE FROM webhook_deliveries WHERE webhook_id = ?1",
+                    params![id],
+                )?;
             }
             Ok(())
         })?;
@@ -439,8 +441,11 @@ impl Store {
     /// was none.
     pub fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
         self.transact(|tx| {
-            tx.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?1", [id])?;
-            tx.execute("DELETE FROM webhooks WHERE id = ?1", [id])
+            tx.execute(
+                "DELETE FROM webhook_deliveries WHERE webhook_id = ?1",
+                params![id],
+            )?;
+            tx.execute("DELETE FROM webhooks WHERE id = ?1", params![id])
         })
         .map(|n| n > 0)
     }
@@ -450,7 +455,7 @@ impl Store {
     /// Up to `limit` deliveries due at `now_ms`, oldest event first.
     pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
+            c.query_map(
                 "SELECT d.webhook_id, w.url, w.secret, d.attempts, \
                  e.seq, e.id, e.type, e.at_ms, e.sandbox_id, e.template_id, e.build_id, e.data \
                  FROM webhook_deliveries d \
@@ -458,29 +463,28 @@ impl Store {
                  JOIN events e ON e.seq = d.event_seq \
                  WHERE d.next_at_ms <= ?1 AND w.enabled = 1 \
                  ORDER BY d.event_seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now_ms, limit], |r| {
-                let data: Option<String> = r.get(11)?;
-                Ok(Delivery {
-                    webhook_id: r.get(0)?,
-                    url: r.get(1)?,
-                    secret: r.get(2)?,
-                    attempts: r.get(3)?,
-                    event: EventRecord {
-                        seq: r.get(4)?,
-                        id: r.get(5)?,
-                        kind: r.get(6)?,
-                        at_ms: r.get(7)?,
-                        sandbox_id: r.get(8)?,
-                        template_id: r.get(9)?,
-                        build_id: r.get(10)?,
-                        data: data.and_then(|d| serde_json::from_str(&d).ok()),
-                    },
-                })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>()
+                params![now_ms, limit],
+                |r| {
+                    let data: Option<String> = r.get(11)?;
+                    Ok(Delivery {
+                        webhook_id: r.get(0)?,
+                        url: r.get(1)?,
+                        secret: r.get(2)?,
+                        attempts: r.get(3)?,
+                        event: EventRecord {
+                            seq: r.get(4)?,
+                            id: r.get(5)?,
+                            kind: r.get(6)?,
+                            at_ms: r.get(7)?,
+                            sandbox_id: r.get(8)?,
+                            template_id: r.get(9)?,
+                            build_id: r.get(10)?,
+                            data: data.and_then(|d| serde_json::from_str(&d).ok()),
+                        },
+                    })
+                },
+            )
         })
-        .map_err(self.query())
     }
 
     /// When the next delivery is due (Unix milliseconds), if any is queued.
@@ -489,11 +493,10 @@ impl Store {
             c.query_row(
                 "SELECT MIN(d.next_at_ms) FROM webhook_deliveries d \
                  JOIN webhooks w ON w.id = d.webhook_id WHERE w.enabled = 1",
-                [],
+                params![],
                 |r| r.get(0),
             )
         })
-        .map_err(self.query())
     }
 
     /// A delivery's target answered 2xx: it leaves the outbox, and its
@@ -506,7 +509,7 @@ impl Store {
             )?;
             tx.execute(
                 "UPDATE webhooks SET failing = 0, last_error = NULL WHERE id = ?1",
-                [webhook_id],
+                params![webhook_id],
             )
         })?;
         Ok(())
@@ -543,15 +546,13 @@ impl Store {
 
     /// Deliveries still queued for webhook `id` (for tests and listing).
     pub fn pending_deliveries(&self, id: &str) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .with(|c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
-            })
-            .map_err(self.query())?;
+        let n: i64 = self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE webhook_id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+        })?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
@@ -560,7 +561,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::SandboxState;
-    use crate::store::tests::{open_temp, sandbox};
+    use crate::store::tests::sandbox;
 
     fn hook(id: &str, events: &[EventType]) -> Webhook {
         Webhook {
@@ -591,9 +592,8 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn every_change_of_a_sandbox_is_an_event_and_a_stop_is_one_kill() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn every_change_of_a_sandbox_is_an_event_and_a_stop_is_one_kill(store) {
         let mut feed = store.event_feed();
         let mut record = sandbox("a", 1000);
         record.metadata.insert("owner".into(), "ci".into());
@@ -614,7 +614,7 @@ mod tests {
         let events = all_of(&store, "a");
         assert_eq!(
             kinds(&events),
-            [
+            vec![
                 "sandbox.lifecycle.created",
                 "sandbox.lifecycle.updated",
                 "sandbox.lifecycle.paused",
@@ -656,7 +656,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             kinds(&newest),
-            ["sandbox.lifecycle.updated", "sandbox.lifecycle.resumed"]
+            vec!["sandbox.lifecycle.updated", "sandbox.lifecycle.resumed"]
         );
         let killed = store
             .events(&EventQuery {
@@ -667,17 +667,17 @@ mod tests {
             .unwrap();
         assert_eq!(
             kinds(&killed),
-            ["sandbox.lifecycle.killed", "sandbox.lifecycle.created"]
+            vec!["sandbox.lifecycle.killed", "sandbox.lifecycle.created"]
         );
         // Another sandbox's are not this one's; an unknown id has none.
         store.insert_sandbox(&sandbox("b", 2000)).unwrap();
         assert_eq!(all_of(&store, "a").len(), 6);
         assert!(all_of(&store, "nobody").is_empty());
     }
+    }
 
-    #[test]
-    fn builds_are_events_of_the_stream_not_of_the_sandbox_list() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn builds_are_events_of_the_stream_not_of_the_sandbox_list(store) {
         let build = crate::store::BuildRecord {
             build_id: "b1".into(),
             template: "py".into(),
@@ -700,7 +700,7 @@ mod tests {
         let stream = store.events_after(0, 10).unwrap();
         assert_eq!(
             kinds(&stream),
-            ["template.build.started", "template.build.failed"]
+            vec!["template.build.started", "template.build.failed"]
         );
         assert_eq!(stream[1].template_id.as_deref(), Some("py"));
         assert_eq!(stream[1].build_id.as_deref(), Some("b1"));
@@ -729,13 +729,13 @@ mod tests {
         assert_eq!(store.seq_before_last(1, &[], Some("nobody")).unwrap(), 0);
         assert_eq!(
             kinds(&store.events_after(1, 1).unwrap()),
-            ["template.build.failed"]
+            vec!["template.build.failed"]
         );
     }
+    }
 
-    #[test]
-    fn the_outbox_queues_each_event_for_the_hooks_that_want_it() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn the_outbox_queues_each_event_for_the_hooks_that_want_it(store) {
         store
             .insert_webhook(&hook(
                 "all",
@@ -824,10 +824,10 @@ mod tests {
             .collect();
         assert_eq!(names, ["all", "off"]);
     }
+    }
 
-    #[test]
-    fn old_events_and_their_deliveries_are_forgotten() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn old_events_and_their_deliveries_are_forgotten(store) {
         store
             .insert_webhook(&hook("h", &[EventType::SandboxCreated]))
             .unwrap();
@@ -837,6 +837,7 @@ mod tests {
         assert!(all_of(&store, "old").is_empty());
         assert_eq!(all_of(&store, "new").len(), 1);
         assert_eq!(store.pending_deliveries("h").unwrap(), 1);
+    }
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! `POST /sandboxes/{id}/snapshots`), each recorded as a ready build of
 //! its template plus the sandbox it was taken from.
 
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter};
+use super::db::{Value, params};
 
 use super::builds::BuildRecord;
 use super::{Store, StoreError};
@@ -107,13 +106,13 @@ impl Store {
             args.push(Value::Text(template.clone()));
             filter.push_str(&format!(" AND template = ?{}", args.len()));
         }
-        let mut having = String::new();
+        let mut after = String::new();
         if let Some(token) = &q.next_token {
             let (at, template) = super::decode_token(token)?;
             args.push(Value::Integer(at));
             args.push(Value::Text(template));
-            having = format!(
-                " HAVING (at, template) > (?{}, ?{})",
+            after = format!(
+                " AND (created_at_ms, template) > (?{}, ?{})",
                 args.len() - 1,
                 args.len()
             );
@@ -121,17 +120,18 @@ impl Store {
         // One row past the page tells whether another page follows.
         let limit = q.limit.max(1);
         args.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
-        // SQLite takes the other columns from the row holding the MAX.
+        // The newest snapshot of each template.
         let sql = format!(
-            "SELECT build_id, template, sandbox_id, memory, MAX(created_at_ms) AS at \
-             FROM snapshots WHERE 1 = 1{filter} GROUP BY template{having} \
-             ORDER BY at, template LIMIT ?{}",
+            "SELECT build_id, template, sandbox_id, memory, created_at_ms FROM \
+             (SELECT build_id, template, sandbox_id, memory, created_at_ms, \
+             ROW_NUMBER() OVER (PARTITION BY template \
+             ORDER BY created_at_ms DESC, build_id DESC) AS newest \
+             FROM snapshots WHERE 1 = 1{filter}) AS latest \
+             WHERE newest = 1{after} ORDER BY created_at_ms, template LIMIT ?{}",
             args.len()
         );
-        let mut snapshots = {
-            let conn = self.lock();
-            let mut stmt = conn.prepare(&sql).map_err(self.query())?;
-            stmt.query_map(params_from_iter(args), |r| {
+        let mut snapshots = self.with(|c| {
+            c.query_map(&sql, &args, |r| {
                 Ok(SnapshotRecord {
                     build_id: r.get(0)?,
                     template: r.get(1)?,
@@ -140,10 +140,7 @@ impl Store {
                     created_at_ms: r.get(4)?,
                 })
             })
-            .map_err(self.query())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.query())?
-        };
+        })?;
         let more = snapshots.len() > limit;
         snapshots.truncate(limit);
         let next_token = more
@@ -161,7 +158,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::BuildStatus;
-    use crate::store::tests::{open_temp, sandbox};
+    use crate::store::tests::sandbox;
 
     fn snapshot(
         build: &str,
@@ -197,9 +194,8 @@ mod tests {
         page.snapshots.iter().map(|s| s.template.as_str()).collect()
     }
 
-    #[test]
-    fn snapshots_are_builds_listed_once_per_template_and_paged() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn snapshots_are_builds_listed_once_per_template_and_paged(store) {
         store.insert_sandbox(&sandbox("sbx-a", 1)).unwrap();
         store.insert_sandbox(&sandbox("sbx-b", 2)).unwrap();
         for (build, template, sandbox_id, at) in [
@@ -218,14 +214,14 @@ mod tests {
         let all = |q: SnapshotQuery| store.snapshots(&SnapshotQuery { limit: 100, ..q }).unwrap();
         // "one" is listed once, at its newer snapshot.
         let page = all(SnapshotQuery::default());
-        assert_eq!(templates(&page), ["two", "one", "three"]);
+        assert_eq!(templates(&page), vec!["two", "one", "three"]);
         assert_eq!(page.snapshots[1].build_id, "b3");
         assert_eq!(page.next_token, None);
         let by_a = all(SnapshotQuery {
             sandbox_id: Some("sbx-a".into()),
             ..SnapshotQuery::default()
         });
-        assert_eq!(templates(&by_a), ["one", "three"]);
+        assert_eq!(templates(&by_a), vec!["one", "three"]);
         assert_eq!(
             by_a.snapshots[0].build_id, "b1",
             "sbx-a's snapshot of 'one'"
@@ -234,7 +230,7 @@ mod tests {
             template: Some("two".into()),
             ..SnapshotQuery::default()
         });
-        assert_eq!(templates(&named), ["two"]);
+        assert_eq!(templates(&named), vec!["two"]);
 
         let mut seen = Vec::new();
         let mut token = None;
@@ -264,12 +260,15 @@ mod tests {
 
         // Deleting the template deletes its snapshots.
         store.delete_template_records("one").unwrap();
-        assert_eq!(templates(&all(SnapshotQuery::default())), ["two", "three"]);
+        assert_eq!(
+            templates(&all(SnapshotQuery::default())),
+            vec!["two", "three"]
+        );
+    }
     }
 
-    #[test]
-    fn a_snapshot_is_a_checkpointed_event_of_its_sandbox() {
-        let (_dir, store) = open_temp();
+    store_test! {
+    fn a_snapshot_is_a_checkpointed_event_of_its_sandbox(store) {
         store.insert_sandbox(&sandbox("sbx-a", 1)).unwrap();
         let (build, snapshot) = snapshot("b1", "one", "sbx-a", 10);
         store.insert_snapshot(&build, &snapshot).unwrap();
@@ -289,5 +288,6 @@ mod tests {
         assert_eq!(data["snapshot_id"], "one");
         assert_eq!(data["build_id"], "b1");
         assert_eq!(data["memory"], true);
+    }
     }
 }

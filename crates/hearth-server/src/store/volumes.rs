@@ -2,7 +2,7 @@
 //! mounted by one sandbox at a time. A sandbox's mounts are part of its
 //! row (`volume_mounts`); this table holds each volume's own facts.
 
-use rusqlite::{ErrorCode, OptionalExtension, params};
+use super::db::{DbError, OptionalExt, Row, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -43,12 +43,12 @@ pub struct VolumeMount {
 
 const COLUMNS: &str = "name, volume_id, token, size_bytes, fs, created_at_ms";
 
-fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
+fn read(row: &Row) -> Result<VolumeRecord, DbError> {
     Ok(VolumeRecord {
         name: row.get(0)?,
         volume_id: row.get(1)?,
         token: row.get(2)?,
-        size_bytes: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        size_bytes: u64::try_from(row.get::<i64>(3)?).unwrap_or(0),
         fs: row.get(4)?,
         created_at_ms: row.get(5)?,
     })
@@ -73,22 +73,22 @@ impl Store {
         });
         match inserted {
             Ok(_) => Ok(()),
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            Err(StoreError::Query { source, .. }) if source.is_constraint() => {
                 Err(StoreError::VolumeExists(volume.name.clone()))
             }
-            Err(e) => Err(self.query()(e)),
+            Err(e) => Err(e),
         }
     }
 
     /// Every volume, by name.
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>, StoreError> {
         self.with(|c| {
-            let mut statement =
-                c.prepare(&format!("SELECT {COLUMNS} FROM volumes ORDER BY name"))?;
-            let rows = statement.query_map([], read)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
+            c.query_map(
+                &format!("SELECT {COLUMNS} FROM volumes ORDER BY name"),
+                params![],
+                read,
+            )
         })
-        .map_err(self.query())
     }
 
     /// The volume named or identified by `name_or_id`.
@@ -96,19 +96,17 @@ impl Store {
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {COLUMNS} FROM volumes WHERE name = ?1 OR volume_id = ?1"),
-                [name_or_id],
+                params![name_or_id],
                 read,
             )
             .optional()
         })
-        .map_err(self.query())
     }
 
     /// Forgets volume `name`; false if there was none.
     pub fn delete_volume(&self, name: &str) -> Result<bool, StoreError> {
-        self.with(|c| c.execute("DELETE FROM volumes WHERE name = ?1", [name]))
+        self.with(|c| c.execute("DELETE FROM volumes WHERE name = ?1", params![name]))
             .map(|n| n > 0)
-            .map_err(self.query())
     }
 }
 
@@ -116,10 +114,8 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[test]
-    fn volumes_are_kept_by_name_and_id() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("hearth.db")).unwrap();
+    store_test! {
+    fn volumes_are_kept_by_name_and_id(store) {
         let volume = VolumeRecord {
             name: "data".into(),
             volume_id: "vol-1".into(),
@@ -135,9 +131,10 @@ mod tests {
         ));
         assert_eq!(store.volume("data").unwrap().as_ref(), Some(&volume));
         assert_eq!(store.volume("vol-1").unwrap().as_ref(), Some(&volume));
-        assert_eq!(store.volumes().unwrap(), [volume]);
+        assert_eq!(store.volumes().unwrap(), vec![volume]);
         assert!(store.delete_volume("data").unwrap());
         assert!(!store.delete_volume("data").unwrap());
         assert_eq!(store.volume("data").unwrap(), None);
+    }
     }
 }
