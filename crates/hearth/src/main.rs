@@ -29,6 +29,12 @@ struct Cli {
         default_value = "/run/hearth"
     )]
     run_dir: PathBuf,
+    /// The catalog (keys, sandboxes, builds, events): an SQLite file, by
+    /// default <data-dir>/hearth.db, or a PostgreSQL URL
+    /// (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE) shared by a
+    /// cluster.
+    #[arg(long, global = true, env = "HEARTH_STORE", value_name = "PATH|URL")]
+    store: Option<String>,
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, global = true, env = "HEARTH_LOG", default_value = "warn")]
     log: String,
@@ -103,7 +109,7 @@ fn main() -> ExitCode {
     let layout = hearth_node::Layout::new(&cli.data_dir, &cli.run_dir);
     let result = match cli.command {
         Command::Kernel(cmd) => commands::kernel::run(cmd, &layout),
-        Command::Template(cmd) => commands::template::run(cmd, &layout),
+        Command::Template(cmd) => commands::template::run(cmd, &layout, cli.store.as_deref()),
         Command::Sandbox(cmd) => commands::sandbox::run(cmd, &layout),
         Command::Bench(args) => commands::bench::run(args, &layout),
         Command::Volume(VolumeCommand::Create(args)) => {
@@ -111,8 +117,8 @@ fn main() -> ExitCode {
         }
         Command::Volume(VolumeCommand::List(args)) => commands::remote::volume_list(args, &layout),
         Command::Volume(VolumeCommand::Rm(args)) => commands::remote::volume_rm(args, &layout),
-        Command::Server(args) => commands::server::run(args, &layout),
-        Command::Keys(cmd) => commands::server::keys(cmd, &layout),
+        Command::Server(args) => commands::server::run(args, &layout, cli.store.as_deref()),
+        Command::Keys(cmd) => commands::server::keys(cmd, &layout, cli.store.as_deref()),
         Command::Events(args) => commands::events::run(args, &layout),
     };
     match result {

@@ -91,12 +91,19 @@ pub(crate) enum KeysCommand {
     Revoke { id: String },
 }
 
-fn open_store(layout: &Layout) -> anyhow::Result<Arc<Store>> {
-    std::fs::create_dir_all(layout.data_dir())?;
-    Ok(Arc::new(Store::open(&server::store_path(layout))?))
+/// The store `--store` names, else the SQLite file in the data directory.
+fn open_store(layout: &Layout, spec: Option<&str>) -> anyhow::Result<Arc<Store>> {
+    let store = match spec {
+        Some(spec) => Store::open_spec(spec)?,
+        None => {
+            std::fs::create_dir_all(layout.data_dir())?;
+            Store::open(&server::store_path(layout))?
+        }
+    };
+    Ok(Arc::new(store))
 }
 
-pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
+pub(crate) fn run(args: ServerArgs, layout: &Layout, store: Option<&str>) -> CommandResult {
     // The base template (and its snapshot) before anything listens.
     let kernel_missing = hearth_image::current_kernel(&layout.kernels())?.is_none();
     if kernel_missing {
@@ -106,7 +113,7 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
         eprintln!("hearth: template 'base' is missing; building it (first start only)");
         super::template::build(layout, "base", None)?;
     }
-    let store = open_store(layout)?;
+    let store = open_store(layout, store)?;
     if let Some(key) = hearth_server::keys::ensure_first_key(&store, &server::key_path(layout))? {
         println!(
             "API key (shown once; also in {}): {key}",
@@ -172,8 +179,8 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout) -> CommandResult {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn keys(cmd: KeysCommand, layout: &Layout) -> CommandResult {
-    let store = open_store(layout)?;
+pub(crate) fn keys(cmd: KeysCommand, layout: &Layout, store: Option<&str>) -> CommandResult {
+    let store = open_store(layout, store)?;
     match cmd {
         KeysCommand::Create { name } => {
             let (info, key) = store.create_key(&name)?;

@@ -74,10 +74,10 @@ pub(crate) enum TemplateCommand {
     Prune,
 }
 
-pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
+pub(crate) fn run(cmd: TemplateCommand, layout: &Layout, store: Option<&str>) -> CommandResult {
     match cmd {
         TemplateCommand::Build(args) if args.from_image.is_some() || args.file.is_some() => {
-            build_recipe(layout, *args)?;
+            build_recipe(layout, *args, store)?;
         }
         TemplateCommand::Build(args) => {
             let BuildArgs {
@@ -90,7 +90,7 @@ pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
             let template = build(layout, &name, init_binary)?;
             let runtime = tokio::runtime::Runtime::new()?;
             let snapshot = runtime.block_on(snapshot(layout, &template, vcpus, memory))?;
-            prune_old(layout, &name)?;
+            prune_old(layout, &name, store)?;
             println!("{} {}", template.name, snapshot.dir.display());
         }
         TemplateCommand::Rm { name } => {
@@ -98,7 +98,7 @@ pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
             println!("removed template {name}");
         }
         TemplateCommand::List => {
-            let catalog = Catalog::open(layout)?;
+            let catalog = Catalog::open(layout, store)?;
             println!(
                 "{:<16} {:<18} {:>8} {:>7}  {:<28} {:<12} {:<16} START",
                 "NAME", "BUILD", "SIZE", "BUILT", "SOURCE", "PORTS", "TAGS"
@@ -138,7 +138,7 @@ pub(crate) fn run(cmd: TemplateCommand, layout: &Layout) -> CommandResult {
 }
 
 /// A template from an image or a Dockerfile, built and snapshotted.
-fn build_recipe(layout: &Layout, args: BuildArgs) -> anyhow::Result<()> {
+fn build_recipe(layout: &Layout, args: BuildArgs, store: Option<&str>) -> anyhow::Result<()> {
     let BuildArgs {
         name,
         from_image,
@@ -190,7 +190,7 @@ fn build_recipe(layout: &Layout, args: BuildArgs) -> anyhow::Result<()> {
         };
         anyhow::Ok(node.build_template(&opts, &PrintLog).await?)
     })?;
-    prune_old(layout, &name)?;
+    prune_old(layout, &name, store)?;
     println!("{} {}", built.template.name, built.snapshot.dir.display());
     Ok(())
 }
@@ -200,7 +200,10 @@ fn build_recipe(layout: &Layout, args: BuildArgs) -> anyhow::Result<()> {
 struct Catalog(Option<Store>);
 
 impl Catalog {
-    fn open(layout: &Layout) -> anyhow::Result<Self> {
+    fn open(layout: &Layout, spec: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(spec) = spec {
+            return Ok(Self(Some(Store::open_spec(spec)?)));
+        }
         let path = hearth_server::server::store_path(layout);
         if !path.exists() {
             return Ok(Self(None));
@@ -218,8 +221,8 @@ impl Catalog {
 }
 
 /// Deletes the old builds of `name` that no sandbox uses and no tag names.
-fn prune_old(layout: &Layout, name: &str) -> anyhow::Result<()> {
-    let keep = Catalog::open(layout)?
+fn prune_old(layout: &Layout, name: &str, store: Option<&str>) -> anyhow::Result<()> {
+    let keep = Catalog::open(layout, store)?
         .tags(name)?
         .into_iter()
         .map(|(_, build)| build)
