@@ -1157,6 +1157,31 @@ impl Manager {
         }
     }
 
+    /// Kills the sandboxes this node runs that the catalog says have
+    /// stopped: in a cluster, those an API server reported lost while this
+    /// node was silent.
+    pub async fn kill_stopped_elsewhere(&self) {
+        let ids: Vec<String> = self.live.lock().keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let stopped = match self.store.stopped_among(&ids) {
+            Ok(stopped) => stopped,
+            Err(e) => {
+                tracing::warn!("reconciling with the catalog: {e}");
+                return;
+            }
+        };
+        for id in stopped {
+            if let Some(running) = self.live.get(&id) {
+                tracing::warn!(sandbox = id, "the catalog says it stopped: killing it");
+                if let Err(e) = running.handle.stop(StopReason::Killed).await {
+                    tracing::warn!(sandbox = id, "{e}");
+                }
+            }
+        }
+    }
+
     /// Kills (or, with auto-pause, pauses) every running sandbox whose end
     /// has passed, and forgets sandboxes stopped a day ago.
     pub async fn expire(&self) {

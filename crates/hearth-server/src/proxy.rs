@@ -33,12 +33,12 @@ const INTERNAL_ROUTES: &[&str] = &["/init"];
 
 /// Where a request should go, if it is for a sandbox.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    sandbox: String,
+pub(crate) struct Target {
+    pub(crate) sandbox: String,
     port: u16,
 }
 
-fn target(request: &Request, domain: Option<&str>) -> Result<Option<Target>, ApiError> {
+pub(crate) fn target(request: &Request, domain: Option<&str>) -> Result<Option<Target>, ApiError> {
     let headers = request.headers();
     if let Some(id) = headers.get(SANDBOX_ID_HEADER) {
         let sandbox = id
@@ -216,22 +216,32 @@ async fn forward(api: &Api, target: Target, mut request: Request) -> Result<Resp
         () = &mut ended => return Err(gone()),
     };
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let sandbox_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            match (client_upgrade.await, sandbox_upgrade.await) {
-                (Ok(client), Ok(sandbox)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut sandbox = TokioIo::new(sandbox);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut sandbox).await;
-                }
-                (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
-            }
-        });
-    }
+    splice_upgrade(client_upgrade, &mut response);
     let (parts, body) = response.into_parts();
     let body = UntilEnded::new(body, ended, Arc::clone(&api.manager));
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Once `response` switches protocols (a WebSocket), copies bytes both
+/// ways between the client's upgraded connection and the upstream one.
+pub(crate) fn splice_upgrade(
+    client: hyper::upgrade::OnUpgrade,
+    response: &mut hyper::Response<Incoming>,
+) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let upstream = hyper::upgrade::on(response);
+    tokio::spawn(async move {
+        match (client.await, upstream.await) {
+            (Ok(client), Ok(upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
 }
 
 /// Connects to `addr` and sends it the request (whose body streams on).

@@ -44,6 +44,10 @@ pub struct ServerOptions {
     pub allow_privileged_ports: bool,
     /// Serve the API and the proxy over TLS.
     pub tls: Option<Tls>,
+    /// Run as a node of a cluster (`hearth node`): registered in the
+    /// catalog, heartbeating, answering only its API servers. The store
+    /// must be scoped to it ([`Store::for_node`]).
+    pub cluster: Option<crate::cluster::NodeIdentity>,
 }
 
 /// Where the listener's certificate comes from.
@@ -171,8 +175,28 @@ pub async fn serve(
         }
         None => None,
     };
-    let app = api::router(Arc::clone(&api))
+    let mut app = api::router(Arc::clone(&api))
         .layer(middleware::from_fn_with_state(api, crate::proxy::route));
+    let heartbeat = match &options.cluster {
+        Some(identity) => {
+            app = app.layer(middleware::from_fn_with_state(
+                identity.secret.clone(),
+                crate::cluster::require_secret,
+            ));
+            let capacity = crate::cluster::capacity(manager.node());
+            let address = identity
+                .advertise
+                .clone()
+                .unwrap_or_else(|| listen.to_string());
+            Some(tokio::spawn(crate::cluster::heartbeat(
+                Arc::clone(&manager),
+                identity.clone(),
+                address,
+                capacity,
+            )))
+        }
+        None => None,
+    };
     ready(&Listening {
         addr: listen,
         tls: tls.as_ref().map(|(files, _)| files.clone()),
@@ -218,6 +242,9 @@ pub async fn serve(
                 .await
         }
     };
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
     expiry.abort();
     sampler.abort();
     webhooks.abort();

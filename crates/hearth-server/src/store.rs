@@ -35,6 +35,7 @@ mod testing;
 mod builds;
 mod db;
 mod events;
+mod nodes;
 mod snapshots;
 mod volumes;
 
@@ -43,6 +44,7 @@ use db::{Dialect, OptionalExt, Row, Sql, Value, params};
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 pub use db::DbError;
 pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
+pub use nodes::{Capacity, NODE_LOST, NodeLoad, NodeRecord, NodeStatus, SandboxNode};
 pub use snapshots::{SnapshotPage, SnapshotQuery, SnapshotRecord};
 pub use volumes::{VolumeMount, VolumeRecord};
 
@@ -355,6 +357,9 @@ pub struct Store {
     /// Where the store is, for messages: its file, or its URL without the
     /// password.
     location: String,
+    /// The cluster node this process is, if it is one: the sandboxes it
+    /// records are its own, and it acts on no others ([`Store::for_node`]).
+    node: Option<String>,
     /// The newest event recorded through this store.
     events: tokio::sync::watch::Sender<i64>,
 }
@@ -441,6 +446,7 @@ const MIGRATIONS: &[&str] = &[
     events::SCHEMA_7,
     snapshots::SCHEMA_8,
     volumes::SCHEMA_9,
+    nodes::SCHEMA_10,
 ];
 
 /// Where a PostgreSQL store keeps its schema version.
@@ -532,11 +538,26 @@ impl Store {
         let store = Self {
             backend,
             location,
+            node: None,
             events: tokio::sync::watch::Sender::new(0),
         };
         store.migrate()?;
         store.events.send_replace(store.last_seq()?);
         Ok(store)
+    }
+
+    /// The store of cluster node `node_id`: the sandboxes it inserts are
+    /// recorded as that node's, and [`Store::running_sandboxes`] and
+    /// [`Store::expired`] see only that node's.
+    #[must_use]
+    pub fn for_node(mut self, node_id: &str) -> Self {
+        self.node = Some(node_id.to_owned());
+        self
+    }
+
+    /// The cluster node of this store, if it is a node's.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// Where the store is: its file, or its URL without the password.
@@ -870,11 +891,11 @@ impl Store {
         let result = self.transact(|tx| {
             tx.execute(
                 &format!(
-                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
+                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}, node_id) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-                     ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                     ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
                 ),
-                &row.params(),
+                &[row.params(), params![self.node].to_vec()].concat(),
             )?;
             events::record_sandbox(
                 tx,
@@ -1160,26 +1181,43 @@ impl Store {
 
     /// Sandboxes that are running or paused: what a restarted server must
     /// account for.
+    /// Of a node's store, only that node's.
     pub fn running_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let (mine, args) = self.node_filter(1);
         self.select_sandboxes(
             &format!(
-                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ('running', 'paused') \
+                "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ('running', 'paused'){mine} \
                  ORDER BY started_at_ms DESC, sandbox_id"
             ),
-            Vec::new(),
+            args,
         )
     }
 
     /// Running sandboxes whose end is at or before `now_ms`, the earliest
-    /// first.
+    /// first. Of a node's store, only that node's: the node that runs a
+    /// sandbox is the one that times it out.
     pub fn expired(&self, now_ms: i64) -> Result<Vec<SandboxRecord>, StoreError> {
+        let (mine, mut args) = self.node_filter(2);
+        args.insert(0, Value::Integer(now_ms));
         self.select_sandboxes(
             &format!(
                 "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
-                 WHERE state = 'running' AND end_at_ms <= ? ORDER BY end_at_ms, sandbox_id"
+                 WHERE state = 'running' AND end_at_ms <= ?1{mine} ORDER BY end_at_ms, sandbox_id"
             ),
-            vec![Value::Integer(now_ms)],
+            args,
         )
+    }
+
+    /// ` AND node_id = ?N` and its value, for a node's store; nothing
+    /// otherwise.
+    pub(crate) fn node_filter(&self, n: usize) -> (String, Vec<Value>) {
+        match &self.node {
+            Some(node) => (
+                format!(" AND node_id = ?{n}"),
+                vec![Value::Text(node.clone())],
+            ),
+            None => (String::new(), Vec::new()),
+        }
     }
 
     fn select_sandboxes(

@@ -69,6 +69,12 @@ enum Command {
     Volume(VolumeCommand),
     /// Run the E2B-compatible API and sandbox proxy with the node in-process.
     Server(commands::server::ServerArgs),
+    /// Run a node of a cluster: a server that registers in the shared
+    /// catalog (--store postgres://…) and answers only its API servers.
+    Node(commands::server::NodeArgs),
+    /// Run a stateless API server of a cluster: it places sandboxes on the
+    /// nodes and routes each request to the node it is about.
+    Api(commands::server::ApiArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(commands::server::KeysCommand),
@@ -118,6 +124,8 @@ fn main() -> ExitCode {
         Command::Volume(VolumeCommand::List(args)) => commands::remote::volume_list(args, &layout),
         Command::Volume(VolumeCommand::Rm(args)) => commands::remote::volume_rm(args, &layout),
         Command::Server(args) => commands::server::run(args, &layout, cli.store.as_deref()),
+        Command::Node(args) => commands::server::node(args, &layout, cli.store.as_deref()),
+        Command::Api(args) => commands::server::api(args, cli.store.as_deref()),
         Command::Keys(cmd) => commands::server::keys(cmd, &layout, cli.store.as_deref()),
         Command::Events(args) => commands::events::run(args, &layout),
     };

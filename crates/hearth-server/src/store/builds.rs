@@ -132,8 +132,8 @@ impl Store {
         let result = self.with(|c| {
             c.execute(
                 &format!(
-                    "INSERT INTO template_builds ({BUILD_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                    "INSERT INTO template_builds ({BUILD_COLUMNS}, node_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
                     b.build_id,
@@ -148,6 +148,7 @@ impl Store {
                     b.created_at_ms,
                     b.updated_at_ms,
                     b.finished_at_ms,
+                    self.node,
                 ],
             )
         });
@@ -280,17 +281,25 @@ impl Store {
     /// Fails every build left waiting or building by a server that stopped
     /// (nothing runs them any more); returns how many.
     pub fn interrupt_builds(&self, now_ms: i64) -> Result<usize, StoreError> {
+        // A node's store interrupts that node's builds only.
+        let (mine, node) = self.node_filter(3);
         self.transact(|tx| {
             let ids: Vec<String> = tx.query_map(
-                "SELECT build_id FROM template_builds WHERE status IN ('waiting', 'building')",
-                params![],
+                &format!(
+                    "SELECT build_id FROM template_builds \
+                     WHERE status IN ('waiting', 'building'){}",
+                    mine.replace("?3", "?1")
+                ),
+                &node,
                 |r| r.get(0),
             )?;
             tx.execute(
-                "UPDATE template_builds SET status = 'error', reason = ?1, \
-                 updated_at_ms = ?2, finished_at_ms = ?2 \
-                 WHERE status IN ('waiting', 'building')",
-                params![INTERRUPTED, now_ms],
+                &format!(
+                    "UPDATE template_builds SET status = 'error', reason = ?1, \
+                     updated_at_ms = ?2, finished_at_ms = ?2 \
+                     WHERE status IN ('waiting', 'building'){mine}"
+                ),
+                &[params![INTERRUPTED, now_ms], &node[..]].concat(),
             )?;
             let data = serde_json::json!({ "reason": INTERRUPTED });
             for id in &ids {
@@ -670,6 +679,25 @@ mod tests {
         store.delete_template_records("app").unwrap();
         assert!(store.template_builds("app").unwrap().is_empty());
         assert!(store.template_tags("app").unwrap().is_empty());
+    }
+    }
+
+    store_test! {
+    fn a_restarting_node_interrupts_its_own_builds_only(store) {
+        let store = store.for_node("a");
+        store.insert_build(&build("mine", "t", 1)).unwrap();
+        store.insert_build(&build("theirs", "t", 2)).unwrap();
+        store
+            .with(|c| {
+                c.execute(
+                    "UPDATE template_builds SET node_id = 'b' WHERE build_id = 'theirs'",
+                    params![],
+                )
+            })
+            .unwrap();
+        assert_eq!(store.interrupt_builds(3).unwrap(), 1);
+        assert_eq!(store.get_build("mine").unwrap().unwrap().status, BuildStatus::Error);
+        assert_eq!(store.get_build("theirs").unwrap().unwrap().status, BuildStatus::Waiting);
     }
     }
 

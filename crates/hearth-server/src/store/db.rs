@@ -349,45 +349,33 @@ fn sqlite_query(
     Ok(out)
 }
 
-impl Sql for rusqlite::Connection {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
+/// [`Sql`] for an SQLite connection or transaction (which derefs to its
+/// connection).
+macro_rules! sqlite_sql {
+    ($($ty:ty),+) => {$(
+        impl Sql for $ty {
+            fn dialect(&self) -> Dialect {
+                Dialect::Sqlite
+            }
 
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<usize, DbError> {
-        Ok(self
-            .prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(params))?)
-    }
+            fn execute(&mut self, sql: &str, params: &[Value]) -> Result<usize, DbError> {
+                Ok(self
+                    .prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(params))?)
+            }
 
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        sqlite_query(self, sql, params)
-    }
+            fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+                sqlite_query(self, sql, params)
+            }
 
-    fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
-        Ok(rusqlite::Connection::execute_batch(self, sql)?)
-    }
+            fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+                Ok(rusqlite::Connection::execute_batch(self, sql)?)
+            }
+        }
+    )+};
 }
 
-impl Sql for rusqlite::Transaction<'_> {
-    fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<usize, DbError> {
-        Ok(self
-            .prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(params))?)
-    }
-
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        sqlite_query(self, sql, params)
-    }
-
-    fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
-        Ok(rusqlite::Connection::execute_batch(self, sql)?)
-    }
-}
+sqlite_sql!(rusqlite::Connection, rusqlite::Transaction<'_>);
 
 // PostgreSQL.
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use hearth_node::{Layout, NodeError, NodeOptions};
+use hearth_server::cluster::api::ApiOptions;
+use hearth_server::cluster::{NodeIdentity, Secret};
 use hearth_server::manager::Shape;
 use hearth_server::server::{self, ServerOptions, Tls};
 use hearth_server::store::Store;
@@ -103,7 +105,100 @@ fn open_store(layout: &Layout, spec: Option<&str>) -> anyhow::Result<Arc<Store>>
     Ok(Arc::new(store))
 }
 
+#[derive(Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// This node's name in the catalog (default: the host name).
+    #[arg(long, env = "HEARTH_NODE_ID")]
+    node_id: Option<String>,
+    /// host:port where the API servers reach this node (default: --listen).
+    #[arg(long, env = "HEARTH_NODE_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Shared by the cluster's nodes and API servers (16 characters or
+    /// more): a node answers only requests that carry it.
+    #[arg(long, env = "HEARTH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ApiArgs {
+    /// Address of the API and the sandbox proxy.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Domain of sandbox host names, as the nodes have it.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Shared by the cluster's nodes and API servers (16 characters or
+    /// more); it is also the X-Admin-Token of the /nodes routes.
+    #[arg(long, env = "HEARTH_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: String,
+}
+
+/// `hearth node`: a server that is a node of a cluster.
+pub(crate) fn node(args: NodeArgs, layout: &Layout, store: Option<&str>) -> CommandResult {
+    let secret = Secret::new(args.cluster_secret).map_err(anyhow::Error::msg)?;
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .map_err(|e| anyhow::anyhow!("reading the host name ({e}): pass --node-id"))?,
+    };
+    let identity = NodeIdentity {
+        advertise: args.advertise,
+        node_id,
+        secret,
+    };
+    serve_node(args.server, layout, store, Some(identity))
+}
+
+/// `hearth api`: a stateless API server in front of a cluster's nodes.
+pub(crate) fn api(args: ApiArgs, store: Option<&str>) -> CommandResult {
+    let Some(spec) = store else {
+        return Err(anyhow::anyhow!(
+            "hearth api needs the cluster's catalog: --store postgres://… (or HEARTH_STORE)"
+        )
+        .into());
+    };
+    let options = ApiOptions {
+        listen: args.listen,
+        domain: args.domain,
+        secret: Secret::new(args.cluster_secret).map_err(anyhow::Error::msg)?,
+    };
+    let store = Arc::new(Store::open_spec(spec)?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(hearth_server::cluster::api::serve(
+        store,
+        options,
+        |addr| eprintln!("hearth: API server listening on http://{addr}"),
+        shutdown_signal()?,
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves at SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("hearth: shutting down");
+    })
+}
+
 pub(crate) fn run(args: ServerArgs, layout: &Layout, store: Option<&str>) -> CommandResult {
+    serve_node(args, layout, store, None)
+}
+
+fn serve_node(
+    args: ServerArgs,
+    layout: &Layout,
+    store: Option<&str>,
+    cluster: Option<NodeIdentity>,
+) -> CommandResult {
     // The base template (and its snapshot) before anything listens.
     let kernel_missing = hearth_image::current_kernel(&layout.kernels())?.is_none();
     if kernel_missing {
@@ -113,7 +208,11 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout, store: Option<&str>) -> Com
         eprintln!("hearth: template 'base' is missing; building it (first start only)");
         super::template::build(layout, "base", None)?;
     }
-    let store = open_store(layout, store)?;
+    let mut store = open_store(layout, store)?;
+    if let Some(identity) = &cluster {
+        let owned = Arc::into_inner(store).expect("opened here");
+        store = Arc::new(owned.for_node(&identity.node_id));
+    }
     if let Some(key) = hearth_server::keys::ensure_first_key(&store, &server::key_path(layout))? {
         println!(
             "API key (shown once; also in {}): {key}",
@@ -147,18 +246,11 @@ pub(crate) fn run(args: ServerArgs, layout: &Layout, store: Option<&str>) -> Com
             _ if args.tls_self_signed => Some(Tls::Local),
             _ => None,
         },
+        cluster,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("hearth: shutting down");
-        };
+        let shutdown = shutdown_signal()?;
         server::serve(
             layout.clone(),
             store,

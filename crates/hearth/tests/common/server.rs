@@ -73,11 +73,23 @@ impl Server {
         } else {
             &["--listen", "127.0.0.1:0"][..]
         };
+        let mut args = vec!["server"];
+        args.extend_from_slice(listen);
+        args.extend_from_slice(&["--domain", DOMAIN, "--pool", "1"]);
+        args.extend_from_slice(extra);
+        Self::run(binary, data, &args, "hearth: listening on ")
+    }
+
+    /// `hearth ARGS` over `data`, once it printed `ready` followed by its
+    /// URL (a cluster's `node` or `api`).
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn start_role(data: &Path, args: &[&str], ready: &str) -> Self {
+        Self::run(Path::new(env!("CARGO_BIN_EXE_hearth")), data, args, ready)
+    }
+
+    fn run(binary: &Path, data: &Path, args: &[&str], ready: &str) -> Self {
         let mut child = Command::new(binary)
-            .arg("server")
-            .args(listen)
-            .args(["--domain", DOMAIN, "--pool", "1"])
-            .args(extra)
+            .args(args)
             .env("HEARTH_DATA_DIR", data)
             .env("HEARTH_LOG", "info")
             .env_remove("RUST_LOG")
@@ -85,7 +97,14 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("hearth server starts");
+            .expect("hearth starts");
+        let who = format!(
+            "{}[{}]",
+            args.iter()
+                .find(|a| !a.starts_with('-'))
+                .unwrap_or(&"hearth"),
+            child.id()
+        );
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let started = Instant::now();
@@ -95,8 +114,8 @@ impl Server {
                 .next()
                 .expect("the server printed where it listens")
                 .unwrap();
-            eprintln!("server: {line}");
-            if let Some(url) = line.strip_prefix("hearth: listening on ") {
+            eprintln!("{who}: {line}");
+            if let Some(url) = line.strip_prefix(ready) {
                 break url.to_owned();
             }
             log.lock().unwrap().push(line);
@@ -106,7 +125,7 @@ impl Server {
         let kept = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
-                eprintln!("server: {line}");
+                eprintln!("{who}: {line}");
                 kept.lock().unwrap().push(line);
             }
         });
@@ -122,6 +141,12 @@ impl Server {
             .iter()
             .find(|l| l.contains(text))
             .cloned()
+    }
+
+    /// Its process id.
+    #[allow(dead_code)] // Not every test binary that includes this file uses it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `kill -9`: the server ends at once, with no shutdown of its own.
@@ -255,10 +280,33 @@ pub fn free_port() -> SocketAddr {
 /// the body, or why there was no answer.
 #[allow(dead_code)] // Not every test binary that includes this file uses it.
 pub fn http_get(addr: SocketAddr, path: &str, key: Option<&str>) -> std::io::Result<(u16, String)> {
+    let headers: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    http(addr, "GET", path, &headers, None)
+}
+
+/// `METHOD path` over HTTP/1.0 with `headers` and a JSON `body`: the status
+/// and the body, or why there was no answer.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let key = key.map_or(String::new(), |k| format!("X-API-Key: {k}\r\n"));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{key}\r\n")?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(stream, "{head}\r\n{}", body.unwrap_or(""))?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
