@@ -68,6 +68,7 @@ const PACKAGES: &[(&str, &[&str])] = &[
             "/usr/lib/postgresql/15/bin/psql",
         ],
     ),
+    ("systemd", &["/usr/bin/systemd-analyze"]),
 ];
 
 /// Real tools the script and the fakes run; none is something the script
