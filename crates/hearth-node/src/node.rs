@@ -530,7 +530,8 @@ pub(crate) fn kill_leftover_vmm(sandbox_dir: &Path) {
 
 /// Whether process `pid` exists and has not ended: an ended process whose
 /// parent has not reaped it yet (a VMM that outlived its starter is
-/// reaped by whoever inherited it) has closed its files already.
+/// reaped by whoever inherited it) has closed its files already, once all
+/// its threads have exited.
 fn runs(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -539,7 +540,17 @@ fn runs(pid: i32) -> bool {
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
+    if !matches!(state, Some('Z' | 'X') | None) {
+        return true;
+    }
+    // A multi-threaded process's leader turns zombie before its other
+    // threads have exited, and its descriptors (the locks it holds) are
+    // closed only when the last one has: it runs until they are gone.
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks
+            .filter_map(Result::ok)
+            .any(|task| task.file_name().to_str() != Some(&pid.to_string()))
+    })
 }
 
 /// The host's IPv4 name servers, minus loopback ones (a guest cannot reach
@@ -560,6 +571,39 @@ fn parse_nameservers(text: &str) -> Vec<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_runs_until_its_last_thread_ends() {
+        // The main thread ends (SYS_exit, not exit_group) while another
+        // sleeps: the leader is a zombie, the process still holds its
+        // files.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import ctypes, threading, time\n\
+                 threading.Thread(target=time.sleep, args=(30,)).start()\n\
+                 ctypes.CDLL(None).syscall(60, 0)",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let leader_ended = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        };
+        while !leader_ended() {
+            assert!(Instant::now() < deadline, "the leader thread did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(runs(pid), "a zombie leader with a live thread still runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!runs(pid));
+        assert!(runs(i32::try_from(std::process::id()).unwrap()));
+    }
 
     #[test]
     fn work_directories_name_their_builder() {
