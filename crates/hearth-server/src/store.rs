@@ -586,6 +586,8 @@ impl Store {
             let version: i64 = match dialect {
                 Dialect::Sqlite => tx.query_row("PRAGMA user_version", &[], |r| r.get(0))?,
                 Dialect::Postgres => {
+                    // Not the notice that the table exists, at each start.
+                    tx.execute_batch("SET LOCAL client_min_messages = warning")?;
                     tx.execute_batch(POSTGRES_VERSION_TABLE)?;
                     // Waits for another process's migration to commit.
                     tx.execute(

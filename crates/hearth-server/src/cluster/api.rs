@@ -5,7 +5,8 @@
 //! - sandbox traffic (`E2b-Sandbox-Id`, or host `<port>-<id>.<domain>`)
 //!   and `/sandboxes/{id}…`, `/v2/sandboxes/{id}…`: the node that runs the
 //!   sandbox;
-//! - `POST /sandboxes`: the node [`super::place`] picks;
+//! - `POST /sandboxes` and `POST /v2/sandboxes`: the node [`super::place`]
+//!   picks;
 //! - anything else (lists, keys, templates, events): any live node, all of
 //!   which read the one catalog.
 //!
@@ -96,7 +97,10 @@ fn destination(request: &Request, domain: Option<&str>) -> Result<Destination, A
         return Ok(Destination::Sandbox(target.sandbox));
     }
     let path = request.uri().path();
-    if request.method() == Method::POST && path.trim_end_matches('/') == "/sandboxes" {
+    // E2B's create, and the SDKs' (v2).
+    if request.method() == Method::POST
+        && matches!(path.trim_end_matches('/'), "/sandboxes" | "/v2/sandboxes")
+    {
         return Ok(Destination::Create);
     }
     let rest = path
@@ -340,6 +344,7 @@ mod tests {
         };
         let sandbox = |id: &str| Destination::Sandbox(id.to_owned());
         assert_eq!(d(Method::POST, "/sandboxes", None), Destination::Create);
+        assert_eq!(d(Method::POST, "/v2/sandboxes", None), Destination::Create);
         assert_eq!(d(Method::GET, "/sandboxes", None), Destination::Any);
         assert_eq!(
             d(Method::GET, "/v2/sandboxes?limit=5", None),

@@ -167,12 +167,15 @@ pub(crate) fn api(args: ApiArgs, store: Option<&str>) -> CommandResult {
     };
     let store = Arc::new(Store::open_spec(spec)?);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(hearth_server::cluster::api::serve(
-        store,
-        options,
-        |addr| eprintln!("hearth: API server listening on http://{addr}"),
-        shutdown_signal()?,
-    ))?;
+    runtime.block_on(async {
+        hearth_server::cluster::api::serve(
+            store,
+            options,
+            |addr| eprintln!("hearth: API server listening on http://{addr}"),
+            shutdown_signal()?,
+        )
+        .await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
