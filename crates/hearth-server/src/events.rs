@@ -123,6 +123,7 @@ pub fn kill_reason(stop_reason: &str) -> &'static str {
         "vmm_crash"
     } else if stop_reason.starts_with("lost when the server restarted")
         || stop_reason == "its saved state is gone"
+        || stop_reason == crate::store::NODE_LOST
     {
         "node_lost"
     } else {
@@ -216,6 +217,7 @@ mod tests {
     fn stop_reasons_become_kill_reasons() {
         assert_eq!(kill_reason("killed"), "user");
         assert_eq!(kill_reason("timed out"), "timeout");
+        assert_eq!(kill_reason(crate::store::NODE_LOST), "node_lost");
         assert_eq!(kill_reason("VM exited: VMM exit status 0"), "guest_exit");
         assert_eq!(
             kill_reason("VM exited: VMM killed by signal 9"),

@@ -21,8 +21,10 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deliveries sent at once (to different webhooks).
 const PARALLEL: usize = 8;
 
-/// Deliveries taken from the outbox at a time.
-const BATCH: u32 = 64;
+/// How long a delivery taken from the outbox is this process's: other
+/// processes sharing the store leave it alone meanwhile, and it is due
+/// again after if this one never recorded how it went.
+const LEASE: Duration = Duration::from_secs(30);
 
 /// The longest the sender sleeps without looking at the outbox: events
 /// written by another process are not announced.
@@ -64,12 +66,29 @@ impl Sender {
 
     /// Sends deliveries as they fall due, [`PARALLEL`] at once, until its
     /// task is aborted (deliveries in flight then are made again by the
-    /// next server).
+    /// next server, or by another process sharing the store once their
+    /// [`LEASE`] ends). Each delivery is taken from the outbox by one
+    /// process: a cluster's nodes send each once between them.
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
         let mut feed = self.manager.store().event_feed();
+        match self.manager.store().release_claims(now_ms()) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("{n} webhook deliveries in flight at the last stop are due again")
+            }
+            Err(e) => tracing::warn!("releasing the last run's webhook deliveries: {e}"),
+        }
+        let lease = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
         loop {
-            let due = match self.manager.store().due_deliveries(now_ms(), BATCH) {
+            let busy: Vec<String> = self.busy().iter().cloned().collect();
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+            let now = now_ms();
+            let due = match self
+                .manager
+                .store()
+                .claim_deliveries(now, now + lease, &busy, free)
+            {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!("reading the webhook outbox: {e}");

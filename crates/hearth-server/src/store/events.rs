@@ -452,18 +452,76 @@ impl Store {
 
     // The outbox.
 
-    /// Up to `limit` deliveries due at `now_ms`, oldest event first.
-    pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
-        self.with(|c| {
-            c.query_map(
-                "SELECT d.webhook_id, w.url, w.secret, d.attempts, \
-                 e.seq, e.id, e.type, e.at_ms, e.sandbox_id, e.template_id, e.build_id, e.data \
-                 FROM webhook_deliveries d \
-                 JOIN webhooks w ON w.id = d.webhook_id \
-                 JOIN events e ON e.seq = d.event_seq \
-                 WHERE d.next_at_ms <= ?1 AND w.enabled = 1 \
-                 ORDER BY d.event_seq LIMIT ?2",
-                params![now_ms, limit],
+    /// Takes deliveries for this process to send: of each enabled webhook
+    /// not in `busy` and with no delivery leased (in flight in any
+    /// process: a webhook gets its events one at a time, in order), its
+    /// oldest delivery due at `now_ms`; at most `limit`,
+    /// oldest event first. Each is leased to this process until
+    /// `lease_until_ms`: no other process sharing the store takes it
+    /// before, and it is due again then if this one never says how it went
+    /// (it stopped). One statement claims them, and a row another process
+    /// claimed meanwhile no longer qualifies, so each goes to one process.
+    pub fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        busy: &[String],
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut args = params![now_ms, lease_until_ms, self.claimant(), limit].to_vec();
+        let mut not_busy = String::new();
+        if !busy.is_empty() {
+            let first = args.len() + 1;
+            let marks: Vec<String> = (first..first + busy.len())
+                .map(|i| format!("?{i}"))
+                .collect();
+            not_busy = format!(" AND d.webhook_id NOT IN ({})", marks.join(", "));
+            args.extend(busy.iter().map(|id| Value::Text(id.clone())));
+        }
+        self.transact(|tx| {
+            let claimed: Vec<(String, i64)> = tx.query_map(
+                &format!(
+                    "UPDATE webhook_deliveries SET next_at_ms = ?2, claimed_by = ?3 \
+                     WHERE next_at_ms <= ?1 AND (webhook_id, event_seq) IN \
+                     (SELECT d.webhook_id, MIN(d.event_seq) FROM webhook_deliveries d \
+                     JOIN webhooks w ON w.id = d.webhook_id \
+                     WHERE d.next_at_ms <= ?1 AND w.enabled = 1{not_busy} \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l \
+                     WHERE l.webhook_id = d.webhook_id AND l.claimed_by IS NOT NULL \
+                     AND l.next_at_ms > ?1) \
+                     GROUP BY d.webhook_id ORDER BY MIN(d.event_seq) LIMIT ?4) \
+                     RETURNING webhook_id, event_seq"
+                ),
+                &args,
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if claimed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let which: Vec<String> = (0..claimed.len())
+                .map(|i| {
+                    format!(
+                        "(d.webhook_id = ?{} AND d.event_seq = ?{})",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let keys: Vec<Value> = claimed
+                .iter()
+                .flat_map(|(hook, seq)| [Value::Text(hook.clone()), Value::Integer(*seq)])
+                .collect();
+            tx.query_map(
+                &format!(
+                    "SELECT d.webhook_id, w.url, w.secret, d.attempts, \
+                     e.seq, e.id, e.type, e.at_ms, e.sandbox_id, e.template_id, e.build_id, e.data \
+                     FROM webhook_deliveries d \
+                     JOIN webhooks w ON w.id = d.webhook_id \
+                     JOIN events e ON e.seq = d.event_seq \
+                     WHERE {} ORDER BY d.event_seq",
+                    which.join(" OR ")
+                ),
+                &keys,
                 |r| {
                     let data: Option<String> = r.get(11)?;
                     Ok(Delivery {
@@ -485,6 +543,25 @@ impl Store {
                 },
             )
         })
+    }
+
+    /// Makes the deliveries this process's predecessor (the same node, or
+    /// the one server) had taken due at `now_ms`: it stopped before saying
+    /// how they went. Returns how many.
+    pub fn release_claims(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE webhook_deliveries SET next_at_ms = ?1, claimed_by = NULL \
+                 WHERE claimed_by = ?2",
+                params![now_ms, self.claimant()],
+            )
+        })
+    }
+
+    /// Who claims deliveries through this store: its node, or the one
+    /// server.
+    fn claimant(&self) -> String {
+        self.node.clone().unwrap_or_default()
     }
 
     /// When the next delivery is due (Unix milliseconds), if any is queued.
@@ -527,8 +604,8 @@ impl Store {
         self.transact(|tx| {
             match retry_at_ms {
                 Some(at) => tx.execute(
-                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_at_ms = ?3 \
-                     WHERE webhook_id = ?1 AND event_seq = ?2",
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_at_ms = ?3, \
+                     claimed_by = NULL WHERE webhook_id = ?1 AND event_seq = ?2",
                     params![webhook_id, seq, at],
                 )?,
                 None => tx.execute(
@@ -756,43 +833,55 @@ mod tests {
         assert_eq!(store.pending_deliveries("kills").unwrap(), 1);
         assert_eq!(store.pending_deliveries("off").unwrap(), 0);
 
-        let due = store.due_deliveries(5000, 10).unwrap();
-        let seen: Vec<(&str, &str)> = due
-            .iter()
-            .map(|d| (d.webhook_id.as_str(), d.event.kind.as_str()))
-            .collect();
-        assert_eq!(
-            seen,
-            [
-                ("all", "sandbox.lifecycle.created"),
-                ("all", "sandbox.lifecycle.killed"),
-                ("kills", "sandbox.lifecycle.killed"),
-            ]
-        );
         assert!(
-            store.due_deliveries(999, 10).unwrap().is_empty(),
+            store.claim_deliveries(999, 2000, &[], 10).unwrap().is_empty(),
             "not due yet"
         );
+        // The oldest due delivery of each webhook, leased until 6000.
+        let kinds = |due: &[Delivery]| -> Vec<(String, String)> {
+            due.iter()
+                .map(|d| (d.webhook_id.clone(), d.event.kind.clone()))
+                .collect()
+        };
+        let due = store.claim_deliveries(5000, 6000, &[], 10).unwrap();
+        let pair = |h: &str, k: &str| (h.to_owned(), format!("sandbox.lifecycle.{k}"));
+        assert_eq!(kinds(&due), [pair("all", "created"), pair("kills", "killed")]);
+        let created = &due[0];
+        // Leased: the next claim takes what is left, not those.
+        let next = store.claim_deliveries(5000, 6000, &["kills".to_owned()], 10).unwrap();
+        assert!(next.is_empty(), "all's next waits for its first: {:?}", kinds(&next));
 
         // A retry waits; giving up marks the hook failing; a success clears it.
-        let created = &due[0];
         store
             .delivery_failed("all", created.event.seq, "HTTP 500", Some(8000))
             .unwrap();
-        assert_eq!(store.due_deliveries(5000, 10).unwrap().len(), 2);
         assert_eq!(store.next_delivery_at().unwrap(), Some(3000));
-        let again = store.due_deliveries(8000, 10).unwrap();
-        assert_eq!(again[0].attempts, 1);
+        let busy = ["kills".to_owned()];
+        let killed = store.claim_deliveries(5000, 6000, &busy, 10).unwrap();
+        assert_eq!(kinds(&killed), [pair("all", "killed")]);
+        store.delivered("all", killed[0].event.seq).unwrap();
+        // The lease of kills' delivery ends: it is due again.
+        let again = store.claim_deliveries(6000, 7000, &[], 10).unwrap();
+        assert_eq!(kinds(&again), [pair("kills", "killed")]);
+        let retried = store.claim_deliveries(8000, 9000, &busy, 10).unwrap();
+        assert_eq!(kinds(&retried), [pair("all", "created")]);
+        assert_eq!(retried[0].attempts, 1);
         store
             .delivery_failed("all", created.event.seq, "HTTP 500", None)
             .unwrap();
         let all = store.webhook("all").unwrap().unwrap();
         assert!(all.failing);
         assert_eq!(all.last_error.as_deref(), Some("HTTP 500"));
-        store.delivered("all", due[1].event.seq).unwrap();
-        let all = store.webhook("all").unwrap().unwrap();
-        assert!(!all.failing && all.last_error.is_none());
+        store.delivered("kills", again[0].event.seq).unwrap();
         assert_eq!(store.pending_deliveries("all").unwrap(), 0);
+        assert_eq!(store.pending_deliveries("kills").unwrap(), 0);
+
+        // What a stopped process had taken is due again when it restarts.
+        store.insert_sandbox(&sandbox("b", 9000)).unwrap();
+        let taken = store.claim_deliveries(i64::MAX - 1, i64::MAX, &[], 10).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(store.release_claims(9500).unwrap(), 1);
+        assert_eq!(store.next_delivery_at().unwrap(), Some(9500));
 
         // Disabling drops what was queued; deleting removes the hook.
         let changed = store
@@ -853,6 +942,50 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(*store.event_feed().borrow(), 1);
-        assert_eq!(store.due_deliveries(i64::MAX, 10).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .claim_deliveries(i64::MAX, i64::MAX, &[], 10)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn two_processes_never_take_the_same_delivery() {
+        let stores = crate::store::testing::postgres_stores(2);
+        for i in 0..20 {
+            stores[0]
+                .insert_webhook(&hook(&format!("h{i}"), &[EventType::SandboxCreated]))
+                .unwrap();
+        }
+        stores[0].insert_sandbox(&sandbox("a", 1000)).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let taken: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let runs: Vec<_> = stores
+                .iter()
+                .map(|store| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        barrier.wait();
+                        loop {
+                            let claimed = store.claim_deliveries(5000, 60_000, &[], 3).unwrap();
+                            if claimed.is_empty() {
+                                return mine;
+                            }
+                            mine.extend(claimed.into_iter().map(|d| d.webhook_id));
+                        }
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let mut all: Vec<&String> = taken.iter().flatten().collect();
+        all.sort();
+        let total = all.len();
+        all.dedup();
+        assert_eq!(total, 20, "every delivery taken: {taken:?}");
+        assert_eq!(all.len(), 20, "none twice: {taken:?}");
     }
 }

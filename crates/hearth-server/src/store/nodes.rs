@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::db::{DbError, OptionalExt, Row, params};
 use super::{Store, StoreError};
 
-/// Version 10: nodes, and the node of each sandbox and template build.
+/// Version 10: nodes, the node of each sandbox and template build, and
+/// the process that took each webhook delivery to send.
 pub(super) const SCHEMA_10: &str = "
 CREATE TABLE nodes (
     node_id         TEXT PRIMARY KEY,
@@ -26,6 +27,7 @@ CREATE TABLE nodes (
 ALTER TABLE sandboxes ADD COLUMN node_id TEXT;
 CREATE INDEX sandboxes_by_node ON sandboxes (node_id, state);
 ALTER TABLE template_builds ADD COLUMN node_id TEXT;
+ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;
 ";
 
 const COLUMNS: &str = "node_id, address, status, version, vcpus, memory_mb, slots, slots_used, \

@@ -40,6 +40,12 @@ static CREATING: Mutex<()> = Mutex::new(());
 
 /// A new store on a new database of the test cluster.
 pub(crate) fn postgres_store() -> Store {
+    postgres_stores(1).pop().unwrap()
+}
+
+/// `n` stores (processes, as far as PostgreSQL can tell) on one new
+/// database of the test cluster.
+pub(crate) fn postgres_stores(n: usize) -> Vec<Store> {
     let cluster = CLUSTER.get_or_init(|| {
         // SAFETY: `stop_cluster` is an `extern "C" fn()` that touches only
         // the cluster, which `CLUSTER` keeps until the process ends (a
@@ -56,7 +62,7 @@ pub(crate) fn postgres_store() -> Store {
         let _one = CREATING.lock().unwrap_or_else(|e| e.into_inner());
         cluster.database(&name)
     };
-    Store::connect(&url).unwrap()
+    (0..n).map(|_| Store::connect(&url).unwrap()).collect()
 }
 
 extern "C" fn stop_cluster() {
