@@ -205,15 +205,20 @@ fn types_filter(types: &[EventType], args: &mut Vec<Value>) -> String {
 }
 
 fn event_from_row(row: &Row) -> Result<EventRecord, DbError> {
-    let data: Option<String> = row.get(7)?;
+    event_at(row, 0)
+}
+
+/// The event whose [`EVENT_COLUMNS`] start at column `first` of `row`.
+fn event_at(row: &Row, first: usize) -> Result<EventRecord, DbError> {
+    let data: Option<String> = row.get(first + 7)?;
     Ok(EventRecord {
-        seq: row.get(0)?,
-        id: row.get(1)?,
-        kind: row.get(2)?,
-        at_ms: row.get(3)?,
-        sandbox_id: row.get(4)?,
-        template_id: row.get(5)?,
-        build_id: row.get(6)?,
+        seq: row.get(first)?,
+        id: row.get(first + 1)?,
+        kind: row.get(first + 2)?,
+        at_ms: row.get(first + 3)?,
+        sandbox_id: row.get(first + 4)?,
+        template_id: row.get(first + 5)?,
+        build_id: row.get(first + 6)?,
         data: data.and_then(|d| serde_json::from_str(&d).ok()),
     })
 }
@@ -523,22 +528,12 @@ impl Store {
                 ),
                 &keys,
                 |r| {
-                    let data: Option<String> = r.get(11)?;
                     Ok(Delivery {
                         webhook_id: r.get(0)?,
                         url: r.get(1)?,
                         secret: r.get(2)?,
                         attempts: r.get(3)?,
-                        event: EventRecord {
-                            seq: r.get(4)?,
-                            id: r.get(5)?,
-                            kind: r.get(6)?,
-                            at_ms: r.get(7)?,
-                            sandbox_id: r.get(8)?,
-                            template_id: r.get(9)?,
-                            build_id: r.get(10)?,
-                            data: data.and_then(|d| serde_json::from_str(&d).ok()),
-                        },
+                        event: event_at(r, 4)?,
                     })
                 },
             )
