@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::{Secret, place, takes_sandboxes};
+use super::{Secret, heard_from, place, takes_sandboxes};
 use crate::error::ApiError;
 use crate::manager::now_ms;
 use crate::store::{NodeLoad, NodeStatus, Store};
@@ -179,10 +179,9 @@ async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> 
 /// A node that heartbeats (ready or draining), the least loaded first.
 fn any_live(nodes: &[NodeLoad]) -> Result<&NodeLoad, ApiError> {
     let now = now_ms();
-    let stale = i64::try_from(super::UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX);
     nodes
         .iter()
-        .filter(|n| n.node.status != NodeStatus::Unhealthy && now - n.node.heartbeat_at_ms < stale)
+        .filter(|n| n.node.status != NodeStatus::Unhealthy && heard_from(&n.node, now))
         .min_by(|a, b| super::load(a).total_cmp(&super::load(b)))
         .ok_or_else(|| {
             ApiError::new(
@@ -219,11 +218,9 @@ fn node_json(load: &NodeLoad, now: i64) -> Value {
     let node = &load.node;
     // A node that stopped heartbeating but is not marked yet reads as
     // connecting, E2B's word for a node not (or no longer) in contact.
-    let fresh = now - node.heartbeat_at_ms
-        < i64::try_from(super::UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX);
     let status = match node.status {
         NodeStatus::Unhealthy => "unhealthy",
-        _ if !fresh => "connecting",
+        _ if !heard_from(node, now) => "connecting",
         other => other.as_str(),
     };
     json!({

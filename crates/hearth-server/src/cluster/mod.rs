@@ -212,11 +212,10 @@ pub async fn heartbeat(
 pub async fn watch_nodes(store: Arc<Store>) {
     let mut tick = tokio::time::interval(DEAD_NODE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stale = i64::try_from(UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX);
     loop {
         tick.tick().await;
         let now = now_ms();
-        match store.mark_dead_nodes(now - stale, now) {
+        match store.mark_dead_nodes(now - unhealthy_after_ms(), now) {
             Ok(marked) => {
                 for (node, lost) in marked {
                     tracing::warn!(
@@ -231,13 +230,21 @@ pub async fn watch_nodes(store: Arc<Store>) {
     }
 }
 
+fn unhealthy_after_ms() -> i64 {
+    i64::try_from(UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether `node` heartbeated within [`UNHEALTHY_AFTER`] before `now_ms`:
+/// the one rule placement, routing and the node list share.
+fn heard_from(node: &NodeRecord, now_ms: i64) -> bool {
+    now_ms - node.heartbeat_at_ms < unhealthy_after_ms()
+}
+
 /// Whether `node` may take a new sandbox at `now_ms`: ready, heard from
 /// recently, and with a free slot.
 fn takes_sandboxes(node: &NodeLoad, now_ms: i64) -> bool {
-    let fresh = now_ms - node.node.heartbeat_at_ms
-        < i64::try_from(UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX);
     node.node.status == NodeStatus::Ready
-        && fresh
+        && heard_from(&node.node, now_ms)
         && node.node.slots_used.max(node.sandboxes) < node.node.capacity.slots
 }
 
