@@ -63,31 +63,17 @@ pub fn copy_raw(from: &Path, to: &Path) -> Result<CopyKind, DiskError> {
     Ok(CopyKind::Sparse)
 }
 
-/// Copies the data regions of `src` into `dst` (`SEEK_DATA`, `SEEK_HOLE`,
-/// `copy_file_range`) and gives `dst` its size.
+/// Copies the data regions of `src` into `dst` (`copy_file_range`) and
+/// gives `dst` its size.
 fn copy_data(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len = i64::try_from(src.metadata()?.len()).map_err(|_| io::ErrorKind::InvalidData)?;
+    let len = src.metadata()?.len();
     dst.set_len(0)?;
-    let mut pos: i64 = 0;
-    while pos < len {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(src.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // Only a hole remains.
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (mut off_in, mut off_out) = (data, data);
-        while off_in < hole {
-            let want = usize::try_from(hole - off_in)
+    let offset = |n: u64| i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+    for (start, end) in crate::sparse::data_regions(src)? {
+        let (mut off_in, mut off_out, end) = (offset(start)?, offset(start)?, offset(end)?);
+        while off_in < end {
+            let want = usize::try_from(end - off_in)
                 .unwrap_or(usize::MAX)
                 .min(1 << 30);
             // SAFETY: open descriptors and offsets this function owns.
@@ -108,9 +94,8 @@ fn copy_data(src: &std::fs::File, dst: &std::fs::File) -> io::Result<()> {
                 break;
             }
         }
-        pos = hole;
     }
-    dst.set_len(u64::try_from(len).unwrap_or_default())
+    dst.set_len(len)
 }
 
 /// Format of a disk image file.

@@ -13,6 +13,7 @@ mod kernel;
 mod oci;
 mod progress;
 mod recipe;
+pub mod sparse;
 mod template;
 mod tool;
 
@@ -31,8 +32,8 @@ pub use recipe::{
     Base, CommandLine, Recipe, RunConfig, SourcedStep, Step, guest_path, signal_number,
 };
 pub use template::{
-    NewBuild, Template, TemplateError, TemplateOptions, TemplateRun, build_base_template,
-    find_build, find_template, list_templates, make_ext4, prepare_tree, publish_build,
-    set_current_build,
+    NewBuild, Template, TemplateError, TemplateOptions, TemplateRun, adopt_build,
+    build_base_template, find_build, find_template, list_templates, make_ext4, prepare_tree,
+    publish_build, set_current_build,
 };
 pub use tool::{ToolError, sha256_file};

@@ -354,6 +354,47 @@ pub fn publish_build(
     })
 }
 
+/// Publishes `staged`, a whole build made elsewhere (its `meta.json`,
+/// `rootfs.ext4` and anything else) as build `build_id` of template
+/// `name`, without making it current. Its metadata must name that build.
+/// A build of that id published first wins, and `staged` is removed.
+pub fn adopt_build(
+    templates_dir: &Path,
+    staged: &Path,
+    name: &str,
+    build_id: &str,
+) -> Result<Template, TemplateError> {
+    let invalid = || TemplateError::InvalidName {
+        name: format!("{name}/{build_id}"),
+    };
+    if !is_plain_name(name) || !is_plain_name(build_id) || build_id == CURRENT {
+        return Err(invalid());
+    }
+    let found = load_template(staged)?.ok_or_else(|| {
+        io_err("read", &staged.join("meta.json"))(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the build has no meta.json or rootfs.ext4",
+        ))
+    })?;
+    if found.name != name || found.build_id != build_id {
+        return Err(invalid());
+    }
+    let name_dir = templates_dir.join(name);
+    fs::create_dir_all(&name_dir).map_err(io_err("create", &name_dir))?;
+    let out_dir = name_dir.join(build_id);
+    if let Err(e) = fs::rename(staged, &out_dir)
+        && load_template(&out_dir)?.is_none()
+    {
+        return Err(io_err("publish", &out_dir)(e));
+    }
+    if staged.exists() {
+        fs::remove_dir_all(staged).map_err(io_err("remove", staged))?;
+    }
+    load_template(&out_dir)?.ok_or_else(|| {
+        io_err("read", &out_dir)(io::Error::new(io::ErrorKind::NotFound, "template vanished"))
+    })
+}
+
 /// Makes `build_id` the build of template `name` that new sandboxes get.
 pub fn set_current_build(
     templates_dir: &Path,
@@ -754,6 +795,38 @@ mod tests {
             find_template(dir.path(), "../etc"),
             Err(TemplateError::InvalidName { .. })
         ));
+    }
+
+    #[test]
+    fn an_adopted_build_is_published_only_under_the_name_its_metadata_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("templates");
+        let staging = dir.path().join("staging");
+        let staged = publish_fake(&staging, "00000000000000aa", 1).dir;
+        fs::write(staged.join("files.json"), b"[]").unwrap();
+        // Metadata naming another build is refused, and left in place.
+        assert!(matches!(
+            adopt_build(&templates, &staged, "base", "00000000000000bb"),
+            Err(TemplateError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            adopt_build(&templates, &staged, "base", CURRENT),
+            Err(TemplateError::InvalidName { .. })
+        ));
+        let adopted = adopt_build(&templates, &staged, "base", "00000000000000aa").unwrap();
+        assert_eq!(adopted.dir, templates.join("base/00000000000000aa"));
+        assert!(
+            adopted.dir.join("files.json").is_file(),
+            "the whole directory moves"
+        );
+        assert!(!staged.exists());
+        // Not current until someone says so.
+        assert_eq!(find_template(&templates, "base").unwrap(), None);
+        // The same build again: the first stays, the second copy goes.
+        let again = publish_fake(&staging, "00000000000000aa", 2).dir;
+        let kept = adopt_build(&templates, &again, "base", "00000000000000aa").unwrap();
+        assert_eq!(kept.created_at, 1);
+        assert!(!again.exists());
     }
 
     #[test]
