@@ -44,14 +44,17 @@ use db::{Dialect, OptionalExt, Row, Sql, Value, params};
 pub use builds::{BuildLogEntry, BuildRecord, BuildStatus, INTERRUPTED, TagRecord, level_rank};
 pub use db::DbError;
 pub use events::{Delivery, EventQuery, Webhook, WebhookChange};
-pub use nodes::{Capacity, NODE_LOST, NodeLoad, NodeRecord, NodeStatus, SandboxNode};
+pub use nodes::{
+    BuildFile, Capacity, HeldBuild, NODE_LOST, NodeBuild, NodeLoad, NodeRecord, NodeStatus,
+    SandboxNode,
+};
 pub use snapshots::{SnapshotPage, SnapshotQuery, SnapshotRecord};
 pub use volumes::{VolumeMount, VolumeRecord};
 
 use crate::events::EventType;
 
 /// The schema this code reads and writes: every step of [`MIGRATIONS`].
-#[allow(clippy::cast_possible_wrap, reason = "nine steps")]
+#[allow(clippy::cast_possible_wrap, reason = "a handful of steps")]
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// How long a statement waits for another process's write lock.
@@ -447,6 +450,7 @@ const MIGRATIONS: &[&str] = &[
     snapshots::SCHEMA_8,
     volumes::SCHEMA_9,
     nodes::SCHEMA_10,
+    nodes::SCHEMA_11,
 ];
 
 /// Where a PostgreSQL store keeps its schema version.

@@ -560,10 +560,10 @@ impl BuildRow {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn build(id: &str, template: &str, created_at_ms: i64) -> BuildRecord {
+    pub(crate) fn build(id: &str, template: &str, created_at_ms: i64) -> BuildRecord {
         BuildRecord {
             build_id: id.to_owned(),
             template: template.to_owned(),

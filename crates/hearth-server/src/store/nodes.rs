@@ -30,6 +30,20 @@ ALTER TABLE template_builds ADD COLUMN node_id TEXT;
 ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;
 ";
 
+/// Version 11: the template builds each node holds, with the size and
+/// SHA-256 of each of their files, for other nodes to fetch and check.
+pub(super) const SCHEMA_11: &str = "
+CREATE TABLE node_builds (
+    node_id    TEXT NOT NULL,
+    template   TEXT NOT NULL,
+    build_id   TEXT NOT NULL,
+    is_current INTEGER NOT NULL,
+    files      TEXT NOT NULL,
+    PRIMARY KEY (node_id, template, build_id)
+);
+CREATE INDEX node_builds_by_template ON node_builds (template, build_id);
+";
+
 const COLUMNS: &str = "node_id, address, status, version, vcpus, memory_mb, slots, slots_used, \
      disk_free_mb, templates, started_at_ms, heartbeat_at_ms";
 
@@ -106,12 +120,43 @@ pub struct NodeLoad {
     pub allocated_memory_mb: u64,
 }
 
-/// Where a sandbox runs.
+/// The node a sandbox runs on, or a template was built on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxNode {
     pub node_id: String,
     pub address: String,
     pub status: NodeStatus,
+}
+
+/// A file of a template build: its name in the build's directory, its
+/// size and the SHA-256 of its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A template build a node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBuild {
+    pub template: String,
+    /// The build's directory name on the node.
+    pub build_id: String,
+    /// Whether it is the build the node's new sandboxes of the template
+    /// get.
+    pub current: bool,
+    pub files: Vec<BuildFile>,
+}
+
+/// A template build and a node that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBuild {
+    pub build: NodeBuild,
+    pub node_id: String,
+    pub address: String,
+    pub status: NodeStatus,
+    pub heartbeat_at_ms: i64,
 }
 
 fn count(n: u64) -> i64 {
@@ -302,13 +347,31 @@ impl Store {
     /// The node sandbox `id` runs on, if the catalog knows the sandbox
     /// and it has one.
     pub fn sandbox_node(&self, id: &str) -> Result<Option<SandboxNode>, StoreError> {
+        self.locate(
+            "SELECT n.node_id, n.address, n.status FROM sandboxes s \
+             JOIN nodes n ON n.node_id = s.node_id WHERE s.sandbox_id = ?1",
+            id,
+        )
+    }
+
+    /// The node of the newest build of `template` (the one that ran it,
+    /// and keeps its uploads), if a node ran one.
+    pub fn template_node(&self, template: &str) -> Result<Option<SandboxNode>, StoreError> {
+        self.locate(
+            "SELECT n.node_id, n.address, n.status FROM template_builds b \
+             JOIN nodes n ON n.node_id = b.node_id WHERE b.template = ?1 \
+             ORDER BY b.created_at_ms DESC LIMIT 1",
+            template,
+        )
+    }
+
+    /// The node `query` (of one parameter) finds: its id, address and
+    /// status.
+    fn locate(&self, query: &str, arg: &str) -> Result<Option<SandboxNode>, StoreError> {
         let found: Option<(String, String, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT n.node_id, n.address, n.status FROM sandboxes s \
-                 JOIN nodes n ON n.node_id = s.node_id WHERE s.sandbox_id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            c.query_row(query, params![arg], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()
         })?;
         Ok(found.and_then(|(node_id, address, status)| {
@@ -318,6 +381,64 @@ impl Store {
                 status: NodeStatus::parse(&status)?,
             })
         }))
+    }
+
+    /// Records the template builds node `node_id` holds now, in place of
+    /// what it held before.
+    pub fn set_node_builds(&self, node_id: &str, builds: &[NodeBuild]) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            tx.execute(
+                "DELETE FROM node_builds WHERE node_id = ?1",
+                params![node_id],
+            )?;
+            for build in builds {
+                let files = serde_json::to_string(&build.files).expect("file lists serialise");
+                tx.execute(
+                    "INSERT INTO node_builds (node_id, template, build_id, is_current, files) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        node_id,
+                        build.template,
+                        build.build_id,
+                        build.current,
+                        files
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The builds of `template` the nodes hold, with the nodes, by node.
+    pub fn held_builds(&self, template: &str) -> Result<Vec<HeldBuild>, StoreError> {
+        self.with(|c| {
+            c.query_map(
+                "SELECT b.template, b.build_id, b.is_current, b.files, n.node_id, n.address, \
+                 n.status, n.heartbeat_at_ms FROM node_builds b \
+                 JOIN nodes n ON n.node_id = b.node_id WHERE b.template = ?1 \
+                 ORDER BY n.node_id, b.build_id",
+                params![template],
+                |row| {
+                    let files: String = row.get(3)?;
+                    let status: String = row.get(6)?;
+                    Ok(HeldBuild {
+                        build: NodeBuild {
+                            template: row.get(0)?,
+                            build_id: row.get(1)?,
+                            current: row.get(2)?,
+                            files: serde_json::from_str(&files)
+                                .map_err(|e| DbError::Other(format!("a build's files: {e}")))?,
+                        },
+                        node_id: row.get(4)?,
+                        address: row.get(5)?,
+                        status: NodeStatus::parse(&status).ok_or_else(|| {
+                            DbError::Other(format!("unknown node status {status:?}"))
+                        })?,
+                        heartbeat_at_ms: row.get(7)?,
+                    })
+                },
+            )
+        })
     }
 
     /// Of `ids`, those the catalog says have stopped: what a node still
@@ -482,6 +603,81 @@ mod tests {
             .list_sandboxes(&crate::store::SandboxQuery::default())
             .unwrap();
         assert_eq!(all.sandboxes.len(), 2);
+    }
+    }
+
+    store_test! {
+    fn the_builds_a_node_holds_replace_what_it_held(store) {
+        store.register_node(&node("a", 1_000)).unwrap();
+        store.register_node(&node("b", 1_000)).unwrap();
+        let file = |name: &str, sha: &str| BuildFile {
+            name: name.into(),
+            size: 42,
+            sha256: sha.into(),
+        };
+        let build = |id: &str, current| NodeBuild {
+            template: "app".into(),
+            build_id: id.into(),
+            current,
+            files: vec![file("meta.json", "m"), file("rootfs.ext4", id)],
+        };
+        store
+            .set_node_builds("a", &[build("b1", false), build("b2", true)])
+            .unwrap();
+        store.set_node_builds("b", &[build("b1", true)]).unwrap();
+        let held = store.held_builds("app").unwrap();
+        let summary: Vec<(&str, &str, bool)> = held
+            .iter()
+            .map(|h| (h.node_id.as_str(), h.build.build_id.as_str(), h.build.current))
+            .collect();
+        assert_eq!(
+            summary,
+            [("a", "b1", false), ("a", "b2", true), ("b", "b1", true)]
+        );
+        assert_eq!(held[1].build, build("b2", true));
+        assert_eq!(held[1].address, "a.internal:3001");
+        assert_eq!(held[1].status, NodeStatus::Ready);
+        // What a node holds now replaces what it held.
+        store.set_node_builds("a", &[build("b3", true)]).unwrap();
+        let ids: Vec<String> = store
+            .held_builds("app")
+            .unwrap()
+            .into_iter()
+            .map(|h| format!("{}/{}", h.node_id, h.build.build_id))
+            .collect();
+        assert_eq!(ids, ["a/b3", "b/b1"]);
+        assert!(store.held_builds("other").unwrap().is_empty());
+    }
+    }
+
+    store_test! {
+    fn a_template_is_found_on_the_node_of_its_newest_build(store) {
+        store.register_node(&node("a", 1_000)).unwrap();
+        store.register_node(&node("b", 1_000)).unwrap();
+        assert_eq!(store.template_node("app").unwrap(), None);
+        let on = |id: &str, node: &str, at| {
+            store
+                .insert_build(&crate::store::builds::tests::build(id, "app", at))
+                .unwrap();
+            store
+                .with(|c| {
+                    c.execute(
+                        "UPDATE template_builds SET node_id = ?2 WHERE build_id = ?1",
+                        params![id, node],
+                    )
+                })
+                .unwrap();
+        };
+        on("b1", "a", 10);
+        on("b2", "b", 20);
+        let found = store.template_node("app").unwrap().unwrap();
+        assert_eq!(
+            (found.node_id.as_str(), found.address.as_str()),
+            ("b", "b.internal:3001")
+        );
+        on("b3", "a", 30);
+        assert_eq!(store.template_node("app").unwrap().unwrap().node_id, "a");
+        assert_eq!(store.template_node("other").unwrap(), None);
     }
     }
 }
