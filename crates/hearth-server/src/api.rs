@@ -1322,7 +1322,7 @@ async fn create(api: &Api, new: NewSandbox) -> Result<Response, ApiError> {
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::bad_request("templateID is required"))?;
     // `name:tag` names a build; sandboxes start from current builds.
-    let template = api.builds.resolve(&template)?;
+    let template = api.builds.resolve(&template).await?;
     let request = CreateRequest {
         template,
         timeout_secs: timeout_secs(new.timeout, "timeout")?,

@@ -123,7 +123,8 @@ pub struct NodeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// `delivered`, `retried` (will be tried again) or `failed` (given up).
+    /// Webhooks: `delivered`, `retried` (will be tried again) or `failed`
+    /// (given up). Template fetches: `fetched` or `failed`.
     pub result: &'static str,
 }
 
@@ -149,6 +150,8 @@ pub struct Metrics {
     pub proxy_open: Gauge,
     pub proxy_bytes: Family<DirectionLabel, Counter>,
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    pub template_fetches: Family<ResultLabel, Counter>,
+    pub template_fetch_bytes: Counter,
     pub pool_refill_seconds: Family<TemplateLabel, Histogram>,
     // Read at each scrape.
     sandboxes: Family<StateLabels, Gauge>,
@@ -205,6 +208,8 @@ impl Default for Metrics {
             proxy_open: Gauge::default(),
             proxy_bytes: Family::default(),
             webhook_deliveries: Family::default(),
+            template_fetches: Family::default(),
+            template_fetch_bytes: Counter::default(),
             pool_refill_seconds: Family::new_with_constructor(create_histogram),
             sandboxes: Family::default(),
             pooled: Family::default(),
@@ -383,6 +388,16 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook delivery attempts, by result (delivered, retried, failed)",
             self.webhook_deliveries.clone(),
+        );
+        hearth.register(
+            "template_fetches",
+            "Template builds fetched from other nodes of the cluster, by result (fetched, failed)",
+            self.template_fetches.clone(),
+        );
+        hearth.register(
+            "template_fetch_bytes",
+            "Bytes of template files fetched from other nodes (their data regions)",
+            self.template_fetch_bytes.clone(),
         );
         hearth.register(
             "pool_refill_seconds",

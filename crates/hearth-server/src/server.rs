@@ -137,18 +137,43 @@ pub async fn serve(
             Arc::clone(&store),
             options.shape,
             options.pool_size,
-            metrics,
+            Arc::clone(&metrics),
         )
         .await?,
     );
+    let peers = options.cluster.as_ref().map(|identity| {
+        Arc::new(crate::cluster::templates::Peers::new(
+            Arc::clone(&store),
+            Arc::clone(&node),
+            identity.secret.clone(),
+            identity.node_id.clone(),
+            Arc::clone(&metrics),
+        ))
+    });
     let builds = Arc::new(Builds::new(
-        node,
-        store,
+        Arc::clone(&node),
+        Arc::clone(&store),
         Arc::clone(&manager),
         options.init_binary.clone(),
         options.shape,
+        peers,
     )?);
-    manager.warm(&["base"]).await?;
+    if options.cluster.is_some() {
+        // A new node may have no base yet, and the nodes that hold it may
+        // not have started: its first create fetches it then.
+        let warmed = async {
+            builds.resolve("base").await?;
+            manager.warm(&["base"]).await
+        };
+        if let Err(e) = warmed.await {
+            tracing::warn!(
+                "the base template is not ready on this node yet: {}",
+                e.message
+            );
+        }
+    } else {
+        manager.warm(&["base"]).await?;
+    }
     let listener = TcpListener::bind(options.listen).await?;
     let listen = listener.local_addr()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -175,9 +200,12 @@ pub async fn serve(
         }
         None => None,
     };
-    let mut app = api::router(Arc::clone(&api))
-        .layer(middleware::from_fn_with_state(api, crate::proxy::route));
-    let heartbeat = match &options.cluster {
+    let mut app = api::router(Arc::clone(&api));
+    if options.cluster.is_some() {
+        app = app.merge(crate::cluster::templates::routes(Arc::clone(&node)));
+    }
+    let mut app = app.layer(middleware::from_fn_with_state(api, crate::proxy::route));
+    let cluster_tasks = match &options.cluster {
         Some(identity) => {
             app = app.layer(middleware::from_fn_with_state(
                 identity.secret.clone(),
@@ -188,14 +216,21 @@ pub async fn serve(
                 .advertise
                 .clone()
                 .unwrap_or_else(|| listen.to_string());
-            Some(tokio::spawn(crate::cluster::heartbeat(
-                Arc::clone(&manager),
-                identity.clone(),
-                address,
-                capacity,
-            )))
+            vec![
+                tokio::spawn(crate::cluster::heartbeat(
+                    Arc::clone(&manager),
+                    identity.clone(),
+                    address,
+                    capacity,
+                )),
+                tokio::spawn(crate::cluster::templates::sync_builds(
+                    Arc::clone(&store),
+                    Arc::clone(&node),
+                    identity.node_id.clone(),
+                )),
+            ]
         }
-        None => None,
+        None => Vec::new(),
     };
     ready(&Listening {
         addr: listen,
@@ -242,8 +277,8 @@ pub async fn serve(
                 .await
         }
     };
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
+    for task in cluster_tasks {
+        task.abort();
     }
     expiry.abort();
     sampler.abort();

@@ -248,8 +248,9 @@ pub async fn start_build(
             build.status
         )));
     }
-    if let Some(base) = start.from_template.as_deref().filter(|b| b.contains(':')) {
-        let base = api.builds.resolve(base)?;
+    // On a cluster node this also fetches a base built elsewhere.
+    if let Some(base) = start.from_template.as_deref() {
+        let base = api.builds.resolve(base).await?;
         if base.build.is_some() {
             return Err(ApiError::bad_request(format!(
                 "fromTemplate: that tag names an older build of '{}'; a build starts from a \

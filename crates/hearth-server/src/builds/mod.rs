@@ -24,6 +24,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::task::AbortHandle;
 
+use crate::cluster::templates::Peers;
 use crate::error::{ApiError, chain};
 use crate::manager::{Manager, Shape, TemplateRef, now_ms};
 use crate::store::{BuildLogEntry, BuildRecord, Store};
@@ -115,6 +116,8 @@ pub struct Builds {
     /// One build of a name at a time; later ones wait.
     name_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     running: Mutex<HashMap<String, AbortHandle>>,
+    /// On a cluster node: the other nodes, to fetch builds from.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Builds {
@@ -126,6 +129,7 @@ impl Builds {
         manager: Arc<Manager>,
         init_binary: PathBuf,
         shape: Shape,
+        peers: Option<Arc<Peers>>,
     ) -> Result<Self, ApiError> {
         let interrupted = store.interrupt_builds(now_ms())?;
         if interrupted > 0 {
@@ -153,6 +157,7 @@ impl Builds {
             grants: Mutex::new(HashMap::new()),
             name_locks: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            peers,
         })
     }
 
@@ -532,8 +537,17 @@ impl Builds {
     }
 
     /// The build a sandbox of `spec` (`name` or `name:tag`) starts from:
-    /// the template's current build, or the one a tag names.
-    pub fn resolve(&self, spec: &str) -> Result<TemplateRef, ApiError> {
+    /// the template's current build, or the one a tag names. On a cluster
+    /// node, the catalog says which build that is, and a build this node
+    /// lacks is fetched from one that holds it first.
+    pub async fn resolve(&self, spec: &str) -> Result<TemplateRef, ApiError> {
+        match &self.peers {
+            Some(peers) => self.resolve_in_cluster(peers, spec).await,
+            None => self.resolve_here(spec),
+        }
+    }
+
+    fn resolve_here(&self, spec: &str) -> Result<TemplateRef, ApiError> {
         let Some((name, tag)) = spec.split_once(':') else {
             return Ok(TemplateRef::current(spec));
         };
@@ -542,15 +556,28 @@ impl Builds {
             .ok()
             .flatten()
             .ok_or_else(|| ApiError::not_found(format!("template '{name}' not found")))?;
+        Ok(match self.tagged_build(name, tag)? {
+            None => TemplateRef::current(name),
+            Some(build) => TemplateRef {
+                name: name.to_owned(),
+                build: (build != current.build_id).then_some(build),
+            },
+        })
+    }
+
+    /// The build tag `tag` of `name` names; `None` when the template has
+    /// no such tag and it is the default one (E2B's templates built before
+    /// tags, and templates not built through the API, have none).
+    fn tagged_build(&self, name: &str, tag: &str) -> Result<Option<String>, ApiError> {
         let Some(tagged) = self.store.tag(name, tag)? else {
             if tag == DEFAULT_TAG {
-                return Ok(TemplateRef::current(name));
+                return Ok(None);
             }
             return Err(ApiError::not_found(format!(
                 "template '{name}' has no tag '{tag}'"
             )));
         };
-        let node_build = self
+        let build = self
             .store
             .get_build(&tagged.build_id)?
             .and_then(|b| b.node_build)
@@ -560,10 +587,50 @@ impl Builds {
                     tagged.build_id
                 ))
             })?;
-        Ok(TemplateRef {
-            name: name.to_owned(),
-            build: (node_build != current.build_id).then_some(node_build),
-        })
+        Ok(Some(build))
+    }
+
+    /// [`Self::resolve`] on a cluster node. The build a template's default
+    /// tag names is its current build on every node; a template without
+    /// one (built with `hearth template build`) keeps this node's current
+    /// build, or takes another node's when this one has none.
+    async fn resolve_in_cluster(&self, peers: &Peers, spec: &str) -> Result<TemplateRef, ApiError> {
+        let (name, tag) = split_name_tag(spec)?;
+        let templates = self.node.layout().templates();
+        let current = hearth_image::find_template(&templates, name)
+            .ok()
+            .flatten()
+            .map(|t| t.build_id);
+        let tag = tag.unwrap_or(DEFAULT_TAG);
+        let wanted = match self.tagged_build(name, tag)? {
+            Some(build) => build,
+            None => match current {
+                Some(_) => return Ok(TemplateRef::current(name)),
+                None => peers
+                    .current_elsewhere(name)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("template '{name}' not found")))?,
+            },
+        };
+        if current.as_deref() == Some(wanted.as_str()) {
+            return Ok(TemplateRef::current(name));
+        }
+        peers.ensure(name, &wanted).await?;
+        if tag != DEFAULT_TAG {
+            return Ok(TemplateRef {
+                name: name.to_owned(),
+                build: Some(wanted),
+            });
+        }
+        hearth_image::set_current_build(&templates, name, &wanted)
+            .map_err(|e| ApiError::internal(chain(&e)))?;
+        tracing::info!(
+            template = name,
+            build = wanted,
+            "the cluster's current build of the template is current here now"
+        );
+        self.manager.refresh_pool(name).await;
+        Ok(TemplateRef::current(name))
     }
 }
 

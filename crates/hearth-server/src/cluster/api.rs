@@ -7,12 +7,17 @@
 //!   sandbox;
 //! - `POST /sandboxes` and `POST /v2/sandboxes`: the node [`super::place`]
 //!   picks;
-//! - anything else (lists, keys, templates, events): any live node, all of
-//!   which read the one catalog.
+//! - a template's routes (`/templates/{id}…`, `/v2/templates/{id}…`, and a
+//!   new build of it): the node that ran its newest build, which holds
+//!   the build's uploads and upload grants; a template's first build goes
+//!   to any live node;
+//! - anything else (lists, keys, events): any live node, all of which read
+//!   the one catalog.
 //!
-//! A sandbox whose node is gone goes to a live node, which answers from the
-//! catalog (it was reported lost). The node admin routes (`/nodes`) are
-//! served here, with the cluster secret as `X-Admin-Token`.
+//! A sandbox or template whose node is gone goes to a live node, which
+//! answers from the catalog (a sandbox there was reported lost). The node
+//! admin routes (`/nodes`) are served here, with the cluster secret as
+//! `X-Admin-Token`; the nodes' own routes (`/cluster/…`) are not.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +25,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,9 +37,10 @@ use tokio::net::TcpListener;
 use super::{Secret, heard_from, place, takes_sandboxes};
 use crate::error::ApiError;
 use crate::manager::now_ms;
-use crate::store::{NodeLoad, NodeStatus, Store};
+use crate::store::{NodeLoad, NodeStatus, SandboxNode, Store};
 
-/// The largest create request read to place it.
+/// The largest create request (of a sandbox or a template build) read to
+/// route it.
 const CREATE_BODY_LIMIT: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,10 @@ enum Destination {
     Sandbox(String),
     /// A node chosen for a new sandbox.
     Create,
+    /// The node of this template.
+    Template(String),
+    /// A new build of the template its body names.
+    NewBuild,
     /// Any live node.
     Any,
 }
@@ -97,21 +107,36 @@ fn destination(request: &Request, domain: Option<&str>) -> Result<Destination, A
         return Ok(Destination::Sandbox(target.sandbox));
     }
     let path = request.uri().path();
-    // E2B's create, and the SDKs' (v2).
-    if request.method() == Method::POST
-        && matches!(path.trim_end_matches('/'), "/sandboxes" | "/v2/sandboxes")
-    {
-        return Ok(Destination::Create);
+    if path == "/cluster" || path.starts_with("/cluster/") {
+        return Err(ApiError::not_found(
+            "the nodes' own routes are not served to clients",
+        ));
     }
-    let rest = path
-        .strip_prefix("/v2/sandboxes/")
-        .or_else(|| path.strip_prefix("/sandboxes/"));
-    match rest
-        .and_then(|r| r.split('/').next())
-        .filter(|id| !id.is_empty())
-    {
-        Some(id) => Ok(Destination::Sandbox(id.to_owned())),
-        None => Ok(Destination::Any),
+    let first_segment = |prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .find_map(|p| path.strip_prefix(p))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    };
+    if request.method() == Method::POST {
+        match path.trim_end_matches('/') {
+            // E2B's create, and the SDKs' (v2).
+            "/sandboxes" | "/v2/sandboxes" => return Ok(Destination::Create),
+            "/templates" | "/v2/templates" | "/v3/templates" => {
+                return Ok(Destination::NewBuild);
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = first_segment(&["/v2/sandboxes/", "/sandboxes/"]) {
+        return Ok(Destination::Sandbox(id));
+    }
+    match first_segment(&["/v2/templates/", "/templates/"]) {
+        // Routes about all templates' aliases and tags read the catalog.
+        Some(id) if id != "aliases" && id != "tags" => Ok(Destination::Template(id)),
+        _ => Ok(Destination::Any),
     }
 }
 
@@ -129,51 +154,87 @@ async fn nodes(front: &Front) -> Result<Vec<NodeLoad>, ApiError> {
         .map_err(|e| ApiError::internal(format!("reading the nodes: {e}")))??)
 }
 
+/// Reads a create request's body, to route it by what it asks for.
+async fn read_body(
+    request: Request,
+) -> Result<(axum::http::request::Parts, Bytes, Value), ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, CREATE_BODY_LIMIT)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?;
+    let json = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+    Ok((parts, bytes, json))
+}
+
+/// The node `lookup` finds in the catalog, if it is not unhealthy; else
+/// any live node.
+async fn located_or_any(
+    front: &Front,
+    lookup: impl FnOnce(&Store) -> Result<Option<SandboxNode>, crate::store::StoreError>
+    + Send
+    + 'static,
+) -> Result<String, ApiError> {
+    let store = Arc::clone(&front.store);
+    let found = tokio::task::spawn_blocking(move || lookup(&store))
+        .await
+        .map_err(|e| ApiError::internal(format!("finding a node: {e}")))??;
+    Ok(match found {
+        Some(node) if node.status != NodeStatus::Unhealthy => node.address,
+        _ => any_live(&nodes(front).await?)?.node.address.clone(),
+    })
+}
+
 async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> {
-    match destination(&request, front.domain.as_deref())? {
-        Destination::Sandbox(id) => {
-            let store = Arc::clone(&front.store);
-            let lookup = id.clone();
-            let found = tokio::task::spawn_blocking(move || store.sandbox_node(&lookup))
-                .await
-                .map_err(|e| ApiError::internal(format!("finding a sandbox's node: {e}")))??;
-            let address = match found {
-                Some(node) if node.status != NodeStatus::Unhealthy => node.address,
-                // Unknown here, or its node is gone: a live node answers
-                // from the catalog.
-                _ => any_live(&nodes(front).await?)?.node.address.clone(),
+    let (address, request) = match destination(&request, front.domain.as_deref())? {
+        // Unknown here, or its node is gone: a live node answers from the
+        // catalog.
+        Destination::Sandbox(id) => (
+            located_or_any(front, move |store| store.sandbox_node(&id)).await?,
+            request,
+        ),
+        Destination::Template(id) => (
+            located_or_any(front, move |store| store.template_node(&id)).await?,
+            request,
+        ),
+        Destination::NewBuild => {
+            let (parts, bytes, json) = read_body(request).await?;
+            // v3 names it `name` (maybe `name:tag`), v1 and v2 `alias`.
+            let name = ["name", "alias"]
+                .iter()
+                .find_map(|k| json.get(k).and_then(Value::as_str))
+                .map(|n| n.split_once(':').map_or(n, |(name, _)| name).to_owned());
+            let address = match name {
+                Some(name) => {
+                    located_or_any(front, move |store| store.template_node(&name)).await?
+                }
+                None => any_live(&nodes(front).await?)?.node.address.clone(),
             };
-            super::forward::to_node(&address, &front.secret, request).await
+            (address, Request::from_parts(parts, Body::from(bytes)))
         }
         Destination::Create => {
-            let (parts, body) = request.into_parts();
-            let bytes = axum::body::to_bytes(body, CREATE_BODY_LIMIT)
-                .await
-                .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?;
-            let template = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| {
-                    v.get("templateID")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| "base".to_owned());
+            let (parts, bytes, json) = read_body(request).await?;
+            let template = json
+                .get("templateID")
+                .and_then(Value::as_str)
+                .unwrap_or("base");
             let nodes = nodes(front).await?;
-            let node = place(&nodes, &template, now_ms(), random_below).ok_or_else(|| {
+            let node = place(&nodes, template, now_ms(), random_below).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no node takes sandboxes: none is ready, heartbeating and with a free slot",
                 )
             })?;
-            let request = Request::from_parts(parts, Body::from(bytes));
-            super::forward::to_node(&node.node.address, &front.secret, request).await
+            (
+                node.node.address.clone(),
+                Request::from_parts(parts, Body::from(bytes)),
+            )
         }
-        Destination::Any => {
-            let nodes = nodes(front).await?;
-            let node = any_live(&nodes)?;
-            super::forward::to_node(&node.node.address, &front.secret, request).await
-        }
-    }
+        Destination::Any => (
+            any_live(&nodes(front).await?)?.node.address.clone(),
+            request,
+        ),
+    };
+    super::forward::to_node(&address, &front.secret, request).await
 }
 
 /// A node that heartbeats (ready or draining), the least loaded first.
@@ -181,7 +242,9 @@ fn any_live(nodes: &[NodeLoad]) -> Result<&NodeLoad, ApiError> {
     let now = now_ms();
     nodes
         .iter()
-        .filter(|n| n.node.status != NodeStatus::Unhealthy && heard_from(&n.node, now))
+        .filter(|n| {
+            n.node.status != NodeStatus::Unhealthy && heard_from(n.node.heartbeat_at_ms, now)
+        })
         .min_by(|a, b| super::load(a).total_cmp(&super::load(b)))
         .ok_or_else(|| {
             ApiError::new(
@@ -220,7 +283,7 @@ fn node_json(load: &NodeLoad, now: i64) -> Value {
     // connecting, E2B's word for a node not (or no longer) in contact.
     let status = match node.status {
         NodeStatus::Unhealthy => "unhealthy",
-        _ if !heard_from(node, now) => "connecting",
+        _ if !heard_from(node.heartbeat_at_ms, now) => "connecting",
         other => other.as_str(),
     };
     json!({
@@ -358,6 +421,37 @@ mod tests {
             sandbox("abc")
         );
         assert_eq!(d(Method::GET, "/templates", None), Destination::Any);
+        let template = |id: &str| Destination::Template(id.to_owned());
+        assert_eq!(
+            d(Method::POST, "/v3/templates", None),
+            Destination::NewBuild
+        );
+        assert_eq!(d(Method::POST, "/templates", None), Destination::NewBuild);
+        assert_eq!(d(Method::GET, "/templates/app", None), template("app"));
+        assert_eq!(
+            d(Method::GET, "/templates/app/files/abc", None),
+            template("app")
+        );
+        assert_eq!(
+            d(Method::POST, "/v2/templates/app/builds/b1", None),
+            template("app")
+        );
+        assert_eq!(
+            d(Method::GET, "/templates/app/builds/b1/status", None),
+            template("app")
+        );
+        assert_eq!(d(Method::DELETE, "/templates/app", None), template("app"));
+        assert_eq!(d(Method::POST, "/templates/tags", None), Destination::Any);
+        assert_eq!(
+            d(Method::GET, "/templates/aliases/app", None),
+            Destination::Any
+        );
+        let refused = destination(
+            &request(Method::GET, "/cluster/builds/base/b/rootfs.ext4", None),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(refused.status, StatusCode::NOT_FOUND);
         assert_eq!(
             d(
                 Method::POST,

@@ -14,6 +14,7 @@
 
 pub mod api;
 mod forward;
+pub mod templates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,17 +235,18 @@ fn unhealthy_after_ms() -> i64 {
     i64::try_from(UNHEALTHY_AFTER.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Whether `node` heartbeated within [`UNHEALTHY_AFTER`] before `now_ms`:
-/// the one rule placement, routing and the node list share.
-fn heard_from(node: &NodeRecord, now_ms: i64) -> bool {
-    now_ms - node.heartbeat_at_ms < unhealthy_after_ms()
+/// Whether a node that last heartbeated at `heartbeat_at_ms` did so within
+/// [`UNHEALTHY_AFTER`] before `now_ms`: the one rule placement, routing,
+/// the node list and template fetches share.
+fn heard_from(heartbeat_at_ms: i64, now_ms: i64) -> bool {
+    now_ms - heartbeat_at_ms < unhealthy_after_ms()
 }
 
 /// Whether `node` may take a new sandbox at `now_ms`: ready, heard from
 /// recently, and with a free slot.
 fn takes_sandboxes(node: &NodeLoad, now_ms: i64) -> bool {
     node.node.status == NodeStatus::Ready
-        && heard_from(&node.node, now_ms)
+        && heard_from(node.node.heartbeat_at_ms, now_ms)
         && node.node.slots_used.max(node.sandboxes) < node.node.capacity.slots
 }
 
