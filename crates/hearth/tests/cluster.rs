@@ -4,7 +4,10 @@
 //! allocator), two `hearth api` processes, and the stock e2b SDK.
 //!
 //! Sandboxes made through both API servers spread over both nodes and
-//! answer through either API server; a drained node takes no new ones; a
+//! answer through either API server; a template built through one API
+//! server on one node starts sandboxes on the other, which fetches it
+//! (each node has templates of its own); a drained node takes no new
+//! ones; a
 //! node killed with `kill -9` is marked unhealthy and its sandboxes are
 //! reported lost; restarted, it kills what the catalog says is gone; and
 //! nothing is left. Needs root, the kernel, the base template and
@@ -20,10 +23,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_nothing_left, text};
+use common::{assert_nothing_left, data_dir, text};
 use hearth_server::store::{NODE_LOST, NodeStatus, SandboxState, Store};
 use hearth_server::testing::PgCluster;
-use sdk_server::{DOMAIN, Server, http, script, server_data_dir};
+use sdk_server::{DOMAIN, Server, http, script};
 
 const SECRET: &str = "the-cluster-secret-of-this-test";
 /// How many sandboxes the SDK makes through the two API servers.
@@ -68,6 +71,25 @@ fn api(data: &Path, store: &str) -> Server {
         ],
         "hearth: API server listening on ",
     )
+}
+
+/// A node's data directory: the host's kernels and caches, and templates
+/// of its own, with base in them (hard links: a copy that costs nothing).
+fn node_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for shared in ["kernels", "cache"] {
+        std::os::unix::fs::symlink(data_dir().join(shared), dir.path().join(shared)).unwrap();
+    }
+    let templates = dir.path().join("templates");
+    std::fs::create_dir(&templates).unwrap();
+    let copied = Command::new("cp")
+        .arg("-al")
+        .arg(data_dir().join("templates/base"))
+        .arg(&templates)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp -al of the base template");
+    dir
 }
 
 fn addr(server: &Server) -> SocketAddr {
@@ -166,8 +188,8 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
     let url = postgres.database("hearth");
     let catalog = Store::connect(&url).unwrap();
 
-    let data_a = server_data_dir();
-    let data_b = server_data_dir();
+    let data_a = node_data_dir();
+    let data_b = node_data_dir();
     let node_a = node(data_a.path(), &url, "node-a");
     // The first node makes the catalog's first key.
     let key = std::fs::read_to_string(data_a.path().join("api-key"))
@@ -222,6 +244,74 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
 
     // Create latency through the cluster and straight to a node.
     sdk(&key, "latency", &api1.url, &node_a.url, 10, "");
+
+    // A template built through API server 1 starts on the node that did
+    // not build it: that node fetches the build from the builder.
+    let template = "cluster-app";
+    let token = format!("built-in-the-cluster-{}", std::process::id());
+    let line = format!("template {template} {token}\n");
+    sdk(&key, "build", &api1.url, &api2.url, 0, &line);
+    let builder = catalog.template_node(template).unwrap().unwrap().node_id;
+    let (other, other_node, other_data, builder_data) = if builder == "node-a" {
+        ("node-b", &node_b, data_b.path(), data_a.path())
+    } else {
+        ("node-a", &node_a, data_a.path(), data_b.path())
+    };
+    eprintln!("figure template_built_on={builder}");
+    let held = |data: &Path| data.join("templates").join(template).exists();
+    assert!(
+        held(builder_data) && !held(other_data),
+        "only {builder} has the template"
+    );
+    let (status, body) = admin(
+        &api1,
+        "POST",
+        &format!("/nodes/{builder}"),
+        Some(r#"{"status":"draining"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    let fetched = sandbox_ids(&sdk(&key, "started", &api1.url, &api2.url, 0, &line));
+    assert_eq!(node_of(&catalog, &fetched[0]), other);
+    let files = |data: &Path| {
+        let current = data.join("templates").join(template).join("current");
+        std::fs::read_to_string(current.join("files.json")).unwrap()
+    };
+    assert_eq!(
+        files(other_data),
+        files(builder_data),
+        "the fetched build's files are the builder's, by size and SHA-256"
+    );
+    let (status, metrics) = http(
+        addr(other_node),
+        "GET",
+        "/metrics",
+        &[("X-API-Key", &key), ("X-Hearth-Cluster-Secret", SECRET)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("hearth_template_fetches_total{result=\"fetched\"} 1\n"),
+        "{other} counts its fetch:\n{metrics}"
+    );
+    let (status, body) = admin(
+        &api1,
+        "POST",
+        &format!("/nodes/{builder}"),
+        Some(r#"{"status":"ready"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    sdk(&key, "kill", &api1.url, &api2.url, 0, &as_stdin(&fetched));
+    // A client cannot reach the nodes' own routes through an API server.
+    let (status, _) = http(
+        addr(&api1),
+        "GET",
+        &format!("/cluster/builds/{template}/x/rootfs.ext4"),
+        &[("X-API-Key", &key)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404);
 
     // A drained node takes no new sandboxes and keeps serving its own.
     let kept = sandbox_ids(&sdk(&key, "create", &api1.url, &api2.url, 4, ""));

@@ -15,6 +15,7 @@ pub const DOMAIN: &str = "hearth.test";
 
 /// A data dir of its own (catalog, key, sandboxes) sharing the built kernel,
 /// templates and caches.
+#[allow(dead_code)] // Not every test binary that includes this file uses it.
 pub fn server_data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for shared in ["kernels", "templates", "cache"] {

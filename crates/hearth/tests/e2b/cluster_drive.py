@@ -11,6 +11,12 @@ usage: cluster_drive.py PHASE API1 API2 [N]
   create  — creates N sandboxes through API1 (printed as `sandbox <id>`)
   gone    — reads ids from stdin; each is not running, through either API
   kill    — reads ids from stdin; kills each through API2
+  build   — reads `template <name> <token>` from stdin; builds template
+            <name> from base through API1 with the SDK's Template(), a RUN
+            step writing <token> to /home/user/marker
+  started — reads `template <name> <token>` from stdin; creates a sandbox
+            of <name> through API2 and reads the marker back through API1;
+            prints `sandbox <id>` and leaves it running
   latency — N creates (REST, as the SDK sends them) through API1 and N
             straight to node NODE (API2 names it, with the cluster secret
             in HEARTH_CLUSTER_SECRET), interleaved, each killed at once;
@@ -25,7 +31,7 @@ import sys
 import time
 import urllib.request
 
-from e2b import Sandbox
+from e2b import Sandbox, Template
 
 KEY = os.environ["E2B_API_KEY"]
 
@@ -104,6 +110,37 @@ def latency(api, node, n):
     print(f"figure cluster_over_node_create_p50_ratio={ratio:.2f}", flush=True)
 
 
+def template_from_stdin():
+    for line in sys.stdin:
+        if line.startswith("template "):
+            _, name, token = line.split()
+            return name, token
+    sys.exit("no `template NAME TOKEN` line on stdin")
+
+
+def build(api):
+    name, token = template_from_stdin()
+    through(api)
+    template = Template().from_template("base").run_cmd(f"echo {token} > /home/user/marker")
+    started = time.monotonic()
+    info = Template.build(template, alias=name)
+    print(f"figure sdk_build_s={time.monotonic() - started:.1f}", flush=True)
+    check("the build is named after the template", info.template_id == name, info)
+
+
+def started(api1, api2):
+    name, token = template_from_stdin()
+    through(api2)
+    begun = time.monotonic()
+    sandbox = Sandbox.create(name, timeout=600)
+    print(f"figure sdk_create_of_template_built_elsewhere_ms={(time.monotonic() - begun) * 1000:.0f}",
+          flush=True)
+    print(f"sandbox {sandbox.sandbox_id}", flush=True)
+    through(api1)
+    marker = Sandbox.connect(sandbox.sandbox_id).commands.run("cat /home/user/marker")
+    check("the sandbox has the build's file", marker.stdout.strip() == token, marker.stdout)
+
+
 def ids_from_stdin():
     return [line.split()[1] for line in sys.stdin if line.startswith("sandbox ")]
 
@@ -126,6 +163,10 @@ def main():
             for api in (api1, api2):
                 through(api)
                 check(f"{sandbox_id} is not running, through {api}", not is_running(sandbox_id))
+    elif phase == "build":
+        build(api1)
+    elif phase == "started":
+        started(api1, api2)
     elif phase == "latency":
         latency(api1, api2, n)
     elif phase == "kill":
