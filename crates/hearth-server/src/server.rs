@@ -224,8 +224,7 @@ pub async fn serve(
                     capacity,
                 )),
                 tokio::spawn(crate::cluster::templates::sync_builds(
-                    Arc::clone(&store),
-                    Arc::clone(&node),
+                    Arc::clone(&manager),
                     identity.node_id.clone(),
                 )),
             ]

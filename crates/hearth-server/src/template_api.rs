@@ -418,7 +418,7 @@ pub async fn delete_template(
         }
         Err(e) => return Err(e.into()),
     }
-    api.builds.store().delete_template_records(&id)?;
+    api.builds.store().delete_template_records(&id, now_ms())?;
     tracing::info!(template = id, "template deleted");
     Ok(StatusCode::NO_CONTENT)
 }

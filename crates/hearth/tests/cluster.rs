@@ -302,6 +302,39 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
     );
     assert_eq!(status, 204, "{body}");
     sdk(&key, "kill", &api1.url, &api2.url, 0, &as_stdin(&fetched));
+    // Deleted through API server 2: gone from both nodes, the fetched
+    // copy too, and from the catalog's list of what the nodes hold.
+    let (status, body) = http(
+        addr(&api2),
+        "DELETE",
+        &format!("/templates/{template}"),
+        &[("X-API-Key", &key)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{body}");
+    let removed = wait_for(
+        "both nodes removed the deleted template",
+        Duration::from_secs(15),
+        || {
+            !held(data_a.path())
+                && !held(data_b.path())
+                && catalog.held_builds(template).unwrap().is_empty()
+        },
+    );
+    eprintln!(
+        "figure deleted_template_copies_removed_s={:.1}",
+        removed.as_secs_f64()
+    );
+    let (status, body) = http(
+        addr(&api1),
+        "POST",
+        "/sandboxes",
+        &[("X-API-Key", &key)],
+        Some(&format!(r#"{{"templateID":"{template}"}}"#)),
+    )
+    .unwrap();
+    assert_eq!(status, 404, "a deleted template starts nothing: {body}");
     // A client cannot reach the nodes' own routes through an API server.
     let (status, _) = http(
         addr(&api1),

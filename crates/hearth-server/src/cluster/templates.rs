@@ -33,6 +33,7 @@ use http_body_util::BodyExt;
 
 use super::{HEARTBEAT, Secret, heard_from};
 use crate::error::ApiError;
+use crate::manager::Manager;
 use crate::manager::now_ms;
 use crate::metrics::{Metrics, ResultLabel};
 use crate::store::{BuildFile, HeldBuild, NodeBuild, NodeStatus, Store};
@@ -101,15 +102,18 @@ fn local_builds(node: &Node) -> Result<Vec<NodeBuild>, String> {
 }
 
 /// Keeps the catalog's list of this node's builds up to date, until
-/// aborted: each [`HEARTBEAT`], what changed since the last is written.
-/// Apart from the heartbeat, which hashing a new build must not delay.
-pub async fn sync_builds(store: Arc<Store>, node: Arc<Node>, node_id: String) {
+/// aborted: each [`HEARTBEAT`], what changed since the last is written,
+/// after the copies of templates deleted since they were built are
+/// removed. Apart from the heartbeat, which hashing a new build must not
+/// delay.
+pub async fn sync_builds(manager: Arc<Manager>, node_id: String) {
     let mut written: Option<Vec<NodeBuild>> = None;
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let node = Arc::clone(&node);
+        remove_deleted(&manager).await;
+        let node = Arc::clone(manager.node());
         let builds = match tokio::task::spawn_blocking(move || local_builds(&node)).await {
             Ok(Ok(builds)) => builds,
             Ok(Err(e)) => {
@@ -124,13 +128,75 @@ pub async fn sync_builds(store: Arc<Store>, node: Arc<Node>, node_id: String) {
         if written.as_ref() == Some(&builds) {
             continue;
         }
-        let (store, id, list) = (Arc::clone(&store), node_id.clone(), builds.clone());
+        let (store, id, list) = (
+            Arc::clone(manager.store_arc()),
+            node_id.clone(),
+            builds.clone(),
+        );
         match tokio::task::spawn_blocking(move || store.set_node_builds(&id, &list)).await {
             Ok(Ok(())) => written = Some(builds),
             Ok(Err(e)) => tracing::warn!("recording this node's template builds: {e}"),
             Err(e) => tracing::warn!("recording this node's template builds: {e}"),
         }
     }
+}
+
+/// Removes this node's copies of the templates deleted (through another
+/// node) after every build of them here was made. One in use stays until
+/// its sandboxes are gone.
+async fn remove_deleted(manager: &Manager) {
+    let store = Arc::clone(manager.store_arc());
+    let node = Arc::clone(manager.node());
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let deletions = store.template_deletions().map_err(|e| e.to_string())?;
+        if deletions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let builds =
+            hearth_image::list_templates(&node.layout().templates()).map_err(|e| e.to_string())?;
+        Ok(deleted_copies(&builds, &deletions))
+    })
+    .await;
+    let stale = match found {
+        Ok(Ok(stale)) => stale,
+        Ok(Err(e)) => return tracing::warn!("looking for deleted templates: {e}"),
+        Err(e) => return tracing::warn!("looking for deleted templates: {e}"),
+    };
+    for template in stale {
+        manager.drop_pool(&template).await;
+        let (layout, name) = (manager.node().layout().clone(), template.clone());
+        match tokio::task::spawn_blocking(move || hearth_node::remove_template(&layout, &name))
+            .await
+        {
+            Ok(Ok(())) => tracing::info!(
+                template,
+                "removed this node's copy of a template deleted in the catalog"
+            ),
+            Ok(Err(NodeError::TemplateInUse { .. })) => {
+                tracing::debug!(template, "a deleted template is still in use here");
+            }
+            Ok(Err(e)) => tracing::warn!(template, "removing a deleted template: {e}"),
+            Err(e) => tracing::warn!(template, "removing a deleted template: {e}"),
+        }
+    }
+}
+
+/// The templates of `deletions` every build of which in `builds` was made
+/// before the template was deleted.
+fn deleted_copies(builds: &[Template], deletions: &[(String, i64)]) -> Vec<String> {
+    // `created_at` is in seconds: a build of the second of the deletion
+    // stays.
+    let built_before = |build: &Template, deleted_at_ms: i64| {
+        i64::try_from(build.created_at + 1).is_ok_and(|s| s * 1000 <= deleted_at_ms)
+    };
+    deletions
+        .iter()
+        .filter(|(name, deleted_at_ms)| {
+            let mut here = builds.iter().filter(|b| &b.name == name).peekable();
+            here.peek().is_some() && here.all(|b| built_before(b, *deleted_at_ms))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// The node API route other nodes fetch a build's files from.
@@ -448,6 +514,43 @@ impl Drop for Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn build(name: &str, build_id: &str, created_at: u64) -> Template {
+        Template {
+            name: name.into(),
+            build_id: build_id.into(),
+            dir: PathBuf::from("/t").join(name).join(build_id),
+            rootfs: PathBuf::from("/t")
+                .join(name)
+                .join(build_id)
+                .join("rootfs.ext4"),
+            init_path: "/usr/sbin/hearth-init".into(),
+            created_at,
+            size: 0,
+            source: String::new(),
+            run: hearth_image::TemplateRun::default(),
+            build_secs: 0,
+        }
+    }
+
+    #[test]
+    fn copies_made_before_their_template_was_deleted_go() {
+        let builds = [
+            build("old", "a", 10),
+            build("old", "b", 11),
+            build("rebuilt", "a", 10),
+            build("rebuilt", "b", 30),
+            build("kept", "a", 10),
+            build("same-second", "a", 20),
+        ];
+        let deletions = [
+            ("old".to_owned(), 20_000),
+            ("rebuilt".to_owned(), 20_000),
+            ("same-second".to_owned(), 20_500),
+            ("not-here".to_owned(), 20_000),
+        ];
+        assert_eq!(deleted_copies(&builds, &deletions), ["old"]);
+    }
 
     #[test]
     fn a_build_is_hashed_once_and_again_when_a_file_changes() {

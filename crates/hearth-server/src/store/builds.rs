@@ -436,9 +436,16 @@ impl Store {
         })
     }
 
-    /// Forgets everything about `template`: builds, their logs, tags.
-    pub fn delete_template_records(&self, template: &str) -> Result<(), StoreError> {
+    /// Forgets everything about `template`: builds, their logs, tags; and
+    /// records that it was deleted at `now_ms`, for the nodes of a cluster
+    /// that hold copies of it.
+    pub fn delete_template_records(&self, template: &str, now_ms: i64) -> Result<(), StoreError> {
         self.transact(|tx| {
+            tx.execute(
+                "INSERT INTO template_deletions (template, deleted_at_ms) VALUES (?1, ?2) \
+                 ON CONFLICT (template) DO UPDATE SET deleted_at_ms = excluded.deleted_at_ms",
+                params![template, now_ms],
+            )?;
             tx.execute(
                 "DELETE FROM template_build_logs WHERE build_id IN \
              (SELECT build_id FROM template_builds WHERE template = ?1)",
@@ -676,7 +683,7 @@ pub(crate) mod tests {
         );
         assert_eq!(store.tag("app", "v1").unwrap(), None);
 
-        store.delete_template_records("app").unwrap();
+        store.delete_template_records("app", 1).unwrap();
         assert!(store.template_builds("app").unwrap().is_empty());
         assert!(store.template_tags("app").unwrap().is_empty());
     }

@@ -31,8 +31,14 @@ ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;
 ";
 
 /// Version 11: the template builds each node holds, with the size and
-/// SHA-256 of each of their files, for other nodes to fetch and check.
+/// SHA-256 of each of their files, for other nodes to fetch and check;
+/// and when each deleted template was deleted, for the nodes that hold
+/// copies of it.
 pub(super) const SCHEMA_11: &str = "
+CREATE TABLE template_deletions (
+    template      TEXT PRIMARY KEY,
+    deleted_at_ms INTEGER NOT NULL
+);
 CREATE TABLE node_builds (
     node_id    TEXT NOT NULL,
     template   TEXT NOT NULL,
@@ -409,6 +415,17 @@ impl Store {
         })
     }
 
+    /// Each deleted template, with when it was last deleted.
+    pub fn template_deletions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.with(|c| {
+            c.query_map(
+                "SELECT template, deleted_at_ms FROM template_deletions ORDER BY template",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
     /// The builds of `template` the nodes hold, with the nodes, by node.
     pub fn held_builds(&self, template: &str) -> Result<Vec<HeldBuild>, StoreError> {
         self.with(|c| {
@@ -678,6 +695,15 @@ mod tests {
         on("b3", "a", 30);
         assert_eq!(store.template_node("app").unwrap().unwrap().node_id, "a");
         assert_eq!(store.template_node("other").unwrap(), None);
+        // Deleted: the catalog remembers when, for the copies on nodes.
+        assert!(store.template_deletions().unwrap().is_empty());
+        store.delete_template_records("app", 40).unwrap();
+        store.delete_template_records("app", 50).unwrap();
+        assert_eq!(store.template_node("app").unwrap(), None);
+        assert_eq!(
+            store.template_deletions().unwrap(),
+            [("app".to_owned(), 50)]
+        );
     }
     }
 }

@@ -259,7 +259,7 @@ mod tests {
         ));
 
         // Deleting the template deletes its snapshots.
-        store.delete_template_records("one").unwrap();
+        store.delete_template_records("one", 1).unwrap();
         assert_eq!(
             templates(&all(SnapshotQuery::default())),
             vec!["two", "three"]
