@@ -263,6 +263,26 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
         held(builder_data) && !held(other_data),
         "only {builder} has the template"
     );
+    // The list of templates through an API server is the cluster's: it
+    // shows the template only the builder holds.
+    let listed = |server: &Server| {
+        let (status, body) = http(
+            addr(server),
+            "GET",
+            "/templates",
+            &[("X-API-Key", &key), ("X-Hearth-Cluster-Secret", SECRET)],
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        list.iter().any(|t| t["templateID"] == template)
+    };
+    assert!(!listed(other_node), "{other} does not hold {template} yet");
+    assert!(
+        listed(&api1) && listed(&api2),
+        "both API servers list {template}"
+    );
     let (status, body) = admin(
         &api1,
         "POST",

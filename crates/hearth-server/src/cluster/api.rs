@@ -11,6 +11,8 @@
 //!   new build of it): the node that ran its newest build, which holds
 //!   the build's uploads and upload grants; a template's first build goes
 //!   to any live node;
+//! - the list of templates: every live node, each of which lists the
+//!   templates it holds; merged here;
 //! - anything else (lists, keys, events): any live node, all of which read
 //!   the one catalog.
 //!
@@ -98,6 +100,8 @@ enum Destination {
     Template(String),
     /// A new build of the template its body names.
     NewBuild,
+    /// The list of templates: every live node's, merged.
+    TemplateList,
     /// Any live node.
     Any,
 }
@@ -129,6 +133,11 @@ fn destination(request: &Request, domain: Option<&str>) -> Result<Destination, A
             }
             _ => {}
         }
+    }
+    if request.method() == Method::GET
+        && matches!(path.trim_end_matches('/'), "/templates" | "/v2/templates")
+    {
+        return Ok(Destination::TemplateList);
     }
     if let Some(id) = first_segment(&["/v2/sandboxes/", "/sandboxes/"]) {
         return Ok(Destination::Sandbox(id));
@@ -229,6 +238,7 @@ async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> 
                 Request::from_parts(parts, Body::from(bytes)),
             )
         }
+        Destination::TemplateList => return template_list(front, request).await,
         Destination::Any => (
             any_live(&nodes(front).await?)?.node.address.clone(),
             request,
@@ -237,21 +247,98 @@ async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> 
     super::forward::to_node(&address, &front.secret, request).await
 }
 
+/// The largest list of templates read from one node.
+const LIST_BODY_LIMIT: usize = 16 << 20;
+
+/// `GET /templates` (or `/v2/templates`) of every live node, merged: each
+/// template once, as the node with its newest build shows it. A node's
+/// refusal (a bad key) is the answer.
+async fn template_list(front: &Front, request: Request) -> Result<Response, ApiError> {
+    let nodes = nodes(front).await?;
+    let live = live(&nodes);
+    if live.is_empty() {
+        return Err(no_live_node());
+    }
+    let (parts, _) = request.into_parts();
+    let asks = live.iter().map(|node| {
+        let mut copy = Request::builder()
+            .method(parts.method.clone())
+            .uri(parts.uri.clone())
+            .body(Body::empty())
+            .expect("a copy of a valid request");
+        *copy.headers_mut() = parts.headers.clone();
+        super::forward::to_node(&node.node.address, &front.secret, copy)
+    });
+    let mut merged: Vec<Value> = Vec::new();
+    for answer in futures_util::future::join_all(asks).await {
+        let answer = answer?;
+        if answer.status() != StatusCode::OK {
+            return Ok(answer);
+        }
+        let bytes = axum::body::to_bytes(answer.into_body(), LIST_BODY_LIMIT)
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::BAD_GATEWAY, format!("a node's templates: {e}"))
+            })?;
+        let Ok(Value::Array(templates)) = serde_json::from_slice::<Value>(&bytes) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "a node's list of templates is not a JSON array",
+            ));
+        };
+        merge_templates(&mut merged, templates);
+    }
+    Ok(Json(Value::Array(merged)).into_response())
+}
+
+/// Adds `more` to `merged`: a template already there is replaced by a
+/// newer build of it (`updatedAt`, RFC 3339 in UTC, compares as text).
+fn merge_templates(merged: &mut Vec<Value>, more: Vec<Value>) {
+    for template in more {
+        let id = template.get("templateID").cloned();
+        match merged
+            .iter_mut()
+            .find(|t| t.get("templateID") == id.as_ref())
+        {
+            Some(known) => {
+                let updated = |t: &Value| {
+                    t.get("updatedAt")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                if updated(&template) > updated(known) {
+                    *known = template;
+                }
+            }
+            None => merged.push(template),
+        }
+    }
+}
+
 /// A node that heartbeats (ready or draining), the least loaded first.
 fn any_live(nodes: &[NodeLoad]) -> Result<&NodeLoad, ApiError> {
+    live(nodes)
+        .into_iter()
+        .min_by(|a, b| super::load(a).total_cmp(&super::load(b)))
+        .ok_or_else(no_live_node)
+}
+
+/// The nodes that heartbeat (ready or draining).
+fn live(nodes: &[NodeLoad]) -> Vec<&NodeLoad> {
     let now = now_ms();
     nodes
         .iter()
         .filter(|n| {
             n.node.status != NodeStatus::Unhealthy && heard_from(n.node.heartbeat_at_ms, now)
         })
-        .min_by(|a, b| super::load(a).total_cmp(&super::load(b)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no node is live: start `hearth node` on a machine of the cluster",
-            )
-        })
+        .collect()
+}
+
+fn no_live_node() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no node is live: start `hearth node` on a machine of the cluster",
+    )
 }
 
 fn random_below(n: usize) -> usize {
@@ -389,6 +476,35 @@ async fn set_status(
 mod tests {
     use super::*;
 
+    #[test]
+    fn template_lists_merge_to_the_newest_build_of_each() {
+        let t = |id: &str, updated: &str| json!({ "templateID": id, "updatedAt": updated });
+        let mut merged = Vec::new();
+        merge_templates(
+            &mut merged,
+            vec![
+                t("base", "2026-12-01T10:00:00.000Z"),
+                t("app", "2026-12-02T10:00:00.000Z"),
+            ],
+        );
+        merge_templates(
+            &mut merged,
+            vec![
+                t("base", "2026-12-01T09:00:00.000Z"),
+                t("app", "2026-12-02T11:00:00.000Z"),
+                t("web", "2026-12-02T08:00:00.000Z"),
+            ],
+        );
+        assert_eq!(
+            merged,
+            [
+                t("base", "2026-12-01T10:00:00.000Z"),
+                t("app", "2026-12-02T11:00:00.000Z"),
+                t("web", "2026-12-02T08:00:00.000Z"),
+            ]
+        );
+    }
+
     fn request(method: Method, uri: &str, host: Option<&str>) -> Request {
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(host) = host {
@@ -420,7 +536,14 @@ mod tests {
             d(Method::GET, "/v2/sandboxes/abc/logs", None),
             sandbox("abc")
         );
-        assert_eq!(d(Method::GET, "/templates", None), Destination::Any);
+        assert_eq!(
+            d(Method::GET, "/templates", None),
+            Destination::TemplateList
+        );
+        assert_eq!(
+            d(Method::GET, "/v2/templates", None),
+            Destination::TemplateList
+        );
         let template = |id: &str| Destination::Template(id.to_owned());
         assert_eq!(
             d(Method::POST, "/v3/templates", None),
