@@ -1073,24 +1073,7 @@ impl Store {
     /// list of stopped sandboxes until [`Store::forget_stopped`].
     /// The first stop is recorded as a killed event, with why.
     pub fn stop_sandbox(&self, id: &str, reason: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let changed = self.transact(|tx| {
-            let changed = tx.execute(
-                "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3, \
-                 lifecycle = 'stopped' WHERE sandbox_id = ?1 AND state != 'killed'",
-                params![id, reason, now_ms],
-            )?;
-            if changed > 0 {
-                events::record_sandbox(
-                    tx,
-                    EventType::SandboxKilled,
-                    id,
-                    events::killed_data(reason),
-                    now_ms,
-                )?;
-            }
-            Ok(changed)
-        })?;
-        Ok(changed > 0)
+        self.transact(|tx| stop_in(tx, id, reason, now_ms))
     }
 
     /// Removes the rows of sandboxes that stopped before `before_ms`.
@@ -1481,6 +1464,31 @@ fn secs_from_sql(secs: i64) -> u64 {
 
 fn usize_from(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Records sandbox `id` stopped for `reason` at `now_ms`, with its
+/// `killed` event, in transaction `tx`; false if it had stopped already.
+pub(crate) fn stop_in(
+    tx: &mut dyn Sql,
+    id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<bool, DbError> {
+    let changed = tx.execute(
+        "UPDATE sandboxes SET state = 'killed', stop_reason = ?2, end_at_ms = ?3, \
+         lifecycle = 'stopped' WHERE sandbox_id = ?1 AND state != 'killed'",
+        params![id, reason, now_ms],
+    )?;
+    if changed > 0 {
+        events::record_sandbox(
+            tx,
+            EventType::SandboxKilled,
+            id,
+            events::killed_data(reason),
+            now_ms,
+        )?;
+    }
+    Ok(changed > 0)
 }
 
 #[cfg(test)]

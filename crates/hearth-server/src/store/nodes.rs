@@ -315,7 +315,8 @@ impl Store {
     /// before `stale_before_ms`, and reports its running sandboxes stopped
     /// ([`NODE_LOST`]) at `now_ms`. One transaction: however many API
     /// servers run this at once, each node is marked, and each sandbox
-    /// reported, once. Returns the nodes marked, each with its lost
+    /// reported, once; and no one sees a node marked whose sandboxes are
+    /// not yet reported. Returns the nodes marked, each with its lost
     /// sandboxes.
     pub fn mark_dead_nodes(
         &self,
@@ -338,15 +339,13 @@ impl Store {
                     params![node],
                     |r| r.get(0),
                 )?;
+                for id in &lost {
+                    super::stop_in(tx, id, NODE_LOST, now_ms)?;
+                }
                 marked.push((node, lost));
             }
             Ok(marked)
         })?;
-        for (_, lost) in &marked {
-            for id in lost {
-                self.stop_sandbox(id, NODE_LOST, now_ms)?;
-            }
-        }
         Ok(marked)
     }
 
