@@ -36,6 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use super::forward::NodeConnections;
 use super::{Secret, heard_from, place, takes_sandboxes};
 use crate::error::ApiError;
 use crate::manager::now_ms;
@@ -58,6 +59,7 @@ struct Front {
     store: Arc<Store>,
     domain: Option<String>,
     secret: Secret,
+    connections: NodeConnections,
 }
 
 /// Serves until `shutdown` resolves; marks silent nodes unhealthy
@@ -73,6 +75,7 @@ pub async fn serve(
         store: Arc::clone(&store),
         domain: options.domain,
         secret: options.secret,
+        connections: NodeConnections::default(),
     });
     let app = Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
@@ -244,7 +247,10 @@ async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> 
             request,
         ),
     };
-    super::forward::to_node(&address, &front.secret, request).await
+    front
+        .connections
+        .to_node(&address, &front.secret, request)
+        .await
 }
 
 /// The largest list of templates read from one node.
@@ -267,7 +273,9 @@ async fn template_list(front: &Front, request: Request) -> Result<Response, ApiE
             .body(Body::empty())
             .expect("a copy of a valid request");
         *copy.headers_mut() = parts.headers.clone();
-        super::forward::to_node(&node.node.address, &front.secret, copy)
+        front
+            .connections
+            .to_node(&node.node.address, &front.secret, copy)
     });
     let mut merged: Vec<Value> = Vec::new();
     for answer in futures_util::future::join_all(asks).await {

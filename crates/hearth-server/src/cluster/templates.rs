@@ -31,6 +31,7 @@ use hearth_image::sparse::{SparseReader, SparseWriter};
 use hearth_node::{Node, NodeError};
 use http_body_util::BodyExt;
 
+use super::forward::NodeConnections;
 use super::{HEARTBEAT, Secret, heard_from};
 use crate::error::ApiError;
 use crate::manager::Manager;
@@ -260,6 +261,7 @@ pub struct Peers {
     secret: Secret,
     node_id: String,
     metrics: Arc<Metrics>,
+    connections: NodeConnections,
     /// One fetch of a build at a time; later askers wait for it.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -278,6 +280,7 @@ impl Peers {
             secret,
             node_id,
             metrics,
+            connections: NodeConnections::default(),
             fetching: Mutex::new(HashMap::new()),
         }
     }
@@ -422,7 +425,10 @@ impl Peers {
             "/cluster/builds/{}/{}/{}",
             held.build.template, held.build.build_id, file.name
         );
-        let response = super::forward::get(&held.address, &self.secret, &path).await?;
+        let response = self
+            .connections
+            .get(&held.address, &self.secret, &path)
+            .await?;
         let status = response.status();
         let mut body = response.into_body();
         if status != StatusCode::OK {
