@@ -186,3 +186,100 @@ async fn upgrade_to_node(
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+
+    use super::*;
+
+    /// A node API stand-in: answers each request with its HTTP version,
+    /// host, path and cluster secret; counts the connections it accepts.
+    async fn echo_node() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let echo = service_fn(|request: hyper::Request<Incoming>| async move {
+                    let header = |name: &str| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    let text = format!(
+                        "{:?} {} {} {}",
+                        request.version(),
+                        header("host"),
+                        request.uri().path(),
+                        header(SECRET_HEADER)
+                    );
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(text))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), echo),
+                );
+            }
+        });
+        (address, accepted)
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_to_a_node_share_one_http2_connection_and_keep_their_host() {
+        let (address, accepted) = echo_node().await;
+        let connections = NodeConnections::default();
+        let secret = Secret::new("0123456789abcdef".into()).unwrap();
+        for path in ["/one", "/two?x=1", "/three"] {
+            let request = Request::builder()
+                .uri(path)
+                .header(header::HOST, "49983-abc.hearth.test")
+                .body(Body::empty())
+                .unwrap();
+            let answer = text(
+                connections
+                    .to_node(&address, &secret, request)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let path = path.split('?').next().unwrap();
+            assert_eq!(
+                answer,
+                format!("HTTP/2.0 49983-abc.hearth.test {path} 0123456789abcdef")
+            );
+        }
+        // A request that came over HTTP/2 names its host in its URI.
+        let request = Request::builder()
+            .uri("http://8000-xyz.hearth.test/app")
+            .body(Body::empty())
+            .unwrap();
+        let answer = text(
+            connections
+                .to_node(&address, &secret, request)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            "HTTP/2.0 8000-xyz.hearth.test /app 0123456789abcdef"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
+    }
+}
