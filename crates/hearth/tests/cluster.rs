@@ -366,6 +366,54 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
     .unwrap();
     assert_eq!(status, 404);
 
+    // A volume is kept on the node that made it, and a sandbox that mounts
+    // it runs there, whichever API server it came through.
+    let rest = |server: &Server, method: &str, path: &str, body: Option<&str>| {
+        http(addr(server), method, path, &[("X-API-Key", &key)], body).unwrap()
+    };
+    let (status, body) = rest(
+        &api1,
+        "POST",
+        "/volumes",
+        Some(r#"{"name":"cluster-data","size":"64M"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let keeper = catalog
+        .volume_node("cluster-data")
+        .unwrap()
+        .unwrap()
+        .node_id;
+    let mounting =
+        r#"{"templateID":"base","volumeMounts":[{"name":"cluster-data","path":"/data"}]}"#;
+    for server in [&api2, &api1] {
+        let (status, body) = rest(server, "POST", "/sandboxes", Some(mounting));
+        assert_eq!(status, 201, "{body}");
+        let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let id = created["sandboxID"].as_str().unwrap();
+        assert_eq!(node_of(&catalog, id), keeper, "placed with its volume");
+        let (status, body) = rest(server, "DELETE", &format!("/sandboxes/{id}"), None);
+        assert_eq!(status, 204, "{body}");
+    }
+    let (status, body) = admin(
+        &api1,
+        "POST",
+        &format!("/nodes/{keeper}"),
+        Some(r#"{"status":"draining"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = rest(&api2, "POST", "/sandboxes", Some(mounting));
+    assert_eq!(status, 503, "its volume's node is draining: {body}");
+    assert!(body.contains(&keeper), "{body}");
+    let (status, body) = admin(
+        &api1,
+        "POST",
+        &format!("/nodes/{keeper}"),
+        Some(r#"{"status":"ready"}"#),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = rest(&api2, "DELETE", "/volumes/cluster-data", None);
+    assert_eq!(status, 204, "deleted on the node that keeps it: {body}");
+
     // A drained node takes no new sandboxes and keeps serving its own.
     let kept = sandbox_ids(&sdk(&key, "create", &api1.url, &api2.url, 4, ""));
     let (status, body) = admin(

@@ -13,6 +13,8 @@
 //!   to any live node;
 //! - the list of templates: every live node, each of which lists the
 //!   templates it holds; merged here;
+//! - a volume's routes (`/volumes/{id}…`), and a create that mounts
+//!   volumes: the node that keeps them;
 //! - anything else (lists, keys, events): any live node, all of which read
 //!   the one catalog.
 //!
@@ -105,6 +107,8 @@ enum Destination {
     NewBuild,
     /// The list of templates: every live node's, merged.
     TemplateList,
+    /// The node that keeps this volume.
+    Volume(String),
     /// Any live node.
     Any,
 }
@@ -144,6 +148,9 @@ fn destination(request: &Request, domain: Option<&str>) -> Result<Destination, A
     }
     if let Some(id) = first_segment(&["/v2/sandboxes/", "/sandboxes/"]) {
         return Ok(Destination::Sandbox(id));
+    }
+    if let Some(id) = first_segment(&["/volumes/"]) {
+        return Ok(Destination::Volume(id));
     }
     match first_segment(&["/v2/templates/", "/templates/"]) {
         // Routes about all templates' aliases and tags read the catalog.
@@ -196,6 +203,43 @@ async fn located_or_any(
     })
 }
 
+/// The node that keeps the volumes a create's `volumeMounts` name, if any
+/// is known; refused when they are on different nodes.
+async fn volumes_node(front: &Front, create: &Value) -> Result<Option<String>, ApiError> {
+    let names: Vec<String> = create
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let store = Arc::clone(&front.store);
+    let kept = tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .map(|name| Ok((store.volume_node(&name)?.map(|n| n.node_id), name)))
+            .collect::<Result<Vec<_>, crate::store::StoreError>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("finding the volumes' node: {e}")))??;
+    let mut keepers = kept
+        .iter()
+        .filter_map(|(node, name)| Some((node.as_ref()?, name)));
+    let Some((first, first_name)) = keepers.next() else {
+        return Ok(None); // Unknown volumes: the node says so.
+    };
+    if let Some((other, name)) = keepers.find(|(node, _)| *node != first) {
+        return Err(ApiError::bad_request(format!(
+            "volume {first_name} is on node {first} and volume {name} on node {other}: a \
+             sandbox mounts volumes of one node"
+        )));
+    }
+    Ok(Some(first.clone()))
+}
+
 async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> {
     let (address, request) = match destination(&request, front.domain.as_deref())? {
         // Unknown here, or its node is gone: a live node answers from the
@@ -230,17 +274,42 @@ async fn forward(front: &Front, request: Request) -> Result<Response, ApiError> 
                 .and_then(Value::as_str)
                 .unwrap_or("base");
             let nodes = nodes(front).await?;
-            let node = place(&nodes, template, now_ms(), random_below).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no node takes sandboxes: none is ready, heartbeating and with a free slot",
-                )
-            })?;
-            (
-                node.node.address.clone(),
-                Request::from_parts(parts, Body::from(bytes)),
-            )
+            let address = match volumes_node(front, &json).await? {
+                // A sandbox that mounts volumes runs where they are.
+                Some(keeper) => {
+                    let node = nodes
+                        .iter()
+                        .find(|n| n.node.node_id == keeper)
+                        .filter(|n| takes_sandboxes(n, now_ms()))
+                        .ok_or_else(|| {
+                            ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!(
+                                    "the volumes are on node {keeper}, which takes no sandboxes \
+                                     now (draining, full or not heartbeating)"
+                                ),
+                            )
+                        })?;
+                    node.node.address.clone()
+                }
+                None => place(&nodes, template, now_ms(), random_below)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no node takes sandboxes: none is ready, heartbeating and with a free \
+                             slot",
+                        )
+                    })?
+                    .node
+                    .address
+                    .clone(),
+            };
+            (address, Request::from_parts(parts, Body::from(bytes)))
         }
+        Destination::Volume(id) => (
+            located_or_any(front, move |store| store.volume_node(&id)).await?,
+            request,
+        ),
         Destination::TemplateList => return template_list(front, request).await,
         Destination::Any => (
             any_live(&nodes(front).await?)?.node.address.clone(),
@@ -573,6 +642,12 @@ mod tests {
         );
         assert_eq!(d(Method::DELETE, "/templates/app", None), template("app"));
         assert_eq!(d(Method::POST, "/templates/tags", None), Destination::Any);
+        assert_eq!(
+            d(Method::DELETE, "/volumes/data", None),
+            Destination::Volume("data".into())
+        );
+        assert_eq!(d(Method::GET, "/volumes", None), Destination::Any);
+        assert_eq!(d(Method::POST, "/volumes", None), Destination::Any);
         assert_eq!(
             d(Method::GET, "/templates/aliases/app", None),
             Destination::Any

@@ -32,9 +32,10 @@ ALTER TABLE webhook_deliveries ADD COLUMN claimed_by TEXT;
 
 /// Version 11: the template builds each node holds, with the size and
 /// SHA-256 of each of their files, for other nodes to fetch and check;
-/// and when each deleted template was deleted, for the nodes that hold
-/// copies of it.
+/// when each deleted template was deleted, for the nodes that hold copies
+/// of it; and the node of each volume.
 pub(super) const SCHEMA_11: &str = "
+ALTER TABLE volumes ADD COLUMN node_id TEXT;
 CREATE TABLE template_deletions (
     template      TEXT PRIMARY KEY,
     deleted_at_ms INTEGER NOT NULL
@@ -126,7 +127,8 @@ pub struct NodeLoad {
     pub allocated_memory_mb: u64,
 }
 
-/// The node a sandbox runs on, or a template was built on.
+/// The node a sandbox runs on, a template was built on, or a volume is
+/// kept on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxNode {
     pub node_id: String,
@@ -367,6 +369,15 @@ impl Store {
              JOIN nodes n ON n.node_id = b.node_id WHERE b.template = ?1 \
              ORDER BY b.created_at_ms DESC LIMIT 1",
             template,
+        )
+    }
+
+    /// The node that keeps volume `name_or_id` (a name or an id).
+    pub fn volume_node(&self, name_or_id: &str) -> Result<Option<SandboxNode>, StoreError> {
+        self.locate(
+            "SELECT n.node_id, n.address, n.status FROM volumes v \
+             JOIN nodes n ON n.node_id = v.node_id WHERE v.name = ?1 OR v.volume_id = ?1",
+            name_or_id,
         )
     }
 
@@ -663,6 +674,30 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a/b3", "b/b1"]);
         assert!(store.held_builds("other").unwrap().is_empty());
+    }
+    }
+
+    store_test! {
+    fn a_volume_is_found_on_the_node_that_made_it(store) {
+        store.register_node(&node("a", 1_000)).unwrap();
+        let volume = crate::store::VolumeRecord {
+            name: "data".into(),
+            volume_id: "vol-1".into(),
+            token: "t".into(),
+            size_bytes: 1,
+            fs: "ext4".into(),
+            created_at_ms: 1,
+        };
+        // A single server's volumes have no node.
+        store.insert_volume(&volume).unwrap();
+        assert_eq!(store.volume_node("data").unwrap(), None);
+        store.delete_volume("data").unwrap();
+        let store = store.for_node("a");
+        store.insert_volume(&volume).unwrap();
+        for key in ["data", "vol-1"] {
+            assert_eq!(store.volume_node(key).unwrap().unwrap().node_id, "a");
+        }
+        assert_eq!(store.volume_node("other").unwrap(), None);
     }
     }
 

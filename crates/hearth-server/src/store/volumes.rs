@@ -55,19 +55,22 @@ fn read(row: &Row) -> Result<VolumeRecord, DbError> {
 }
 
 impl Store {
-    /// Records a new volume; [`StoreError::VolumeExists`] if its name (or
-    /// id) is taken.
+    /// Records a new volume (on a cluster node's store, as that node's);
+    /// [`StoreError::VolumeExists`] if its name (or id) is taken.
     pub fn insert_volume(&self, volume: &VolumeRecord) -> Result<(), StoreError> {
         let inserted = self.with(|c| {
             c.execute(
-                &format!("INSERT INTO volumes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                &format!(
+                    "INSERT INTO volumes ({COLUMNS}, node_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ),
                 params![
                     volume.name,
                     volume.volume_id,
                     volume.token,
                     i64::try_from(volume.size_bytes).unwrap_or(i64::MAX),
                     volume.fs,
-                    volume.created_at_ms
+                    volume.created_at_ms,
+                    self.node.clone()
                 ],
             )
         });
