@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::middleware;
+use axum::serve::ListenerExt;
 use hearth_node::{Layout, Node, NodeOptions};
 use tokio::net::TcpListener;
 
@@ -271,6 +272,11 @@ pub async fn serve(
                 .await
         }
         None => {
+            // Small HTTP/2 frames go out at once, not after the peer's
+            // delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
