@@ -96,6 +96,25 @@ fn addr(server: &Server) -> SocketAddr {
     server.url.strip_prefix("http://").unwrap().parse().unwrap()
 }
 
+/// Sets node `node`'s status through API server `api`.
+fn set_status(api: &Server, node: &str, status: &str) {
+    let body = format!(r#"{{"status":"{status}"}}"#);
+    let (code, answer) = admin(api, "POST", &format!("/nodes/{node}"), Some(&body));
+    assert_eq!(code, 204, "setting {node} {status}: {answer}");
+}
+
+/// `GET path` of a node, as its API servers call it.
+fn node_get(node: &Server, key: &str, path: &str) -> (u16, String) {
+    http(
+        addr(node),
+        "GET",
+        path,
+        &[("X-API-Key", key), ("X-Hearth-Cluster-Secret", SECRET)],
+        None,
+    )
+    .unwrap()
+}
+
 /// An admin call to an API server's node routes.
 fn admin(api: &Server, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     http(addr(api), method, path, &[("X-Admin-Token", SECRET)], body).unwrap()
@@ -266,14 +285,7 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
     // The list of templates through an API server is the cluster's: it
     // shows the template only the builder holds.
     let listed = |server: &Server| {
-        let (status, body) = http(
-            addr(server),
-            "GET",
-            "/templates",
-            &[("X-API-Key", &key), ("X-Hearth-Cluster-Secret", SECRET)],
-            None,
-        )
-        .unwrap();
+        let (status, body) = node_get(server, &key, "/templates");
         assert_eq!(status, 200, "{body}");
         let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
         list.iter().any(|t| t["templateID"] == template)
@@ -283,13 +295,7 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
         listed(&api1) && listed(&api2),
         "both API servers list {template}"
     );
-    let (status, body) = admin(
-        &api1,
-        "POST",
-        &format!("/nodes/{builder}"),
-        Some(r#"{"status":"draining"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api1, &builder, "draining");
     let fetched = sandbox_ids(&sdk(&key, "started", &api1.url, &api2.url, 0, &line));
     assert_eq!(node_of(&catalog, &fetched[0]), other);
     let files = |data: &Path| {
@@ -301,26 +307,13 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
         files(builder_data),
         "the fetched build's files are the builder's, by size and SHA-256"
     );
-    let (status, metrics) = http(
-        addr(other_node),
-        "GET",
-        "/metrics",
-        &[("X-API-Key", &key), ("X-Hearth-Cluster-Secret", SECRET)],
-        None,
-    )
-    .unwrap();
+    let (status, metrics) = node_get(other_node, &key, "/metrics");
     assert_eq!(status, 200, "{metrics}");
     assert!(
         metrics.contains("hearth_template_fetches_total{result=\"fetched\"} 1\n"),
         "{other} counts its fetch:\n{metrics}"
     );
-    let (status, body) = admin(
-        &api1,
-        "POST",
-        &format!("/nodes/{builder}"),
-        Some(r#"{"status":"ready"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api1, &builder, "ready");
     sdk(&key, "kill", &api1.url, &api2.url, 0, &as_stdin(&fetched));
     // Deleted through API server 2: gone from both nodes, the fetched
     // copy too, and from the catalog's list of what the nodes hold.
@@ -394,35 +387,17 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
         let (status, body) = rest(server, "DELETE", &format!("/sandboxes/{id}"), None);
         assert_eq!(status, 204, "{body}");
     }
-    let (status, body) = admin(
-        &api1,
-        "POST",
-        &format!("/nodes/{keeper}"),
-        Some(r#"{"status":"draining"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api1, &keeper, "draining");
     let (status, body) = rest(&api2, "POST", "/sandboxes", Some(mounting));
     assert_eq!(status, 503, "its volume's node is draining: {body}");
     assert!(body.contains(&keeper), "{body}");
-    let (status, body) = admin(
-        &api1,
-        "POST",
-        &format!("/nodes/{keeper}"),
-        Some(r#"{"status":"ready"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api1, &keeper, "ready");
     let (status, body) = rest(&api2, "DELETE", "/volumes/cluster-data", None);
     assert_eq!(status, 204, "deleted on the node that keeps it: {body}");
 
     // A drained node takes no new sandboxes and keeps serving its own.
     let kept = sandbox_ids(&sdk(&key, "create", &api1.url, &api2.url, 4, ""));
-    let (status, body) = admin(
-        &api2,
-        "POST",
-        "/nodes/node-a",
-        Some(r#"{"status":"draining"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api2, "node-a", "draining");
     assert_eq!(status_of(&api1, "node-a"), "draining");
     let (status, _) = admin(
         &api2,
@@ -447,13 +422,7 @@ fn two_nodes_and_two_api_servers_share_one_catalog() {
         );
     }
     sdk(&key, "reach", &api1.url, &api2.url, 0, &as_stdin(&kept));
-    let (status, body) = admin(
-        &api1,
-        "POST",
-        "/nodes/node-a",
-        Some(r#"{"status":"ready"}"#),
-    );
-    assert_eq!(status, 204, "{body}");
+    set_status(&api1, "node-a", "ready");
 
     // kill -9 of node B: marked unhealthy, its running sandboxes lost.
     let on_b: Vec<String> = kept

@@ -245,19 +245,17 @@ mod tests {
         let (address, accepted) = echo_node().await;
         let connections = NodeConnections::default();
         let secret = Secret::new("0123456789abcdef".into()).unwrap();
+        let ask = |uri: &str, host: Option<&str>| {
+            let mut request = Request::builder().uri(uri);
+            if let Some(host) = host {
+                request = request.header(header::HOST, host);
+            }
+            let request = request.body(Body::empty()).unwrap();
+            let (connections, address, secret) = (&connections, &address, &secret);
+            async move { text(connections.to_node(address, secret, request).await.unwrap()).await }
+        };
         for path in ["/one", "/two?x=1", "/three"] {
-            let request = Request::builder()
-                .uri(path)
-                .header(header::HOST, "49983-abc.hearth.test")
-                .body(Body::empty())
-                .unwrap();
-            let answer = text(
-                connections
-                    .to_node(&address, &secret, request)
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let answer = ask(path, Some("49983-abc.hearth.test")).await;
             let path = path.split('?').next().unwrap();
             assert_eq!(
                 answer,
@@ -265,19 +263,8 @@ mod tests {
             );
         }
         // A request that came over HTTP/2 names its host in its URI.
-        let request = Request::builder()
-            .uri("http://8000-xyz.hearth.test/app")
-            .body(Body::empty())
-            .unwrap();
-        let answer = text(
-            connections
-                .to_node(&address, &secret, request)
-                .await
-                .unwrap(),
-        )
-        .await;
         assert_eq!(
-            answer,
+            ask("http://8000-xyz.hearth.test/app", None).await,
             "HTTP/2.0 8000-xyz.hearth.test /app 0123456789abcdef"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
