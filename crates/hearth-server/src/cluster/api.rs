@@ -40,7 +40,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::forward::NodeConnections;
-use super::{Secret, heard_from, place, takes_sandboxes};
+use super::{Secret, heard_from, is_live, place, takes_sandboxes};
 use crate::error::ApiError;
 use crate::manager::now_ms;
 use crate::store::{NodeLoad, NodeStatus, SandboxNode, Store};
@@ -409,9 +409,7 @@ fn live(nodes: &[NodeLoad]) -> Vec<&NodeLoad> {
     let now = now_ms();
     nodes
         .iter()
-        .filter(|n| {
-            n.node.status != NodeStatus::Unhealthy && heard_from(n.node.heartbeat_at_ms, now)
-        })
+        .filter(|n| is_live(n.node.status, n.node.heartbeat_at_ms, now))
         .collect()
 }
 

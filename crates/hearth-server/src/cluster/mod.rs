@@ -242,6 +242,13 @@ fn heard_from(heartbeat_at_ms: i64, now_ms: i64) -> bool {
     now_ms - heartbeat_at_ms < unhealthy_after_ms()
 }
 
+/// Whether a node of `status` that last heartbeated at `heartbeat_at_ms`
+/// is live at `now_ms` (ready or draining, and heard from): the nodes that
+/// answer requests and serve their templates.
+fn is_live(status: NodeStatus, heartbeat_at_ms: i64, now_ms: i64) -> bool {
+    status != NodeStatus::Unhealthy && heard_from(heartbeat_at_ms, now_ms)
+}
+
 /// Whether `node` may take a new sandbox at `now_ms`: ready, heard from
 /// recently, and with a free slot.
 fn takes_sandboxes(node: &NodeLoad, now_ms: i64) -> bool {

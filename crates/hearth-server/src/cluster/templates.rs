@@ -32,12 +32,12 @@ use hearth_node::{Node, NodeError};
 use http_body_util::BodyExt;
 
 use super::forward::NodeConnections;
-use super::{HEARTBEAT, Secret, heard_from};
+use super::{HEARTBEAT, Secret, is_live};
 use crate::error::ApiError;
 use crate::manager::Manager;
 use crate::manager::now_ms;
 use crate::metrics::{Metrics, ResultLabel};
-use crate::store::{BuildFile, HeldBuild, NodeBuild, NodeStatus, Store};
+use crate::store::{BuildFile, HeldBuild, NodeBuild, Store};
 
 /// Beside each build: the size and SHA-256 of its files that travel.
 const FILES: &str = "files.json";
@@ -295,11 +295,7 @@ impl Peers {
         let now = now_ms();
         Ok(held
             .into_iter()
-            .filter(|h| {
-                h.node_id != self.node_id
-                    && h.status != NodeStatus::Unhealthy
-                    && heard_from(h.heartbeat_at_ms, now)
-            })
+            .filter(|h| h.node_id != self.node_id && is_live(h.status, h.heartbeat_at_ms, now))
             .collect())
     }
 
